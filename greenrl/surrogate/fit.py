@@ -1,0 +1,435 @@
+"""Fit the surrogate's parameters to measurements and cross-validate them on models they did not see.
+
+Three fits, each on the data that identifies its parameters:
+
+1. all-reduce latency and bandwidth per interconnect and group size (Vidur collectives), linear;
+2. kernel efficiencies per chip (Vidur operator profiles of 5-7 models), soft roofline;
+3. per serving stack and chip, the overheads, memory efficiency and power coefficients (ML.ENERGY
+   v2 and v3, Splitwise), with one unknown mean prompt length per workload where the data has none.
+
+Residuals are relative (log ratio), so every row counts by its percentage error. Validation is
+leave-one-model-out: refit without a model, predict it. Splitwise measured one model only, so it is
+validated leave-one-TP-degree-out instead (said so in the report).
+
+Public names: FitResult, fit_allreduce, fit_kernels, fit_stack, fit_all, predict_rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from greenrl.catalog import load_gpu, load_model
+from greenrl.surrogate.model import (
+    KernelParams,
+    ReplicaConsts,
+    StackParams,
+    StepBatch,
+    replica_consts,
+    soft_roofline,
+    step,
+)
+from greenrl.surrogate.steady import steady_from_consts
+
+__all__ = ["FitResult", "fit_all", "fit_allreduce", "fit_kernels", "fit_stack", "predict_rows"]
+
+logger = logging.getLogger(__name__)
+
+# (lower, upper, initial) of each fitted quantity; the fit runs on log values.
+STACK_BOUNDS: dict[str, tuple[float, float, float]] = {
+    "eff_compute": (0.05, 1.0, 0.5),
+    "eff_memory": (0.1, 1.0, 0.7),
+    "iter_overhead_s": (1e-5, 0.1, 2e-3),
+    "layer_overhead_s": (1e-7, 1e-3, 2e-5),
+    "seq_overhead_s": (1e-8, 1e-3, 1e-5),
+    "allreduce_latency_s": (1e-6, 2e-4, 2e-5),
+    "power_busy_w": (1.0, 1000.0, 200.0),
+    "power_compute_w": (1.0, 1000.0, 200.0),
+    "power_memory_w": (1.0, 1000.0, 100.0),
+}
+KERNEL_BOUNDS: dict[str, tuple[float, float, float]] = {
+    "eff_compute": (0.05, 1.0, 0.6),
+    "eff_memory": (0.1, 1.0, 0.7),
+    "roofline_sharpness": (1.0, 20.0, 3.0),
+    "act_traffic": (0.1, 100.0, 5.0),
+    "op_latency_s": (1e-7, 1e-3, 2e-5),
+}
+INPUT_TOKENS_BOUNDS = (16.0, 8192.0, 400.0)
+LATENCY_METRICS = ("prefill_s", "decode_step_s", "median_itl_s", "mixed_step_s")
+POWER_METRICS = ("power_w", "run_power_w")
+KERNEL_GPU = {"a100": "a100-80gb", "h100": "h100-sxm-80gb"}  # specs used for Vidur's profiles
+
+
+@dataclass
+class FitResult:
+    """Fitted parameters plus validation errors (rows: dataset, gpu, metric, validation, n, mape, worst)."""
+
+    params: dict[str, Any]
+    errors: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _log_fit(
+    residual: Callable[[dict[str, float]], np.ndarray],
+    bounds: dict[str, tuple[float, float, float]],
+    start: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Least squares over log-parameters within bounds; returns the fitted values."""
+    names = list(bounds)
+    lo = np.log([bounds[n][0] for n in names])
+    hi = np.log([bounds[n][1] for n in names])
+    x0 = np.log([(start or {}).get(n, bounds[n][2]) for n in names])
+    x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
+    sol = least_squares(
+        lambda x: residual(dict(zip(names, np.exp(x), strict=True))), x0, bounds=(lo, hi), x_scale=1.0, max_nfev=400
+    )
+    return dict(zip(names, np.exp(sol.x).tolist(), strict=True))
+
+
+def _errors(pred: np.ndarray, meas: np.ndarray) -> tuple[float, float]:
+    rel = np.abs(pred / meas - 1.0)
+    return float(100 * rel.mean()), float(100 * rel.max())
+
+
+# ------------------------------------------------------------------------------------------ all-reduce
+
+
+def fit_allreduce(frame: pd.DataFrame) -> tuple[dict[str, dict[str, dict[str, float]]], pd.DataFrame]:
+    """Per interconnect and group size: time = latency + bytes / bandwidth (relative least squares)."""
+    params: dict[str, dict[str, dict[str, float]]] = {}
+    rows = []
+    for (net, workers), g in frame.groupby(["interconnect", "workers"]):
+        design = np.stack([np.ones(len(g)), g["bytes"].to_numpy()], axis=1) / g["time_s"].to_numpy()[:, None]
+        (lat, inv_bw), *_ = np.linalg.lstsq(design, np.ones(len(g)), rcond=None)
+        lat, inv_bw = max(lat, 1e-7), max(inv_bw, 1e-15)
+        params.setdefault(str(net), {})[str(workers)] = {"latency_s": float(lat), "bandwidth_bps": float(1 / inv_bw)}
+        mape, worst = _errors(lat + g["bytes"].to_numpy() * inv_bw, g["time_s"].to_numpy())
+        rows.append(("vidur-collectives", net, f"all_reduce x{workers}", "in-sample", len(g), mape, worst))
+    return params, pd.DataFrame(rows, columns=_ERROR_COLUMNS)
+
+
+_ERROR_COLUMNS = ["dataset", "gpu", "metric", "validation", "n", "mape_pct", "worst_pct"]
+
+# -------------------------------------------------------------------------------------------- kernels
+
+
+def _kernel_predict(frame: pd.DataFrame, p: dict[str, float], chip: str) -> np.ndarray:
+    gpu = load_gpu(KERNEL_GPU[chip])
+    hidden, heads, kv = frame["hidden"].to_numpy(), frame["heads"].to_numpy(), frame["kv_heads"].to_numpy()
+    head_dim = hidden / heads
+    mlp_mats = np.where(frame["gated"].to_numpy(), 3.0, 2.0)
+    params = (
+        2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim + mlp_mats * hidden * frame["mlp_hidden"].to_numpy()
+    )
+    tp, tokens = frame["tp"].to_numpy(), frame["tokens"].to_numpy()
+    compute_s = 2 * tokens * params / tp / (gpu.bf16_flops * p["eff_compute"])
+    memory_s = (params * 2 / tp + tokens * hidden * 2 * p["act_traffic"]) / (gpu.mem_bandwidth_bps * p["eff_memory"])
+    return np.asarray(soft_roofline(compute_s, memory_s, p["roofline_sharpness"]) + p["op_latency_s"])
+
+
+def _kernel_sample(frame: pd.DataFrame) -> pd.DataFrame:
+    """Thin the token grid to ~40 log-spaced points per (model, tp): same information, faster fits."""
+    grid = np.unique(np.round(np.geomspace(1, frame["tokens"].max(), 40)))
+    return frame[frame["tokens"].isin(grid) | frame["tokens"].isin(grid + 1)]
+
+
+def fit_kernels(frame: pd.DataFrame, cross_validate: bool = True) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
+    """Per chip kernel efficiencies from Vidur's per-layer operator times; leave-one-model-out errors."""
+    params: dict[str, dict[str, float]] = {}
+    rows = []
+    frame = _kernel_sample(frame)
+    for chip, g in frame.groupby("chip"):
+        chip = str(chip)
+        meas = g["time_s"].to_numpy()
+
+        def fit_on(sub: pd.DataFrame, start: dict[str, float] | None = None, chip: str = chip) -> dict[str, float]:
+            measured = sub["time_s"].to_numpy()
+
+            def residual(params: dict[str, float]) -> np.ndarray:
+                return np.log(_kernel_predict(sub, params, chip) / measured)
+
+            return _log_fit(residual, KERNEL_BOUNDS, start)
+
+        best = fit_on(g)
+        params[chip] = best
+        rows.append(
+            (
+                "vidur-operators",
+                chip,
+                "layer_linear_s",
+                "in-sample",
+                len(g),
+                *_errors(_kernel_predict(g, best, chip), meas),
+            )
+        )
+        if cross_validate:
+            pred = np.empty(len(g))
+            for model in g["model"].unique():
+                held = (g["model"] == model).to_numpy()
+                p = fit_on(g[~held], best)
+                pred[held] = _kernel_predict(g[held], p, chip)
+            rows.append(
+                ("vidur-operators", chip, "layer_linear_s", "leave-one-model-out", len(g), *_errors(pred, meas))
+            )
+    return params, pd.DataFrame(rows, columns=_ERROR_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------- stacks
+
+
+@dataclass
+class _Rows:
+    """Schema rows with per-row replica constants, ready for vectorized prediction."""
+
+    frame: pd.DataFrame
+    consts: ReplicaConsts
+    chip: np.ndarray
+    workload: np.ndarray
+
+    @staticmethod
+    def build(frame: pd.DataFrame, allreduce: dict[str, dict[str, dict[str, float]]]) -> _Rows:
+        frame = frame.reset_index(drop=True)
+        cache: dict[tuple[str, str, int, str], ReplicaConsts] = {}
+        per_row = []
+        chips = []
+        for model, gpu_name, tp, dtype in frame[["model", "gpu", "tp", "weight_dtype"]].itertuples(index=False):
+            key = (str(model), str(gpu_name), int(tp), str(dtype or ""))
+            if key not in cache:
+                gpu = load_gpu(key[1])
+                card = load_model(key[0], key[3] or None)
+                bw = allreduce[gpu.interconnect][str(tp)]["bandwidth_bps"] if tp > 1 else 1.0
+                cache[key] = replica_consts(card, gpu, key[2], bw)
+            per_row.append(cache[key])
+            chips.append(load_gpu(key[1]).chip)
+        names = list(ReplicaConsts.__dataclass_fields__)
+        consts = ReplicaConsts(**{n: np.array([getattr(c, n) for c in per_row], dtype=float) for n in names})
+        return _Rows(frame, consts, np.array(chips), frame["workload"].fillna("").to_numpy(dtype=str))
+
+
+CHUNKED_PREFILL = {"vllm-0.5.4": False, "splitwise": False}
+"""Stacks that ran prefills as separate iterations; every other stack is vLLM V1 with chunked prefill."""
+
+
+def predict_rows(
+    rows: _Rows,
+    kernels: dict[str, dict[str, float]],
+    stack_by_chip: dict[str, dict[str, float]],
+    input_by_workload: dict[str, float],
+) -> np.ndarray:
+    """The model's value for every row's metric."""
+    f = rows.frame
+    kern = KernelParams(**{n: np.array([kernels[c][n] for c in rows.chip]) for n in KernelParams.names()})
+    stack = StackParams(**{n: np.array([stack_by_chip[c][n] for c in rows.chip]) for n in StackParams.names()})
+    given = f["input_tokens"].to_numpy(dtype=float)
+    fitted = np.array([input_by_workload.get(w, np.nan) for w in rows.workload])
+    inp = np.where(np.isnan(given), fitted, given)
+    batch, out = f["batch"].to_numpy(dtype=float), f["output_tokens"].to_numpy(dtype=float)
+    chunked = CHUNKED_PREFILL.get(str(f["stack"].iloc[0]), True) if len(f) else True
+    st = steady_from_consts(rows.consts, kern, stack, batch, inp, out, chunked_prefill=chunked)
+    # Static-batch run (Splitwise): one prefill, then output-1 decode steps at the mean context.
+    pre = step(rows.consts, kern, stack, StepBatch.prefill(batch, inp))
+    dec = step(rows.consts, kern, stack, StepBatch.decode(batch, inp + out / 2))
+    n_dec = np.maximum(out - 1, 0)
+    run_power = (pre.energy_j + n_dec * dec.energy_j) / (pre.latency_s + n_dec * dec.latency_s)
+    by_metric = {
+        "prefill_s": st.prefill_s,
+        "decode_step_s": st.decode_step_s,
+        "median_itl_s": st.median_itl_s,
+        "mixed_step_s": st.mixed_step_s,
+        "power_w": st.power_w,
+        "output_tokens_per_s": st.output_tokens_per_s,
+        "energy_per_output_token_j": st.energy_per_output_token_j,
+        "run_power_w": run_power,
+    }
+    metric = f["metric"].to_numpy()
+    out_v = np.full(len(f), np.nan)
+    for name, values in by_metric.items():
+        mask = metric == name
+        out_v[mask] = np.broadcast_to(values, len(f))[mask]
+    return out_v
+
+
+def _free_names(frame: pd.DataFrame, chip: str, stack: str) -> list[str]:
+    """Stack parameters the rows of one chip can identify."""
+    metrics = set(frame["metric"])
+    names = [n for n in StackParams.names() if not n.startswith("power_") or metrics & set(POWER_METRICS)]
+    if "prefill_s" not in metrics:
+        names.remove("eff_compute")  # modern stacks: prefill runs at the kernel efficiency
+    if (frame["tp"] == 1).all():
+        names.remove("allreduce_latency_s")
+    return names
+
+
+def fit_stack(
+    frame: pd.DataFrame,
+    kernels: dict[str, dict[str, float]],
+    allreduce: dict[str, dict[str, dict[str, float]]],
+    start: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit one stack's parameters per chip, and unknown mean prompt lengths per workload."""
+    rows = _Rows.build(frame, allreduce)
+    meas = rows.frame["metric"].to_numpy()
+    group = rows.chip.astype(object) + "/" + meas.astype(object)
+    counts = pd.Series(group).value_counts()
+    weight = 1.0 / np.sqrt(pd.Series(group).map(counts).to_numpy(dtype=float))
+    values = rows.frame["value"].to_numpy(dtype=float)
+
+    bounds: dict[str, tuple[float, float, float]] = {}
+    for chip in np.unique(rows.chip):
+        for name in _free_names(rows.frame[rows.chip == chip], chip, ""):
+            bounds[f"{chip}:{name}"] = STACK_BOUNDS[name]
+    for w in np.unique(rows.workload[rows.frame["input_tokens"].isna().to_numpy()]):
+        bounds[f"input:{w}"] = INPUT_TOKENS_BOUNDS
+
+    def unpack(p: dict[str, float]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        by_chip: dict[str, dict[str, float]] = {}
+        for chip in np.unique(rows.chip):
+            defaults = {n: STACK_BOUNDS[n][2] for n in StackParams.names()}
+            defaults["eff_compute"] = kernels[chip]["eff_compute"]
+            defaults["allreduce_latency_s"] = STACK_BOUNDS["allreduce_latency_s"][2]
+            by_chip[chip] = {n: p.get(f"{chip}:{n}", defaults[n]) for n in StackParams.names()}
+        inputs = {k.split(":", 1)[1]: v for k, v in p.items() if k.startswith("input:")}
+        return by_chip, inputs
+
+    def residual(p: dict[str, float]) -> np.ndarray:
+        by_chip, inputs = unpack(p)
+        pred = predict_rows(rows, kernels, by_chip, inputs)
+        return np.asarray(weight * np.log(np.maximum(pred, 1e-30) / values))
+
+    flat_start = None
+    if start:
+        flat_start = {f"{c}:{n}": v for c, d in start["chips"].items() for n, v in d.items()}
+        flat_start |= {f"input:{w}": v for w, v in start["inputs"].items()}
+    best = _log_fit(residual, bounds, flat_start)
+    by_chip, inputs = unpack(best)
+    return {"chips": by_chip, "inputs": inputs, "fitted": sorted(bounds)}
+
+
+def _family(metric: str) -> str:
+    if metric in ("decode_step_s", "median_itl_s", "mixed_step_s"):
+        return "decode step time"
+    if metric == "prefill_s":
+        return "prefill time"
+    if metric in POWER_METRICS:
+        return "power"
+    if metric == "energy_per_output_token_j":
+        return "energy per token"
+    return "throughput"
+
+
+def _stack_errors(rows_frame: pd.DataFrame, pred: np.ndarray, validation: str, dataset: str) -> list[tuple[Any, ...]]:
+    out = []
+    f = rows_frame.assign(pred=pred, family=rows_frame["metric"].map(_family))
+    for (gpu, family), g in f.groupby(["gpu", "family"]):
+        out.append((dataset, gpu, family, validation, len(g), *_errors(g["pred"].to_numpy(), g["value"].to_numpy())))
+    return out
+
+
+def cross_validate_stack(
+    frame: pd.DataFrame,
+    fitted: dict[str, Any],
+    kernels: dict[str, dict[str, float]],
+    allreduce: dict[str, dict[str, dict[str, float]]],
+    dataset: str,
+) -> pd.DataFrame:
+    """Held-out errors: leave one model out, or one TP degree where the data has a single model."""
+    frame = frame.reset_index(drop=True)
+    if frame["model"].nunique() >= 3:
+        key, label = "model", "leave-one-model-out"
+    elif frame["tp"].nunique() >= 2:
+        key, label = "tp", "leave-one-TP-out"
+    else:
+        return pd.DataFrame(columns=_ERROR_COLUMNS)
+    pred = np.full(len(frame), np.nan)
+    for value in frame[key].unique():
+        held = (frame[key] == value).to_numpy()
+        train = frame[~held]
+        try:
+            fit = fit_stack(train, kernels, allreduce, start=fitted)
+        except (ValueError, KeyError) as err:  # a fold that cannot identify a needed parameter
+            logger.warning("%s: fold %s=%s skipped (%s)", dataset, key, value, err)
+            continue
+        chips = fit["chips"] | {c: fitted["chips"][c] for c in fitted["chips"] if c not in fit["chips"]}
+        held_rows = _Rows.build(frame[held], allreduce)
+        pred[held] = predict_rows(held_rows, kernels, chips, fitted["inputs"] | fit["inputs"])
+    ok = ~np.isnan(pred)
+    return pd.DataFrame(_stack_errors(frame[ok], pred[ok], label, dataset), columns=_ERROR_COLUMNS)
+
+
+def fit_all(
+    serving: pd.DataFrame,
+    vidur: pd.DataFrame,
+    collectives: pd.DataFrame,
+    cross_validate: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> FitResult:
+    """Fit every parameter group and (optionally) cross-validate; returns the parameter file's content."""
+    say = progress or (lambda _msg: None)
+    say("all-reduce")
+    allreduce, err_ar = fit_allreduce(collectives)
+    say("kernels")
+    kernels, err_k = fit_kernels(vidur, cross_validate)
+    stacks: dict[str, dict[str, Any]] = {}
+    inputs: dict[str, float] = {}
+    errors = [err_ar, err_k]
+    for stack, frame in serving.groupby("stack"):
+        say(f"stack {stack}")
+        fit = fit_stack(frame, kernels, allreduce)
+        stacks[str(stack)] = {
+            c: {
+                **p,
+                "chunked_prefill": CHUNKED_PREFILL.get(str(stack), True),
+                "fitted": [n.split(":")[1] for n in fit["fitted"] if n.startswith(c + ":")],
+            }
+            for c, p in fit["chips"].items()
+        }
+        inputs |= fit["inputs"]
+        rows = _Rows.build(frame, allreduce)
+        pred = predict_rows(rows, kernels, fit["chips"], fit["inputs"])
+        errors.append(pd.DataFrame(_stack_errors(rows.frame, pred, "in-sample", str(stack)), columns=_ERROR_COLUMNS))
+        if cross_validate:
+            say(f"stack {stack}: cross-validation")
+            errors.append(cross_validate_stack(frame, fit, kernels, allreduce, str(stack)))
+    _fill_power_gaps(stacks)
+    params: dict[str, Any] = {
+        "format": "greenrl-surrogate/1",
+        "allreduce": allreduce,
+        "kernels": kernels,
+        "stacks": stacks,
+        "workload_input_tokens": inputs,
+        "default_stack": _default_stacks(stacks),
+    }
+    return FitResult(params, pd.concat([e for e in errors if len(e)], ignore_index=True))
+
+
+PREFERRED_STACKS = ("user", "vllm-0.11", "vllm-0.5.4", "splitwise")
+"""Default stack per chip, first available: a user's own measurements, then the newest vLLM."""
+
+
+def _default_stacks(stacks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    chips = {c for per_chip in stacks.values() for c in per_chip}
+    out = {}
+    for chip in sorted(chips):
+        having = [s for s in stacks if chip in stacks[s]]
+        out[chip] = next((s for s in PREFERRED_STACKS if s in having), sorted(having)[0])
+    return out
+
+
+def _fill_power_gaps(stacks: dict[str, dict[str, Any]]) -> None:
+    """A chip whose stack data has no power rows borrows the power coefficients of another stack's fit."""
+    for chips in stacks.values():
+        for chip, p in chips.items():
+            if any(n.startswith("power_") for n in p["fitted"]):
+                continue
+            donors = [
+                s for s, c in stacks.items() if chip in c and any(n.startswith("power_") for n in c[chip]["fitted"])
+            ]
+            if donors:
+                donor = "vllm-0.11" if "vllm-0.11" in donors else donors[0]
+                p.update({n: stacks[donor][chip][n] for n in StackParams.names() if n.startswith("power_")})
+                p["power_from"] = donor
