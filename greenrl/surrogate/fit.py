@@ -404,7 +404,9 @@ def fit_all(
         "workload_input_tokens": inputs,
         "default_stack": _default_stacks(stacks),
     }
-    return FitResult(params, pd.concat([e for e in errors if len(e)], ignore_index=True))
+    table = pd.concat([e for e in errors if len(e)], ignore_index=True)
+    params["validation"] = table.round(3).to_dict(orient="records")
+    return FitResult(params, table)
 
 
 PREFERRED_STACKS = ("user", "vllm-0.11", "vllm-0.5.4", "splitwise")

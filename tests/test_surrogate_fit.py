@@ -1,0 +1,85 @@
+"""The shipped fit: reproduces its training data, meets the characterization's clock finding, refits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from greenrl import fit as fit_cli
+from greenrl.surrogate import Surrogate, steady_state
+from greenrl.surrogate.data import load_public
+from greenrl.surrogate.fit import _Rows, _stack_errors, predict_rows
+from greenrl.surrogate.report import clock_check
+
+
+def test_reproduces_training_data_within_reported_error(surrogate: Surrogate) -> None:
+    params = surrogate.params
+    reported = pd.DataFrame(params["validation"])
+    reported = reported[reported["validation"] == "in-sample"].set_index(["dataset", "gpu", "metric"])
+    data = load_public()
+    checked = 0
+    for stack, frame in data.groupby("stack"):
+        chips = {c: p for c, p in params["stacks"][stack].items()}
+        rows = _Rows.build(frame, params["allreduce"])
+        pred = predict_rows(rows, params["kernels"], chips, params["workload_input_tokens"])
+        for dataset, gpu, metric, _, n, mape, worst in _stack_errors(rows.frame, pred, "in-sample", str(stack)):
+            want = reported.loc[(dataset, gpu, metric)]
+            assert n == want["n"]
+            assert mape == pytest.approx(want["mape_pct"], abs=0.01)
+            assert worst == pytest.approx(want["worst_pct"], abs=0.01)
+            assert mape < 20.0, (dataset, gpu, metric)
+            checked += 1
+    assert checked >= 15
+
+
+def test_held_out_errors_of_default_stack_meet_targets(surrogate: Surrogate) -> None:
+    table = pd.DataFrame(surrogate.params["validation"])
+    v3 = table[(table["dataset"] == "vllm-0.11") & (table["validation"] == "leave-one-model-out")]
+    by_metric = v3.set_index("metric")["mape_pct"]
+    assert by_metric["decode step time"] < 15 and by_metric["power"] < 15
+
+
+def test_clock_finding_of_the_characterization(surrogate: Surrogate) -> None:
+    table = clock_check(surrogate.params)
+    assert (table["throughput_ratio"] > 0.9).all()  # about the same throughput
+    assert (table["energy_ratio"] < 0.85).all()  # at under 85 % of the energy
+    assert np.allclose(table["prefill_time_ratio"], 1980 / 1605, rtol=0.1)  # prefill ~ 1/f
+
+
+def test_kv_capacity_and_infeasible_configs(surrogate: Surrogate) -> None:
+    r = surrogate.replica("llama-2-70b", "h100", 4)
+    # 4 x 80 GB x 0.85 - 138 GB of weights, at 80 layers x 8 KV heads x 128 x 2 x 2 B / 4 GPUs per token.
+    expected = (80e9 * 0.85 - 137.95e9 / 4) / (2 * 80 * 2 * 128 * 2)
+    assert r.kv_capacity_tokens() == pytest.approx(expected, rel=0.01)
+    with pytest.raises(Exception, match="tp=1"):
+        surrogate.replica("llama-2-70b", "h100", 1)
+
+
+def test_refit_recovers_a_known_model(tmp_path: Path, surrogate: Surrogate) -> None:
+    """Rows made by the shipped model, fitted from scratch as a user stack, come back within 5%."""
+    r = surrogate.replica("llama-3.1-8b", "h100", 1)
+    rows = []
+    for model, tp in (("llama-3.1-8b", 1), ("qwen3-14b", 1), ("llama-3.1-70b", 4)):
+        rr = surrogate.replica(model, "h100", tp)
+        for batch in (4, 16, 64, 128, 256):
+            st = steady_state(rr, batch, 512, 256)
+            for metric in ("median_itl_s", "power_w", "output_tokens_per_s"):
+                rows.append({"model": model, "gpu": "h100", "tp": tp, "batch": batch, "output_tokens": 256,
+                             "input_tokens": 512, "metric": metric, "value": float(getattr(st, metric))})
+            rows.append({"model": model, "gpu": "h100", "tp": tp, "batch": batch, "output_tokens": 256,
+                         "input_tokens": 512, "metric": "prefill_s", "value": float(st.prefill_s)})
+    csv = tmp_path / "mine.csv"
+    pd.DataFrame(rows).to_csv(csv, index=False)
+    out = tmp_path / "params.json"
+    assert fit_cli.main(["--data", str(csv), "--user-only", "--no-cv", "--out", str(out), "--report",
+                         str(tmp_path / "none.md")]) == 0
+    refit = Surrogate(json.loads(out.read_text()))
+    assert refit.params["default_stack"]["h100"] == "user"
+    got = steady_state(refit.replica("llama-3.1-8b", "h100", 1), 32, 512, 256)
+    want = steady_state(r, 32, 512, 256)
+    for field in ("decode_step_s", "power_w", "prefill_s"):
+        assert float(getattr(got, field)) == pytest.approx(float(getattr(want, field)), rel=0.05), field
