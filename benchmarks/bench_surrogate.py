@@ -39,16 +39,20 @@ def main() -> None:
     batch = StepBatch(p, p * p / 2, d, d * rng.uniform(100, 8000, n))
     clock = rng.integers(345, 1981, n).astype(float)
     vector_s = _best_of(lambda: replica.step(batch, clock), 3)
-    print(json.dumps({
-        "benchmark": "surrogate",
-        "scalar_prediction_us": round(scalar_s * 1e6, 2),
-        "scalar_predictions_per_s": round(1 / scalar_s),
-        "vector_batch_size": n,
-        "vector_batch_s": round(vector_s, 4),
-        "vector_predictions_per_s": round(n / vector_s),
-        "target_vector_predictions_per_s": 1_000_000,
-        "machine": platform.processor() or platform.machine(),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "surrogate",
+                "scalar_prediction_us": round(scalar_s * 1e6, 2),
+                "scalar_predictions_per_s": round(1 / scalar_s),
+                "vector_batch_size": n,
+                "vector_batch_s": round(vector_s, 4),
+                "vector_predictions_per_s": round(n / vector_s),
+                "target_vector_predictions_per_s": 1_000_000,
+                "machine": platform.processor() or platform.machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

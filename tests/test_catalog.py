@@ -30,8 +30,15 @@ def test_aliases_resolve_to_one_card() -> None:
 
 
 def test_config_json_path(tmp_path: Path) -> None:
-    config = {"num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
-              "intermediate_size": 14336, "vocab_size": 128256, "torch_dtype": "bfloat16"}
+    config = {
+        "num_hidden_layers": 32,
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+        "torch_dtype": "bfloat16",
+    }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
     card = load_model(str(path))
@@ -39,11 +46,17 @@ def test_config_json_path(tmp_path: Path) -> None:
     assert card.kv_bytes_per_token_per_gpu(1) == 2 * 32 * 8 * 128 * 2
 
 
-@pytest.mark.parametrize("field", ["num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
-                                   "vocab_size"])
+@pytest.mark.parametrize(
+    "field", ["num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"]
+)
 def test_config_missing_field_names_file_and_field(tmp_path: Path, field: str) -> None:
-    config = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
-              "vocab_size": 100}
+    config = {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "vocab_size": 100,
+    }
     del config[field]
     path = tmp_path / "config.json"
     path.write_text(json.dumps(config))
@@ -59,7 +72,9 @@ def test_moe_card_counts_active_experts_only() -> None:
 
 
 def test_fp8_dtype_halves_weight_bytes() -> None:
-    assert load_model("llama-3.1-70b", "fp8").weight_bytes == pytest.approx(load_model("llama-3.1-70b").weight_bytes / 2)
+    assert load_model("llama-3.1-70b", "fp8").weight_bytes == pytest.approx(
+        load_model("llama-3.1-70b").weight_bytes / 2
+    )
 
 
 def test_tp_checks() -> None:

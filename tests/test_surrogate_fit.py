@@ -68,15 +68,39 @@ def test_refit_recovers_a_known_model(tmp_path: Path, surrogate: Surrogate) -> N
         for batch in (4, 16, 64, 128, 256):
             st = steady_state(rr, batch, 512, 256)
             for metric in ("median_itl_s", "power_w", "output_tokens_per_s"):
-                rows.append({"model": model, "gpu": "h100", "tp": tp, "batch": batch, "output_tokens": 256,
-                             "input_tokens": 512, "metric": metric, "value": float(getattr(st, metric))})
-            rows.append({"model": model, "gpu": "h100", "tp": tp, "batch": batch, "output_tokens": 256,
-                         "input_tokens": 512, "metric": "prefill_s", "value": float(st.prefill_s)})
+                rows.append(
+                    {
+                        "model": model,
+                        "gpu": "h100",
+                        "tp": tp,
+                        "batch": batch,
+                        "output_tokens": 256,
+                        "input_tokens": 512,
+                        "metric": metric,
+                        "value": float(getattr(st, metric)),
+                    }
+                )
+            rows.append(
+                {
+                    "model": model,
+                    "gpu": "h100",
+                    "tp": tp,
+                    "batch": batch,
+                    "output_tokens": 256,
+                    "input_tokens": 512,
+                    "metric": "prefill_s",
+                    "value": float(st.prefill_s),
+                }
+            )
     csv = tmp_path / "mine.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     out = tmp_path / "params.json"
-    assert fit_cli.main(["--data", str(csv), "--user-only", "--no-cv", "--out", str(out), "--report",
-                         str(tmp_path / "none.md")]) == 0
+    assert (
+        fit_cli.main(
+            ["--data", str(csv), "--user-only", "--no-cv", "--out", str(out), "--report", str(tmp_path / "none.md")]
+        )
+        == 0
+    )
     refit = Surrogate(json.loads(out.read_text()))
     assert refit.params["default_stack"]["h100"] == "user"
     got = steady_state(refit.replica("llama-3.1-8b", "h100", 1), 32, 512, 256)

@@ -10,8 +10,13 @@ from hypothesis import strategies as st
 
 from greenrl.surrogate import StepBatch, Surrogate
 
-REPLICAS = [("llama-2-70b", "h100", 4), ("llama-2-70b", "h100", 8), ("llama-3.1-8b", "h100", 1),
-            ("mixtral-8x7b", "a100-80gb", 4), ("llama-2-7b", "a100-40gb", 2)]
+REPLICAS = [
+    ("llama-2-70b", "h100", 4),
+    ("llama-2-70b", "h100", 8),
+    ("llama-3.1-8b", "h100", 1),
+    ("mixtral-8x7b", "a100-80gb", 4),
+    ("llama-2-7b", "a100-40gb", 2),
+]
 _SURROGATE = Surrogate()
 _MODELS = [_SURROGATE.replica(m, g, tp) for m, g, tp in REPLICAS]
 

@@ -48,6 +48,7 @@ STACK_BOUNDS: dict[str, tuple[float, float, float]] = {
     "iter_overhead_s": (1e-5, 0.1, 2e-3),
     "layer_overhead_s": (1e-7, 1e-3, 2e-5),
     "seq_overhead_s": (1e-8, 1e-3, 1e-5),
+    "worker_overhead_s": (1e-7, 1e-2, 1e-4),
     "allreduce_latency_s": (1e-6, 2e-4, 2e-5),
     "power_busy_w": (1.0, 1000.0, 200.0),
     "power_compute_w": (1.0, 1000.0, 200.0),
@@ -262,6 +263,7 @@ def _free_names(frame: pd.DataFrame, chip: str, stack: str) -> list[str]:
         names.remove("eff_compute")  # modern stacks: prefill runs at the kernel efficiency
     if (frame["tp"] == 1).all():
         names.remove("allreduce_latency_s")
+        names.remove("worker_overhead_s")
     return names
 
 

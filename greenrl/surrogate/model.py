@@ -6,7 +6,8 @@ sequences whose contexts add up to ``decode_ctx_tokens``. On each of the ``tp`` 
 
     t = t_overhead + t_linear + t_attention + t_allreduce
 
-    t_overhead  = iter_overhead_s + layers·layer_overhead_s + decode_seqs·seq_overhead_s      (CPU side)
+    t_overhead  = iter_overhead_s + layers·layer_overhead_s + decode_seqs·seq_overhead_s
+                  + (tp - 1)·worker_overhead_s                                                (CPU side)
     t_linear    = soft_max(F_lin / C, (W + T·A) / M)          roofline of the weight GEMMs, T = P + D
     t_attention = pairs·F_pair / C  +  ctx·KV / M             prefill is compute-, decode memory-bound
     t_allreduce = 2·layers·(allreduce_latency_s + T·2h / BW_ar(tp))          only when tp > 1
@@ -148,6 +149,7 @@ class StackParams:
         iter_overhead_s: fixed CPU/launch time per iteration (s).
         layer_overhead_s: per-layer launch and small-kernel time per iteration (s).
         seq_overhead_s: per-running-sequence CPU time per iteration: sampling, detokenization (s).
+        worker_overhead_s: per extra GPU worker per iteration: input broadcast and launch coordination (s).
         allreduce_latency_s: fixed cost of one tensor-parallel all-reduce (s).
         power_busy_w: dynamic power of a GPU that is running an iteration at all, top clock (W).
         power_compute_w: extra dynamic power at full tensor-core use, top clock (W).
@@ -159,6 +161,7 @@ class StackParams:
     iter_overhead_s: Num
     layer_overhead_s: Num
     seq_overhead_s: Num
+    worker_overhead_s: Num
     allreduce_latency_s: Num
     power_busy_w: Num
     power_compute_w: Num
@@ -226,7 +229,7 @@ def soft_roofline(compute_s: Num, memory_s: Num, sharpness: Num) -> Num:
     """(t_c^p + t_m^p)^(1/p): the larger of the two, smoothed where they are close.
 
     Example:
-        >>> round(soft_roofline(1.0, 0.1, 4.0), 4)
+        >>> round(float(soft_roofline(1.0, 0.1, 4.0)), 4)
         1.0
     """
     big = np.maximum(compute_s, memory_s)
@@ -258,7 +261,12 @@ def step(c: ReplicaConsts, k: KernelParams, s: StackParams, b: StepBatch, clock_
         * c.layers
         * (s.allreduce_latency_s + tokens * c.allreduce_bytes_per_token / c.allreduce_bandwidth_bps)
     )
-    overhead = busy * (s.iter_overhead_s + c.layers * s.layer_overhead_s + b.decode_seqs * s.seq_overhead_s)
+    overhead = busy * (
+        s.iter_overhead_s
+        + c.layers * s.layer_overhead_s
+        + b.decode_seqs * s.seq_overhead_s
+        + (c.tp - 1.0) * s.worker_overhead_s
+    )
     latency = overhead + soft_roofline(lin_c, lin_m, k.roofline_sharpness) + attn_c + attn_m + comm
     safe_t = np.maximum(latency, 1e-30)
 
