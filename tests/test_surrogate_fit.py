@@ -52,8 +52,8 @@ def test_clock_finding_of_the_characterization(surrogate: Surrogate) -> None:
 
 def test_kv_capacity_and_infeasible_configs(surrogate: Surrogate) -> None:
     r = surrogate.replica("llama-2-70b", "h100", 4)
-    # 4 x 80 GB x 0.85 - 138 GB of weights, at 80 layers x 8 KV heads x 128 x 2 x 2 B / 4 GPUs per token.
-    expected = (80e9 * 0.85 - 137.95e9 / 4) / (2 * 80 * 2 * 128 * 2)
+    # 4 x 80 GB x 0.88 - 138 GB of weights, at 80 layers x 8 KV heads x 128 x 2 x 2 B / 4 GPUs per token.
+    expected = (80e9 * 0.88 - 137.95e9 / 4) / (2 * 80 * 2 * 128 * 2)
     assert r.kv_capacity_tokens() == pytest.approx(expected, rel=0.01)
     with pytest.raises(Exception, match="tp=1"):
         surrogate.replica("llama-2-70b", "h100", 1)

@@ -1,0 +1,151 @@
+"""Shared vocabulary: the knobs a controller sets, what a node reports per interval, the Node protocol.
+
+Public names: Knobs, NodeSnapshot, Node, VLLM_TTFT_BUCKETS_S, VLLM_ITL_BUCKETS_S.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["VLLM_ITL_BUCKETS_S", "VLLM_TTFT_BUCKETS_S", "Knobs", "Node", "NodeSnapshot"]
+
+# Histogram bucket upper bounds of vLLM's Prometheus metrics (vllm:time_to_first_token_seconds,
+# vllm:inter_token_latency_seconds), so simulated and live histograms line up; +Inf is implicit.
+VLLM_TTFT_BUCKETS_S = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+VLLM_ITL_BUCKETS_S = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Knobs:
+    """A node configuration.
+
+    Attributes:
+        tp: tensor-parallel degree of every replica (GPUs).
+        replicas: active replicas; tp x replicas <= GPUs of the node, the rest idle.
+        max_num_seqs: most running sequences per replica (an admission cap in front of vLLM).
+        sm_clock_mhz: SM clock of every GPU (MHz).
+        max_num_batched_tokens: chunked-prefill token budget per iteration (tokens).
+    """
+
+    tp: int
+    replicas: int
+    max_num_seqs: int
+    sm_clock_mhz: int
+    max_num_batched_tokens: int = 8192
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """What a node reports for one interval [t_start_s, t_end_s). Energies and counts cover the interval.
+
+    Attributes:
+        t_start_s, t_end_s: interval bounds (s since the episode start).
+        energy_j: GPU energy of the whole node (J); ``energy_per_gpu_j`` per GPU (J).
+        mean_power_w: energy_j / interval length (W).
+        arrived, prompt_tokens_in: requests arrived and their prompt tokens.
+        output_tokens, prefill_tokens: tokens generated and prompt tokens computed (recomputes included).
+        finished, slo_met, rejected, preemptions, iterations: counts in the interval.
+        waiting, running: requests queued (node queue included) and running at t_end_s.
+        kv_cache_usage_frac: used share of the serving replicas' KV blocks at t_end_s.
+        ttft_mean_s, tbt_mean_s: means over first tokens / inter-token gaps emitted in the interval (0 if none).
+        ttft_hist, itl_hist: counts per vLLM bucket (``VLLM_*_BUCKETS_S`` plus +Inf) in the interval.
+        knobs: configuration in force at t_end_s; reconfiguring: a TP/replica change is under way.
+        reconfigurations: knob changes applied in the interval.
+    """
+
+    t_start_s: float
+    t_end_s: float
+    energy_j: float
+    energy_per_gpu_j: tuple[float, ...]
+    mean_power_w: float
+    arrived: int
+    prompt_tokens_in: int
+    output_tokens: int
+    prefill_tokens: int
+    finished: int
+    slo_met: int
+    rejected: int
+    preemptions: int
+    iterations: int
+    waiting: int
+    running: int
+    kv_cache_usage_frac: float
+    ttft_mean_s: float
+    tbt_mean_s: float
+    ttft_hist: npt.NDArray[np.float64]
+    itl_hist: npt.NDArray[np.float64]
+    knobs: Knobs
+    reconfiguring: bool
+    reconfigurations: int
+
+    @property
+    def slo_attainment(self) -> float:
+        """Share of requests finished in the interval that met their SLO (1.0 when none finished)."""
+        return self.slo_met / self.finished if self.finished else 1.0
+
+
+class Node(Protocol):
+    """A serving node the environment drives: simulated (``SimNode``) or live (``LiveNode``)."""
+
+    def reset(self, *, seed: int | None = None) -> NodeSnapshot:
+        """Start a new episode at t = 0 in the default configuration."""
+        ...
+
+    def apply(self, knobs: Knobs) -> None:
+        """Request a configuration; costly changes take effect after their real delay."""
+        ...
+
+    def advance(self, dt_s: float) -> NodeSnapshot:
+        """Serve for ``dt_s`` seconds and report the interval."""
+        ...
+
+    def close(self) -> None:
+        """Release resources (a live node resets clocks and stops what it started)."""
+        ...

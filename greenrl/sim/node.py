@@ -1,0 +1,470 @@
+"""SimNode: a simulated vLLM node of G GPUs serving one model, driven interval by interval.
+
+The compiled core (``greenrl.sim.kernel``) schedules every replica like vLLM V1; this module owns the
+configuration, what reconfiguring really costs, SLOs and per-interval reporting.
+
+Reconfiguration costs:
+
+* SM clock: takes effect ``clock_latency_s`` after ``apply`` (NVML clock locking), no interruption.
+* ``max_num_seqs`` / ``max_num_batched_tokens``: a restart-only flag in vLLM, modelled as an admission
+  cap enforced in front of the server: instant for new admissions, running requests drain naturally.
+* ``tp`` or replica count: affected replicas stop admitting; their running requests either finish
+  (``inflight="drain"``) or go back to the node queue to be recomputed elsewhere (``"requeue"``); their
+  waiting requests are re-routed at once. Then the GPUs reload weights for ``weight_bytes /
+  load_bandwidth_bps`` seconds at idle + ``reload_power_frac`` x TDP each. A TP change reshapes every
+  replica, so all of them drain before the new layout loads; a replica-count change touches only the
+  replicas added or removed.
+
+Public names: SimConfig, SimNode, SloSpec.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+
+from greenrl.catalog import load_gpu
+from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot
+from greenrl.errors import InputError
+from greenrl.sim import kernel as K
+from greenrl.surrogate import StepBatch, Surrogate
+from greenrl.surrogate.model import pack
+from greenrl.workload import Trace
+
+__all__ = ["SimConfig", "SimNode", "SloSpec"]
+
+MAX_RUNNING = 1024
+"""Most running sequences a replica can hold (the largest max_num_seqs accepted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SloSpec:
+    """Per-request SLO; a request meets it only if both hold.
+
+    TTFT <= max(ttft_floor_s, ttft_prefill_multiple x its own prefill alone at the fastest configuration)
+    and mean time between tokens <= tbt_mean_s (s).
+    """
+
+    ttft_floor_s: float = 0.5
+    ttft_prefill_multiple: float = 5.0
+    tbt_mean_s: float = 0.1
+    unfinished_counts_as_missed: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """A simulated node.
+
+    Attributes:
+        model, gpu, gpus: what is served on what (default: Llama-2-70B on 8 x H100, as in the study).
+        stack: surrogate stack (default: the GPU's default, vLLM 0.11 on H100).
+        mode: ``fast`` (event jumps) or ``exact`` (every iteration).
+        initial: the configuration at reset.
+        clock_latency_s: delay before a new SM clock takes effect (s).
+        load_bandwidth_bps: weight loading speed of a replica (B/s); 2.5 GB/s loads 138 GB in 55 s.
+        reload_power_frac: extra power of a reloading GPU above idle, as a share of TDP (assumption).
+        inflight: what happens to running requests of a replica being reconfigured.
+        gpu_memory_utilization, block_tokens: vLLM's memory share and KV block size.
+        slo: the SLO definition.
+    """
+
+    model: str = "llama-2-70b"
+    gpu: str = "h100-sxm-80gb"
+    gpus: int = 8
+    stack: str | None = None
+    mode: Literal["fast", "exact"] = "fast"
+    initial: Knobs = field(default_factory=lambda: Knobs(tp=4, replicas=2, max_num_seqs=256, sm_clock_mhz=1980))
+    clock_latency_s: float = 0.05
+    load_bandwidth_bps: float = 2.5e9
+    reload_power_frac: float = 0.1
+    inflight: Literal["drain", "requeue"] = "drain"
+    gpu_memory_utilization: float = 0.9
+    block_tokens: int = 16
+    slo: SloSpec = field(default_factory=SloSpec)
+
+
+class SimNode:
+    """A simulated vLLM node implementing the ``Node`` protocol, plus ``fork()`` for planners.
+
+    Args:
+        config: the node.
+        workload: the requests: a ``Trace``, or a function of a numpy Generator returning one per
+            episode (so ``reset(seed=...)`` can draw a new window or rate).
+        surrogate: fitted surrogate (default: the packaged parameters).
+    """
+
+    def __init__(
+        self,
+        config: SimConfig,
+        workload: Trace | Callable[[np.random.Generator], Trace],
+        surrogate: Surrogate | None = None,
+    ) -> None:
+        self.config = config
+        self._workload = workload
+        self._surrogate = surrogate or Surrogate()
+        self.gpu = load_gpu(config.gpu)
+        self._feasible: dict[int, tuple[np.ndarray, int, float, float]] = {}
+        for tp in (1, 2, 4, 8):
+            if tp > config.gpus:
+                continue
+            try:
+                r = self._surrogate.replica(config.model, self.gpu, tp, config.stack)
+            except InputError:
+                continue
+            blocks = r.kv_capacity_tokens(config.gpu_memory_utilization) // config.block_tokens
+            load_s = r.card.weight_bytes / config.load_bandwidth_bps
+            reload_w = tp * (self.gpu.idle_power_w + config.reload_power_frac * self.gpu.tdp_w)
+            self._feasible[tp] = (pack(r), int(blocks), load_s, reload_w)
+        if not self._feasible:
+            raise InputError(
+                "node",
+                "model",
+                f"{config.model} fits on no TP degree of {config.gpus} x {self.gpu.name}",
+                "use more or larger GPUs",
+            )
+        self._tp_list = sorted(self._feasible)
+        self._packed = np.stack([self._feasible[tp][0] for tp in self._tp_list])
+        self._cap_blocks = np.array([self._feasible[tp][1] for tp in self._tp_list], dtype=np.int64)
+        self._fastest = self._surrogate.replica(config.model, self.gpu, self._tp_list[-1], config.stack)
+        self.check(config.initial, "initial")
+        self.trace: Trace | None = None
+        self.now_s = 0.0
+
+    # ------------------------------------------------------------------------------------ config
+
+    @property
+    def feasible_tp(self) -> list[int]:
+        """TP degrees whose weights fit on this node's GPUs."""
+        return list(self._tp_list)
+
+    def check(self, knobs: Knobs, where: str = "knobs") -> None:
+        """Raise ``InputError`` unless the configuration can run on this node."""
+        if knobs.tp not in self._feasible:
+            raise InputError(
+                where,
+                "tp",
+                f"tp={knobs.tp} is infeasible for {self.config.model} on {self.config.gpus} x {self.gpu.name}",
+                f"use one of {self._tp_list}",
+            )
+        if knobs.replicas < 1 or knobs.tp * knobs.replicas > self.config.gpus:
+            raise InputError(
+                where,
+                "replicas",
+                f"tp x replicas = {knobs.tp} x {knobs.replicas} does not fit {self.config.gpus} GPUs",
+                f"use 1 to {self.config.gpus // knobs.tp} replicas",
+            )
+        if not 1 <= knobs.max_num_seqs <= MAX_RUNNING:
+            raise InputError(where, "max_num_seqs", f"{knobs.max_num_seqs} is out of range", f"use 1 to {MAX_RUNNING}")
+        if knobs.max_num_batched_tokens < 16:
+            raise InputError(where, "max_num_batched_tokens", "below 16", "use 512 or more")
+        self.gpu.check_clock(knobs.sm_clock_mhz, where)
+
+    # ------------------------------------------------------------------------------------- state
+
+    def reset(self, *, seed: int | None = None) -> NodeSnapshot:
+        """Load the episode's requests and start at t = 0 in the initial configuration."""
+        rng = np.random.default_rng(seed)
+        trace = self._workload(rng) if callable(self._workload) else self._workload
+        self.trace = trace
+        n = len(trace)
+        self.req_f = np.zeros((n, K.N_RF))
+        self.req_f[:, K.RF_ARRIVAL] = trace.arrival_s
+        self.req_f[:, [K.RF_FIRST_TOKEN, K.RF_FINISH, K.RF_LAST_TOKEN, K.RF_ADMIT]] = -1.0
+        alone = self._fastest.step(StepBatch.prefill(1.0, trace.input_tokens.astype(float))).latency_s
+        slo = self.config.slo
+        self.req_f[:, K.RF_TTFT_SLO] = np.maximum(slo.ttft_floor_s, slo.ttft_prefill_multiple * np.asarray(alone))
+        self.req_i = np.zeros((n, K.N_RI), dtype=np.int64)
+        self.req_i[:, K.RI_PROMPT] = trace.input_tokens
+        self.req_i[:, K.RI_OUTPUT] = trace.output_tokens
+        self.req_i[:, K.RI_SLOT] = -1
+        self.req_i[:, K.RI_NEXT] = -1
+        self.g = np.array([0, -1, -1, 0], dtype=np.int64)
+        self.cnt = np.zeros(K.N_K)
+        self.ttft_edges = np.array(VLLM_TTFT_BUCKETS_S)
+        self.itl_edges = np.array(VLLM_ITL_BUCKETS_S)
+        self.hist_ttft = np.zeros(len(VLLM_TTFT_BUCKETS_S) + 1)
+        self.hist_itl = np.zeros(len(VLLM_ITL_BUCKETS_S) + 1)
+        self.chunk = np.zeros(n, dtype=np.int64)
+        self.now_s = 0.0
+        self.knobs = self.config.initial
+        self._target: Knobs | None = None
+        self._clock_at: tuple[float, int] | None = None
+        self._reconfigs = 0
+        self._banked = np.zeros(self.config.gpus)
+        self._build_slots(self.knobs.tp, self.knobs.replicas, loading=False)
+        self._set_cfg(self.knobs, self.knobs.sm_clock_mhz)
+        self._energy_mark = np.zeros(self.config.gpus)
+        return self._snapshot(0.0, np.zeros(self.config.gpus))
+
+    def _build_slots(self, tp: int, replicas: int, loading: bool) -> None:
+        n_slots = self.config.gpus // tp
+        tp_idx = self._tp_list.index(tp)
+        self.slot_i = np.zeros((n_slots, K.N_SI), dtype=np.int64)
+        self.slot_i[:, K.SI_QHEAD] = -1
+        self.slot_i[:, K.SI_QTAIL] = -1
+        self.slot_i[:, K.SI_TP_IDX] = tp_idx
+        self.slot_i[:, K.SI_TOTAL_BLOCKS] = self._cap_blocks[tp_idx]
+        self.slot_i[:, K.SI_FREE_BLOCKS] = self._cap_blocks[tp_idx]
+        self.slot_i[:, K.SI_STATUS] = K.OFF
+        self.slot_f = np.zeros((n_slots, K.N_SF))
+        self.slot_f[:, [K.SF_BUSY_UNTIL, K.SF_ACCOUNTED_TO]] = self.now_s
+        self.slot_f[:, K.SF_RELOAD_W] = self._feasible[tp][3]
+        self.run_ids = np.full((n_slots, MAX_RUNNING), -1, dtype=np.int64)
+        self._slot_tp = tp
+        for s in range(replicas):
+            self._start_slot(s, loading)
+
+    def _start_slot(self, s: int, loading: bool) -> None:
+        if loading:
+            self.slot_i[s, K.SI_STATUS] = K.LOADING
+            self.slot_f[s, K.SF_READY_AT] = self.now_s + self._feasible[self._slot_tp][2]
+        else:
+            self.slot_i[s, K.SI_STATUS] = K.SERVING
+
+    def _set_cfg(self, knobs: Knobs, clock_mhz: int) -> None:
+        self.cfg = np.array(
+            [
+                clock_mhz / self.gpu.max_sm_clock_mhz,
+                knobs.max_num_seqs,
+                knobs.max_num_batched_tokens,
+                self.config.block_tokens,
+                self.config.slo.tbt_mean_s,
+            ]
+        )
+
+    def fork(self) -> SimNode:
+        """An independent deep copy: stepping it leaves this node unchanged."""
+        return copy.deepcopy(self)
+
+    def close(self) -> None:
+        """Nothing to release for a simulated node."""
+
+    # ------------------------------------------------------------------------------------- knobs
+
+    def apply(self, knobs: Knobs) -> None:
+        """Request a configuration (see the module docstring for what each change costs)."""
+        self.check(knobs)
+        current = self._target or self.knobs
+        changed = knobs != current
+        if knobs.sm_clock_mhz != current.sm_clock_mhz:
+            self._clock_at = (self.now_s + self.config.clock_latency_s, knobs.sm_clock_mhz)
+        clock_now = int(round(self.cfg[K.C_CLOCK_FRAC] * self.gpu.max_sm_clock_mhz))
+        self._set_cfg(knobs, clock_now)
+        if (knobs.tp, knobs.replicas) != (current.tp, current.replicas):
+            self._reshape(knobs)
+        self.knobs = replace(
+            self.knobs, max_num_seqs=knobs.max_num_seqs, max_num_batched_tokens=knobs.max_num_batched_tokens
+        )
+        self._reconfigs += int(changed)
+
+    def _reshape(self, knobs: Knobs) -> None:
+        active = np.flatnonzero(np.isin(self.slot_i[:, K.SI_STATUS], (K.SERVING, K.LOADING)))
+        if self._target is not None or knobs.tp != self._slot_tp:
+            # A TP change reshapes every replica: all drain, then the new layout loads. A further
+            # layout change while one is under way only updates the target.
+            self._target = knobs
+            for s in active:
+                self._stop_slot(int(s))
+            self._maybe_load_new_layout(self.now_s)
+            return
+        n_active = len(active)
+        for _ in range(n_active, knobs.replicas):  # add replicas: load weights on idle GPUs
+            free = np.flatnonzero(self.slot_i[:, K.SI_STATUS] == K.OFF)
+            self._start_slot(int(free[0]), loading=True)
+        for s in sorted(active, reverse=True)[: max(0, n_active - knobs.replicas)]:
+            self._stop_slot(int(s))
+        self.knobs = replace(self.knobs, tp=knobs.tp, replicas=knobs.replicas)
+
+    def _stop_slot(self, s: int) -> None:
+        """Stop admissions on a replica; re-route its waiting requests (and running ones when requeueing)."""
+        status = self.slot_i[s, K.SI_STATUS]
+        if status == K.LOADING:
+            K._account_idle(s, self.now_s, self.slot_f, self.slot_i, self._packed)
+            self.slot_i[s, K.SI_STATUS] = K.OFF
+            return
+        self.slot_i[s, K.SI_STATUS] = K.DRAINING
+        moved = []
+        while self.slot_i[s, K.SI_QLEN] > 0:
+            moved.append(int(K._pop_front(self.req_i, self.slot_i, s)))
+        if self.config.inflight == "requeue":
+            n = int(self.slot_i[s, K.SI_NRUN])
+            for rid in self.run_ids[s, :n]:
+                rid = int(rid)
+                self.slot_i[s, K.SI_FREE_BLOCKS] += self.req_i[rid, K.RI_BLOCKS]
+                self.req_i[rid, [K.RI_BLOCKS, K.RI_CTX, K.RI_PHASE]] = 0
+                self.req_i[rid, K.RI_PREEMPT] += 1
+                moved.append(rid)
+            self.slot_i[s, K.SI_NRUN] = 0
+        for rid in moved:
+            self.req_i[rid, K.RI_STATE] = K.WAITING
+            self.slot_i[s, K.SI_OUTSTANDING] -= 1
+            self._push_pending(rid)
+
+    def _push_pending(self, rid: int) -> None:
+        self.req_i[rid, K.RI_NEXT] = -1
+        if self.g[K.G_PTAIL] >= 0:
+            self.req_i[self.g[K.G_PTAIL], K.RI_NEXT] = rid
+        else:
+            self.g[K.G_PHEAD] = rid
+        self.g[K.G_PTAIL] = rid
+        self.g[K.G_PLEN] += 1
+
+    def _maybe_load_new_layout(self, drained_at: float) -> None:
+        """Once every old replica has drained, load the target layout's weights."""
+        if self._target is None or np.any(self.slot_i[:, K.SI_STATUS] == K.DRAINING):
+            return
+        self.now_s = max(self.now_s, drained_at)
+        K.finish_interval(self.now_s, self.slot_i, self.slot_f, self._packed)
+        # Slot arrays are rebuilt: bank their energy per GPU in the running total first.
+        self._banked += np.repeat(self.slot_f[:, K.SF_ENERGY_J] / self._slot_tp, self._slot_tp)
+        target = self._target
+        self._build_slots(target.tp, target.replicas, loading=True)
+        self.knobs = replace(self.knobs, tp=target.tp, replicas=target.replicas)
+        self._target = None
+
+    def _gpu_energy(self) -> np.ndarray:
+        """Cumulative energy of each GPU since reset (J)."""
+        return np.repeat(self.slot_f[:, K.SF_ENERGY_J] / self._slot_tp, self._slot_tp) + self._banked
+
+    # ---------------------------------------------------------------------------------- stepping
+
+    def advance(self, dt_s: float) -> NodeSnapshot:
+        """Serve for ``dt_s`` seconds; returns the interval's snapshot."""
+        if self.trace is None:
+            raise RuntimeError("call reset() before advance()")
+        if not dt_s > 0:
+            raise InputError("advance", "dt_s", f"must be positive, got {dt_s}", "pass the control interval in s")
+        t_start, t_end = self.now_s, self.now_s + dt_s
+        reconfigs, self._reconfigs = self._reconfigs, 0
+        self.cnt[:] = 0.0
+        self.hist_ttft[:] = 0.0
+        self.hist_itl[:] = 0.0
+        fast = self.config.mode == "fast"
+        while True:
+            seg_end = t_end
+            if self._clock_at is not None and self._clock_at[0] < t_end:
+                seg_end = max(self._clock_at[0], self.now_s)
+            code = K.run_until(
+                self.now_s,
+                seg_end,
+                fast,
+                self.req_f,
+                self.req_i,
+                self.slot_i,
+                self.slot_f,
+                self.run_ids,
+                self._packed,
+                self._cap_blocks,
+                self.cfg,
+                self.g,
+                self.cnt,
+                self.hist_ttft,
+                self.ttft_edges,
+                self.hist_itl,
+                self.itl_edges,
+                self.chunk,
+            )
+            if code == K.SLOT_DRAINED:
+                off = self.slot_i[:, K.SI_STATUS] == K.OFF
+                self._maybe_load_new_layout(min(seg_end, float(self.slot_f[off, K.SF_READY_AT].max())))
+                continue
+            self.now_s = seg_end
+            if self._clock_at is not None and self._clock_at[0] <= seg_end:
+                self.cfg[K.C_CLOCK_FRAC] = self._clock_at[1] / self.gpu.max_sm_clock_mhz
+                self.knobs = replace(self.knobs, sm_clock_mhz=self._clock_at[1])
+                self._clock_at = None
+            if seg_end >= t_end:
+                break
+        K.finish_interval(t_end, self.slot_i, self.slot_f, self._packed)
+        energy = self._gpu_energy()
+        delta, self._energy_mark = energy - self._energy_mark, energy
+        snap = self._snapshot(t_start, delta)
+        return replace(snap, reconfigurations=reconfigs)
+
+    def _snapshot(self, t_start: float, energy_per_gpu: np.ndarray) -> NodeSnapshot:
+        c = self.cnt
+        serving = np.isin(self.slot_i[:, K.SI_STATUS], (K.SERVING, K.DRAINING))
+        total = self.slot_i[serving, K.SI_TOTAL_BLOCKS].sum()
+        used = total - self.slot_i[serving, K.SI_FREE_BLOCKS].sum()
+        span = max(self.now_s - t_start, 1e-12)
+        gaps = c[K.K_TOKENS_OUT] - c[K.K_FIRST_TOKENS]
+        return NodeSnapshot(
+            t_start_s=t_start,
+            t_end_s=self.now_s,
+            energy_j=float(energy_per_gpu.sum()),
+            energy_per_gpu_j=tuple(float(e) for e in energy_per_gpu),
+            mean_power_w=float(energy_per_gpu.sum()) / span if self.now_s > t_start else 0.0,
+            arrived=int(c[K.K_ARRIVED]),
+            prompt_tokens_in=int(c[K.K_PROMPT_IN]),
+            output_tokens=int(c[K.K_TOKENS_OUT]),
+            prefill_tokens=int(c[K.K_PREFILL_TOKENS]),
+            finished=int(c[K.K_FINISHED]),
+            slo_met=int(c[K.K_SLO_MET]),
+            rejected=int(c[K.K_REJECTED]),
+            preemptions=int(c[K.K_PREEMPTIONS]),
+            iterations=int(c[K.K_ITERATIONS]),
+            waiting=int(self.slot_i[:, K.SI_QLEN].sum() + self.g[K.G_PLEN]),
+            running=int(self.slot_i[:, K.SI_NRUN].sum()),
+            kv_cache_usage_frac=float(used / total) if total else 0.0,
+            ttft_mean_s=float(c[K.K_TTFT_SUM] / c[K.K_FIRST_TOKENS]) if c[K.K_FIRST_TOKENS] else 0.0,
+            tbt_mean_s=float(c[K.K_TBT_SUM] / gaps) if gaps > 0 else 0.0,
+            ttft_hist=self.hist_ttft.copy(),
+            itl_hist=self.hist_itl.copy(),
+            knobs=self.knobs,
+            reconfiguring=bool(
+                np.any(np.isin(self.slot_i[:, K.SI_STATUS], (K.LOADING, K.DRAINING))) or self._target is not None
+            ),
+            reconfigurations=0,
+        )
+
+    # ---------------------------------------------------------------------------------- requests
+
+    def requests(self) -> dict[str, np.ndarray]:
+        """Per-request records so far (times in s; -1 where an event has not happened)."""
+        f, i = self.req_f, self.req_i
+        gen = i[:, K.RI_GENERATED]
+        first = f[:, K.RF_FIRST_TOKEN]
+        ttft = np.where(first >= 0, first - f[:, K.RF_ARRIVAL], -1.0)
+        tbt_mean = np.where(gen > 1, f[:, K.RF_TBT_SUM] / np.maximum(gen - 1, 1), 0.0)
+        finished = i[:, K.RI_STATE] == K.FINISHED
+        met = finished & (ttft >= 0) & (ttft <= f[:, K.RF_TTFT_SLO]) & (tbt_mean <= self.config.slo.tbt_mean_s)
+        return {
+            "arrival_s": f[:, K.RF_ARRIVAL].copy(),
+            "admitted_at_s": f[:, K.RF_ADMIT].copy(),
+            "first_token_at_s": first.copy(),
+            "finished_at_s": np.where(finished, f[:, K.RF_FINISH], -1.0),
+            "ttft_s": ttft,
+            "tbt_mean_s": tbt_mean,
+            "tbt_max_s": f[:, K.RF_TBT_MAX].copy(),
+            "e2e_s": np.where(finished, f[:, K.RF_FINISH] - f[:, K.RF_ARRIVAL], -1.0),
+            "ttft_slo_s": f[:, K.RF_TTFT_SLO].copy(),
+            "input_tokens": i[:, K.RI_PROMPT].copy(),
+            "output_tokens": i[:, K.RI_OUTPUT].copy(),
+            "generated_tokens": gen.copy(),
+            "preemptions": i[:, K.RI_PREEMPT].copy(),
+            "state": i[:, K.RI_STATE].copy(),
+            "slo_met": met,
+        }
+
+    def slo_attainment(self) -> float:
+        """Share of arrived requests that met their SLO (unfinished ones count as missed by default)."""
+        rec = self.requests()
+        arrived = rec["arrival_s"] < self.now_s
+        if not self.config.slo.unfinished_counts_as_missed:
+            arrived &= rec["state"] >= K.FINISHED
+        return float(rec["slo_met"][arrived].mean()) if arrived.any() else 1.0
+
+    def state_counts(self) -> dict[str, int]:
+        """Requests by state now: arrived = finished + rejected + running + waiting always holds."""
+        st = self.req_i[:, K.RI_STATE]
+        return {
+            "arrived": int(self.g[K.G_NEXT_ARRIVAL]),
+            "finished": int((st == K.FINISHED).sum()),
+            "rejected": int((st == K.REJECTED).sum()),
+            "running": int((st == K.RUNNING).sum()),
+            "waiting": int((st == K.WAITING).sum()),
+        }
