@@ -287,7 +287,8 @@ def _account_idle(s: int, until: float, slot_f: np.ndarray, slot_i: np.ndarray, 
 def _iterate(
     s: int,
     t0: float,
-    bound: float,
+    t_limit: float,
+    t_arrival: float,
     fast: bool,
     req_f: np.ndarray,
     req_i: np.ndarray,
@@ -390,8 +391,13 @@ def _iterate(
     lat_last = lat0
     slope = 0.0
     can_jump = fast and prefill == 0.0 and decodes > 0 and not admitted and not preempted
-    if can_jump and slot_i[s, SI_QLEN] > 0 and not blocked_head:
-        can_jump = slot_i[s, SI_NRUN] >= seats  # waiting only for a seat: the next completion changes things
+    full = blocked_head or slot_i[s, SI_NRUN] >= seats
+    if can_jump and slot_i[s, SI_QLEN] > 0 and not full:
+        can_jump = False  # a queued request could be admitted next iteration
+    # An arrival can change this replica's batch only if it could be admitted; a full replica's batch
+    # changes first at a completion. Jumps stop one step before a completion, so the router sees the
+    # same outstanding counts as in exact mode.
+    bound = t_limit if full else min(t_limit, t_arrival)
     if can_jump:
         lat1, _ = step_scalar(v, 0.0, 0.0, float(decodes), ctx + decodes, clock)
         slope = lat1 - lat0
@@ -424,7 +430,7 @@ def _iterate(
             else:
                 k_time = int(math.ceil(gap / lat0))
             k_time = max(k_time, 1)
-        steps = max(1, min(k_done, k_kv, k_time))
+        steps = max(1, min(k_done - 1, k_kv, k_time))
         if steps > 1:
             lat_last, pow_last = step_scalar(v, 0.0, 0.0, float(decodes), ctx + (steps - 1) * decodes, clock)
             total_s = steps * lat0 + slope * steps * (steps - 1) / 2.0
@@ -544,14 +550,15 @@ def run_until(
             _route_pending(t_rep, req_f, req_i, slot_i, slot_f, cap_blocks, cfg, g, cnt)
             continue
         _account_idle(s, t_rep, slot_f, slot_i, packed)
-        bound = min(t_end, t_arr)
+        limit = t_end
         for q in range(n_slots):
             if slot_i[q, SI_STATUS] == LOADING:
-                bound = min(bound, slot_f[q, SF_READY_AT])
+                limit = min(limit, slot_f[q, SF_READY_AT])
         _iterate(
             s,
             t_rep,
-            bound,
+            limit,
+            t_arr,
             fast,
             req_f,
             req_i,

@@ -1,0 +1,200 @@
+"""The serving simulator: invariants, fast/exact agreement, reconfiguration costs, fork, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from greenrl.core import Knobs
+from greenrl.errors import InputError
+from greenrl.sim import SimConfig, SimNode
+from greenrl.sim import kernel as K
+from greenrl.surrogate import StepBatch, Surrogate
+from greenrl.surrogate.model import pack
+from greenrl.workload import load_trace
+
+CONV = load_trace("azure-conv")
+WINDOW = CONV.window(600, 600)  # ten busy minutes
+
+
+def _node(trace=WINDOW, **kw) -> SimNode:
+    node = SimNode(SimConfig(**kw), trace)
+    node.reset(seed=0)
+    return node
+
+
+def _check_invariants(node: SimNode) -> None:
+    counts = node.state_counts()
+    assert counts["arrived"] == counts["finished"] + counts["rejected"] + counts["running"] + counts["waiting"]
+    # KV: per replica, blocks held by its running requests = total - free, never above capacity
+    for s in range(node.slot_i.shape[0]):
+        n = node.slot_i[s, K.SI_NRUN]
+        held = node.req_i[node.run_ids[s, :n], K.RI_BLOCKS].sum()
+        assert 0 <= node.slot_i[s, K.SI_FREE_BLOCKS] <= node.slot_i[s, K.SI_TOTAL_BLOCKS]
+        assert held == node.slot_i[s, K.SI_TOTAL_BLOCKS] - node.slot_i[s, K.SI_FREE_BLOCKS]
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "tp"), [("llama-2-70b", "h100", 4), ("llama-3.1-8b", "a100-40gb", 1), ("mixtral-8x7b", "h100", 2)]
+)
+def test_compiled_step_equals_surrogate(model: str, gpu: str, tp: int) -> None:
+    replica = Surrogate().replica(model, gpu, tp)
+    v = pack(replica)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        p, d, c, f = rng.uniform(0, 8192), rng.integers(0, 300), rng.uniform(0, 500_000), rng.uniform(0.2, 1.0)
+        want = replica.step(StepBatch(p, p * p / 2, float(d), c), f * replica.gpu.max_sm_clock_mhz)
+        lat, power = K.step_scalar(v, p, p * p / 2, float(d), c, f)
+        assert lat == pytest.approx(float(want.latency_s), rel=1e-12, abs=1e-15)
+        assert power == pytest.approx(float(want.power_w), rel=1e-12)
+
+
+@pytest.mark.parametrize("inflight", ["drain", "requeue"])
+def test_conservation_kv_and_energy_through_reconfigurations(inflight: str) -> None:
+    node = _node(CONV.window(0, 900), inflight=inflight)
+    plan = {2: Knobs(4, 2, 64, 1605), 4: Knobs(4, 1, 128, 1200), 6: Knobs(2, 4, 256, 1980), 12: Knobs(8, 1, 256, 1980)}
+    total = 0.0
+    for i in range(20):
+        if i in plan:
+            node.apply(plan[i])
+        snap = node.advance(30.0)
+        assert snap.energy_j == pytest.approx(sum(snap.energy_per_gpu_j))
+        # every GPU draws at least idle and at most TDP power (iterations may spill past the interval end)
+        gpu = node.gpu
+        assert gpu.idle_power_w * 8 * 30.0 * 0.999 <= snap.energy_j <= gpu.tdp_w * 8 * 31.0
+        total += snap.energy_j
+        _check_invariants(node)
+    assert total == pytest.approx(node._gpu_energy().sum(), rel=1e-12)
+    assert node.knobs.tp == 8
+
+
+def test_ttft_at_least_own_prefill_and_tokens_complete() -> None:
+    node = _node()
+    node.advance(WINDOW.duration_s + 900)
+    rec = node.requests()
+    done = rec["state"] == K.FINISHED
+    assert done.all()
+    fastest = Surrogate().replica("llama-2-70b", "h100", 8)
+    alone = np.asarray(fastest.step(StepBatch.prefill(1.0, rec["input_tokens"].astype(float))).latency_s)
+    assert (rec["ttft_s"][done] >= alone[done] * (1 - 1e-9)).all()
+    assert (rec["generated_tokens"][done] == rec["output_tokens"][done]).all()
+    assert (rec["e2e_s"][done] >= rec["ttft_s"][done]).all()
+
+
+def test_small_kv_cache_preempts_and_still_conserves() -> None:
+    node = _node(CONV.window(600, 300).scale_rate(2), initial=Knobs(2, 4, 256, 1980))
+    preempted = 0
+    for _ in range(30):
+        snap = node.advance(20.0)
+        preempted += snap.preemptions
+        _check_invariants(node)
+    assert preempted > 0
+    assert node.requests()["preemptions"].sum() == preempted
+
+
+@pytest.mark.parametrize("name", ["azure-conv", "azure-code"])
+def test_fast_agrees_with_exact(name: str) -> None:
+    trace = load_trace(name).window(1200, 900)
+    results = []
+    for mode in ("fast", "exact"):
+        node = _node(trace, mode=mode)
+        energy = sum(node.advance(60.0).energy_j for _ in range(30))
+        rec = node.requests()
+        done = rec["state"] == K.FINISHED
+        results.append(
+            np.array(
+                [
+                    rec["ttft_s"][done].mean(),
+                    np.percentile(rec["ttft_s"][done], 99),
+                    rec["tbt_mean_s"][done].mean(),
+                    np.percentile(rec["tbt_mean_s"][done], 99),
+                    energy,
+                    node.slo_attainment(),
+                ]
+            )
+        )
+    np.testing.assert_allclose(results[0], results[1], rtol=0.02)
+
+
+def test_fast_mode_jumps() -> None:
+    node = _node()
+    node.advance(600.0)
+    assert node.cnt[K.K_SCHEDULES] < 0.5 * node.cnt[K.K_ITERATIONS]
+
+
+def test_clock_change_takes_effect_after_latency_and_saves_power() -> None:
+    node = _node(clock_latency_s=0.05)
+    before = node.advance(60.0)
+    node.apply(Knobs(4, 2, 256, 1005))
+    assert node.knobs.sm_clock_mhz == 1980  # not yet
+    after = node.advance(60.0)
+    assert node.knobs.sm_clock_mhz == 1005 and after.knobs.sm_clock_mhz == 1005
+    assert after.reconfigurations == 1
+    assert after.mean_power_w < before.mean_power_w
+
+
+def test_tp_change_costs_a_weight_reload() -> None:
+    node = _node(inflight="requeue", load_bandwidth_bps=2.5e9)
+    node.advance(30.0)
+    node.apply(Knobs(8, 1, 256, 1980))
+    reload_s = Surrogate().replica("llama-2-70b", "h100", 8).card.weight_bytes / 2.5e9
+    tokens = [node.advance(5.0).output_tokens for _ in range(int(reload_s // 5) + 4)]
+    silent = int(np.argmax(np.array(tokens) > 0))  # 5 s intervals with no token: the reload
+    assert silent == pytest.approx(reload_s / 5, abs=1)
+    assert sum(tokens) > 0
+    _check_invariants(node)
+
+
+def test_fork_is_independent_and_deterministic() -> None:
+    node = _node()
+    node.advance(120.0)
+    snapshot_arrays = [a.copy() for a in (node.req_f, node.req_i, node.slot_i, node.slot_f)]
+    child = node.fork()
+    child.apply(Knobs(8, 1, 64, 1200))
+    child.advance(300.0)
+    for before, now in zip(snapshot_arrays, (node.req_f, node.req_i, node.slot_i, node.slot_f), strict=True):
+        np.testing.assert_array_equal(before, now)
+    a, b = node.fork(), node.fork()
+    sa, sb = a.advance(200.0), b.advance(200.0)
+    assert sa.energy_j == sb.energy_j and sa.finished == sb.finished
+    np.testing.assert_array_equal(a.req_f, b.req_f)
+
+
+def test_same_seed_same_episode_with_a_random_workload() -> None:
+    def workload(rng: np.random.Generator):
+        start = float(rng.uniform(0, CONV.duration_s - 300))
+        return CONV.window(start, 300).scale_rate(float(rng.uniform(0.5, 2.0)))
+
+    runs = []
+    for seed in (7, 7, 8):
+        node = SimNode(SimConfig(), workload)
+        node.reset(seed=seed)
+        runs.append([node.advance(30.0).energy_j for _ in range(5)])
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+@pytest.mark.parametrize(
+    ("knobs", "field"),
+    [
+        (Knobs(1, 8, 256, 1980), "tp"),
+        (Knobs(4, 3, 256, 1980), "replicas"),
+        (Knobs(4, 2, 0, 1980), "max_num_seqs"),
+        (Knobs(4, 2, 256, 1600), "sm_clock_mhz"),
+        (Knobs(3, 2, 256, 1980), "tp"),
+    ],
+)
+def test_bad_configurations(knobs: Knobs, field: str) -> None:
+    node = _node()
+    with pytest.raises(InputError, match=field):
+        node.apply(knobs)
+    with pytest.raises(InputError, match=field):
+        SimNode(SimConfig(initial=knobs), WINDOW)
+
+
+def test_admission_cap_applies_to_new_admissions() -> None:
+    node = _node(WINDOW.scale_rate(3))
+    node.advance(120.0)
+    node.apply(Knobs(4, 2, 8, 1980))
+    for _ in range(10):
+        node.advance(30.0)
+    assert node.slot_i[:, K.SI_NRUN].max() <= 8
