@@ -10,8 +10,8 @@ $(VENV_STAMP): pyproject.toml
 	.venv/bin/pip install -q torch==2.13.0 -e '.[cpu,dev]'
 	touch $(VENV_STAMP)
 
-train: $(VENV_STAMP)  ## main job (until the training issue lands: refit the surrogate and print its validation report)
-	$(PY) -m greenrl.fit
+train: $(VENV_STAMP)  ## main job: train MaskablePPO on the default scenario (<= 15 min on 2 cores)
+	$(PY) -m greenrl.train
 
 fit: $(VENV_STAMP)
 	$(PY) -m greenrl.fit
@@ -28,6 +28,8 @@ test: $(VENV_STAMP) lint type
 
 bench: $(VENV_STAMP)
 	$(PY) benchmarks/bench_surrogate.py
+	$(PY) benchmarks/bench_sim.py
+	$(PY) benchmarks/bench_env.py
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache

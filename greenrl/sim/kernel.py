@@ -405,8 +405,11 @@ def _iterate(
         for j in range(slot_i[s, SI_NRUN]):
             rid = run_ids[s, j]
             k_done = min(k_done, req_i[rid, RI_OUTPUT] - req_i[rid, RI_GENERATED])
-        # KV: the largest k whose block growth fits in the free blocks (binary search)
+        # KV: the largest k whose block growth fits in the free blocks. Each sequence needs at most
+        # ceil(k / block) new blocks in k steps: when even that fits, skip the exact binary search.
         lo, hi = 1, k_done
+        if decodes * ((k_done + block - 1) // block) <= slot_i[s, SI_FREE_BLOCKS]:
+            lo = k_done
         while lo < hi:
             mid = (lo + hi + 1) // 2
             extra = 0

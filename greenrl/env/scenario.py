@@ -1,0 +1,262 @@
+"""Scenarios: YAML files in ``envs/`` describing a node, its workload, SLOs, knobs, reward and episodes.
+
+Loaded with ``yaml.safe_load`` into frozen dataclasses; an unknown key or a wrong type is an error
+naming the file, the key and what is allowed.
+
+Public names: Scenario, load_scenario, scenario_names, scenarios_dir.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from greenrl.errors import InputError
+
+__all__ = ["Scenario", "load_scenario", "scenario_names", "scenarios_dir"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """The simulated node (see ``greenrl.sim.SimConfig``)."""
+
+    model: str = "llama-2-70b"
+    gpu: str = "h100-sxm-80gb"
+    gpus: int = 8
+    stack: str | None = None
+    mode: str = "fast"
+    inflight: str = "drain"
+    load_bandwidth_gbps: float = 2.5
+    clock_latency_s: float = 0.05
+    initial: dict[str, int] = field(
+        default_factory=lambda: {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """Requests: a bundled trace (or CSV path) or a synthetic diurnal stream.
+
+    Training episodes draw a window start in ``train_range_s`` and a rate scale in ``rate_scale``;
+    evaluation uses the fixed ``eval_windows_s`` ([start, duration] pairs), disjoint from training.
+    """
+
+    trace: str = "azure-conv"
+    synthetic: dict[str, float] | None = None
+    window_s: float = 900.0
+    train_range_s: list[float] = field(default_factory=lambda: [0.0, 2700.0])
+    eval_windows_s: list[list[float]] = field(default_factory=lambda: [[2700.0, 800.0]])
+    rate_scale: list[float] = field(default_factory=lambda: [0.5, 1.5])
+    eval_rate_scale: float = 1.0
+    start_hour: float = 18.25
+
+
+@dataclass(frozen=True, slots=True)
+class SloSpecYaml:
+    """SLO of every request (see ``greenrl.sim.SloSpec``)."""
+
+    ttft_floor_s: float = 0.5
+    ttft_prefill_multiple: float = 5.0
+    tbt_mean_s: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSpec:
+    """Control interval, knob values and dwell times.
+
+    ``knobs`` lists the values each knob may take (``replicas`` omitted: all GPUs serve);
+    ``min_dwell_steps`` is the fewest intervals between two changes of a costly knob (a change asked
+    for sooner is ignored).
+    """
+
+    interval_s: float = 30.0
+    knobs: dict[str, list[int]] = field(default_factory=dict)
+    min_dwell_steps: dict[str, int] = field(default_factory=lambda: {"tp": 10, "replicas": 10})
+
+
+@dataclass(frozen=True, slots=True)
+class RewardSpec:
+    """reward = -energy/ref - slo_weight x missed/ref_requests - reconfig_weight x knob changes."""
+
+    slo_weight: float = 20.0
+    reconfig_weight: float = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeSpec:
+    """Episode length in control steps (window_s / interval_s by default)."""
+
+    steps: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A whole scenario file."""
+
+    name: str
+    path: str
+    description: str = ""
+    version: int = 0
+    node: NodeSpec = field(default_factory=NodeSpec)
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    slo: SloSpecYaml = field(default_factory=SloSpecYaml)
+    control: ControlSpec = field(default_factory=ControlSpec)
+    reward: RewardSpec = field(default_factory=RewardSpec)
+    episode: EpisodeSpec = field(default_factory=EpisodeSpec)
+
+    @property
+    def steps(self) -> int:
+        """Control steps per episode."""
+        return self.episode.steps or max(1, round(self.workload.window_s / self.control.interval_s))
+
+
+KNOB_NAMES = ("tp", "replicas", "max_num_seqs", "sm_clock_mhz", "max_num_batched_tokens")
+
+
+def scenarios_dir() -> Path:
+    """``$GREENRL_ENVS``, else the ``envs/`` folder of the source tree this package runs from."""
+    env = os.environ.get("GREENRL_ENVS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "envs"
+
+
+def scenario_names() -> list[str]:
+    """Scenario names (file stems) found in ``scenarios_dir()``."""
+    folder = scenarios_dir()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _typename(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_type(where: str, key: str, value: Any, tp: Any) -> Any:
+    """Coerce ints to floats where a float is expected; raise on anything else that does not match."""
+    text = str(tp)
+    if value is None and "None" in text:
+        return value
+    if tp is float or text.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(where, key, f"expected a number, got {value!r}", "write a number such as 30.0")
+        return float(value)
+    if tp is int or text.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(where, key, f"expected an integer, got {value!r}", "write a whole number")
+        return value
+    if tp is str or text.startswith("str"):
+        if not isinstance(value, str):
+            raise InputError(where, key, f"expected text, got {value!r}", "quote it as a string")
+        return value
+    if text.startswith("list") and not isinstance(value, list):
+        raise InputError(where, key, f"expected a list, got {value!r}", "write [a, b, ...]")
+    if text.startswith("dict") and not isinstance(value, dict):
+        raise InputError(where, key, f"expected a mapping, got {value!r}", "write {key: value, ...}")
+    return value
+
+
+def _build(cls: Any, raw: Any, where: str, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise InputError(where, prefix or "file", f"expected a mapping, got {raw!r}", "see envs/default.yaml")
+    hints = get_type_hints(cls)
+    allowed = [f.name for f in fields(cls) if f.name not in ("name", "path")]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in allowed:
+            raise InputError(where, full, "unknown key", f"use one of {', '.join(allowed)}")
+        tp = hints[key]
+        if hasattr(tp, "__dataclass_fields__"):
+            kwargs[key] = tp(**_build(tp, value, where, f"{full}."))
+        else:
+            kwargs[key] = _check_type(where, full, value, tp)
+    missing = [
+        f.name
+        for f in fields(cls)
+        if f.default is MISSING
+        and f.default_factory is MISSING
+        and f.name not in kwargs
+        and f.name not in ("name", "path")
+    ]
+    if missing:
+        raise InputError(where, f"{prefix}{missing[0]}", "missing", "add it (see envs/default.yaml)")
+    return kwargs
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A scenario by name (a file in ``scenarios_dir()``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = scenarios_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = scenario_names()
+        raise InputError(
+            "--scenario",
+            "scenario",
+            f"unknown scenario {name_or_path!r}",
+            f"use one of {', '.join(names) or '(none found in ' + str(scenarios_dir()) + ')'}",
+        )
+    where = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(where, "file", f"not valid YAML ({err})", "fix the syntax") from None
+    kwargs = _build(Scenario, raw or {}, where, "")
+    scenario = Scenario(name=path.stem, path=where, **kwargs)
+    _validate(scenario, where)
+    return scenario
+
+
+def _validate(s: Scenario, where: str) -> None:
+    knobs = s.control.knobs
+    for key, values in knobs.items():
+        if key not in KNOB_NAMES:
+            raise InputError(where, f"control.knobs.{key}", "unknown knob", f"use {', '.join(KNOB_NAMES)}")
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+            raise InputError(
+                where,
+                f"control.knobs.{key}",
+                f"needs a non-empty list of positive integers, got {values!r}",
+                "write e.g. [1605, 1980]",
+            )
+    for key, steps in s.control.min_dwell_steps.items():
+        if key not in KNOB_NAMES or not isinstance(steps, int) or steps < 0:
+            raise InputError(
+                where,
+                f"control.min_dwell_steps.{key}",
+                f"needs a knob name and steps >= 0, got {steps!r}",
+                "e.g. min_dwell_steps: {tp: 10}",
+            )
+    for key in ("tp", "replicas", "max_num_seqs", "sm_clock_mhz"):
+        if key in s.node.initial and not isinstance(s.node.initial[key], int):
+            raise InputError(where, f"node.initial.{key}", "expected an integer", "write a whole number")
+    for key in s.node.initial:
+        if key not in KNOB_NAMES:
+            raise InputError(where, f"node.initial.{key}", "unknown knob", f"use {', '.join(KNOB_NAMES)}")
+    if s.node.mode not in ("fast", "exact"):
+        raise InputError(where, "node.mode", f"unknown mode {s.node.mode!r}", "use fast or exact")
+    if s.node.inflight not in ("drain", "requeue"):
+        raise InputError(where, "node.inflight", f"unknown value {s.node.inflight!r}", "use drain or requeue")
+    if s.control.interval_s <= 0 or s.workload.window_s < s.control.interval_s:
+        raise InputError(
+            where,
+            "control.interval_s",
+            "must be positive and no longer than workload.window_s",
+            "e.g. interval_s: 30.0 with window_s: 900.0",
+        )
+    lo, hi = s.workload.rate_scale
+    if not 0 < lo <= hi:
+        raise InputError(where, "workload.rate_scale", f"needs 0 < low <= high, got {[lo, hi]}", "e.g. [0.5, 1.5]")
+    if not s.workload.eval_windows_s:
+        raise InputError(where, "workload.eval_windows_s", "no evaluation windows", "add [[start_s, duration_s]]")
+    t0, t1 = s.workload.train_range_s
+    for start, duration in s.workload.eval_windows_s:
+        if start < t1 and start + duration > t0 and s.workload.synthetic is None:
+            raise InputError(
+                where,
+                "workload.eval_windows_s",
+                f"window [{start}, {start + duration}) overlaps train_range_s [{t0}, {t1})",
+                "make evaluation windows disjoint from training",
+            )

@@ -1,0 +1,390 @@
+"""ServingEnv: a Gymnasium environment in which an agent sets a vLLM node's knobs every control interval.
+
+Public names: ServingEnv, OBS_FIELDS, make_env, build_node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import numpy.typing as npt
+
+from greenrl.catalog import load_gpu
+from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, Node, NodeSnapshot
+from greenrl.env.scenario import KNOB_NAMES, Scenario, load_scenario
+from greenrl.errors import InputError
+from greenrl.sim import SimConfig, SimNode, SloSpec
+from greenrl.workload import Trace, load_trace, synthetic_trace
+
+__all__ = ["OBS_FIELDS", "ObsField", "ServingEnv", "build_node", "make_env"]
+
+
+@dataclass(frozen=True, slots=True)
+class ObsField:
+    """One observation entry: its name, unit, the scale it is divided by, and where a live node gets it."""
+
+    name: str
+    unit: str
+    scale: float
+    source: str
+
+
+OBS_FIELDS: tuple[ObsField, ...] = (
+    ObsField("arrival_rate_rps", "requests/s", 20.0, "front end: arrivals in the interval / interval"),
+    ObsField("arrival_rate_prev_rps", "requests/s", 20.0, "the same, one interval earlier"),
+    ObsField("mean_prompt_tokens", "tokens", 4096.0, "front end: mean prompt length of arrivals"),
+    ObsField("prompt_tokens_per_s", "tokens/s", 20000.0, "front end: prompt tokens arriving per s"),
+    ObsField("output_tokens_per_s", "tokens/s", 20000.0, "vllm:generation_tokens_total rate"),
+    ObsField("waiting", "requests", 256.0, "vllm:num_requests_waiting (+ proxy queue)"),
+    ObsField("running", "requests", 512.0, "vllm:num_requests_running"),
+    ObsField("kv_cache_usage_frac", "fraction", 1.0, "vllm:kv_cache_usage_perc"),
+    ObsField("ttft_mean_s", "s", 1.0, "vllm:time_to_first_token_seconds sum/count in the interval"),
+    ObsField("tbt_mean_s", "s", 0.1, "vllm:inter_token_latency_seconds sum/count in the interval"),
+    ObsField("ttft_over_floor_frac", "fraction", 1.0, "TTFT histogram share above the SLO floor"),
+    ObsField("itl_over_slo_frac", "fraction", 1.0, "inter-token histogram share above the TBT SLO"),
+    ObsField("preemptions_per_s", "1/s", 10.0, "vllm:num_preemptions_total rate"),
+    ObsField("power_frac", "fraction of node TDP", 1.0, "NVML energy counter delta / interval / (GPUs x TDP)"),
+    ObsField("slo_attainment", "fraction", 1.0, "front end: finished requests that met their SLO"),
+    ObsField("reconfiguring", "0/1", 1.0, "controller: a TP/replica change is under way"),
+    ObsField("tp", "GPUs", 8.0, "current knob"),
+    ObsField("replicas", "replicas", 8.0, "current knob"),
+    ObsField("max_num_seqs", "sequences", 1024.0, "current knob"),
+    ObsField("sm_clock_frac", "fraction of top clock", 1.0, "NVML current SM clock / max"),
+    ObsField("time_of_day_sin", "-", 1.0, "wall clock"),
+    ObsField("time_of_day_cos", "-", 1.0, "wall clock"),
+)
+OBS_CLIP = 10.0
+
+
+def _workload(s: Scenario, split: str, eval_index: int) -> Any:
+    """The episode's request stream as a function of the episode's Generator."""
+    w = s.workload
+    if w.synthetic is not None:
+        spec = dict(w.synthetic)
+        mean_rps = float(spec.pop("mean_rps", 5.0))
+
+        def synthetic(rng: np.random.Generator) -> Trace:
+            if split == "eval":  # fixed, held-out seeds: 10_000 + window index
+                rng = np.random.default_rng(10_000 + eval_index)
+                start, duration = w.eval_windows_s[eval_index % len(w.eval_windows_s)]
+                scale = w.eval_rate_scale
+            else:
+                start, duration = float(rng.uniform(w.train_range_s[0], w.train_range_s[1])), w.window_s
+                scale = float(rng.uniform(w.rate_scale[0], w.rate_scale[1]))
+            hour = (w.start_hour + start / 3600.0) % 24.0
+            return synthetic_trace(duration, mean_rps * scale, seed=rng, start_hour=hour, **spec)  # type: ignore[arg-type]
+
+        return synthetic
+    trace = load_trace(w.trace)
+
+    def replay(rng: np.random.Generator) -> Trace:
+        if split == "eval":
+            start, duration = w.eval_windows_s[eval_index % len(w.eval_windows_s)]
+            return trace.window(start, duration).scale_rate(w.eval_rate_scale)
+        scale = float(rng.uniform(w.rate_scale[0], w.rate_scale[1]))
+        span = w.window_s * scale  # compressed by `scale` into window_s
+        t0, t1 = w.train_range_s
+        start = float(rng.uniform(t0, max(t0, t1 - span)))
+        return trace.window(start, min(span, t1 - start)).scale_rate(scale)
+
+    return replay
+
+
+def build_node(s: Scenario, split: str = "train", eval_index: int = 0) -> SimNode:
+    """The scenario's simulated node."""
+    n = s.node
+    initial = _initial_knobs(s)
+    config = SimConfig(
+        model=n.model,
+        gpu=n.gpu,
+        gpus=n.gpus,
+        stack=n.stack,
+        mode=n.mode,  # type: ignore[arg-type]
+        initial=initial,
+        clock_latency_s=n.clock_latency_s,
+        load_bandwidth_bps=n.load_bandwidth_gbps * 1e9,
+        inflight=n.inflight,  # type: ignore[arg-type]
+        slo=SloSpec(s.slo.ttft_floor_s, s.slo.ttft_prefill_multiple, s.slo.tbt_mean_s),
+    )
+    try:
+        return SimNode(config, _workload(s, split, eval_index))
+    except InputError as err:
+        raise InputError(s.path, f"node.initial.{err.field}", err.problem, err.fix) from None
+
+
+def _initial_knobs(s: Scenario) -> Knobs:
+    init = dict(s.node.initial)
+    tp = init.get("tp", 8)
+    return Knobs(
+        tp=tp,
+        replicas=init.get("replicas", s.node.gpus // tp),
+        max_num_seqs=init.get("max_num_seqs", 256),
+        sm_clock_mhz=init.get("sm_clock_mhz", load_gpu(s.node.gpu).max_sm_clock_mhz),
+        max_num_batched_tokens=init.get("max_num_batched_tokens", 8192),
+    )
+
+
+class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
+    """Set a vLLM node's knobs each control interval to save GPU energy without breaking SLOs.
+
+    ## Description
+    The node (simulated ``SimNode``, or a live vLLM node: any ``greenrl.core.Node``) serves the
+    scenario's requests. Every ``control.interval_s`` seconds the agent picks the knobs.
+
+    ## Action Space
+    ``MultiDiscrete``: one index per knob listed in the scenario's ``control.knobs``, in the order
+    tp, replicas, max_num_seqs, sm_clock_mhz, max_num_batched_tokens. Knobs not listed keep their initial
+    value; without a ``replicas`` knob every GPU serves (replicas = GPUs / tp). ``action_masks()`` masks
+    TP values whose weights do not fit (for MaskablePPO); an unmasked infeasible choice is mapped to the
+    nearest feasible configuration (the smallest feasible TP above it, else the largest; replicas capped
+    at GPUs / tp).
+
+    ## Observation Space
+    ``Box(-10, 10, (22,), float32)``: each field of ``OBS_FIELDS`` divided by its scale, clipped:
+
+    | field | unit | scale | live source |
+    |---|---|---|---|
+    | arrival_rate_rps, arrival_rate_prev_rps | requests/s | 20 | front end |
+    | mean_prompt_tokens | tokens | 4096 | front end |
+    | prompt_tokens_per_s, output_tokens_per_s | tokens/s | 20000 | front end / vLLM counters |
+    | waiting, running | requests | 256, 512 | vLLM gauges |
+    | kv_cache_usage_frac | fraction | 1 | vLLM gauge |
+    | ttft_mean_s, tbt_mean_s | s | 1, 0.1 | vLLM histograms (interval sum/count) |
+    | ttft_over_floor_frac, itl_over_slo_frac | fraction | 1 | vLLM histogram buckets |
+    | preemptions_per_s | 1/s | 10 | vLLM counter |
+    | power_frac | fraction of GPUs x TDP | 1 | NVML energy counter |
+    | slo_attainment | fraction | 1 | front end |
+    | reconfiguring | 0/1 | 1 | controller |
+    | tp, replicas, max_num_seqs, sm_clock_frac | knob | 8, 8, 1024, 1 | controller / NVML |
+    | time_of_day_sin, time_of_day_cos | - | 1 | wall clock |
+
+    Output lengths are never observed before a request finishes.
+
+    ## Rewards
+    ``r = energy + slo + reconfig`` (each term in ``info["reward_terms"]``):
+    ``energy = -E_interval / (GPUs x TDP x interval_s)``;
+    ``slo = -slo_weight x missed / expected_requests_per_interval`` (missed: finished late or rejected; at
+    the episode's end every unfinished request counts as missed);
+    ``reconfig = -reconfig_weight x knobs changed``.
+
+    ## Dwell times
+    A change of TP or replicas (each costs a weight reload) asked for less than
+    ``control.min_dwell_steps`` intervals after the previous one is ignored, as a production controller
+    would enforce; the other knobs change every interval if asked.
+
+    ## Starting State
+    The scenario's initial knobs, an empty node, a training window drawn from the episode's seed (or the
+    fixed evaluation window).
+
+    ## Episode End
+    Truncated after ``Scenario.steps`` intervals; never terminated.
+
+    ## Arguments
+    ``scenario`` (name, path or ``Scenario``), ``split`` (``train`` or ``eval``), ``eval_index``
+    (evaluation window), ``node`` (any ``Node``; default: the scenario's ``SimNode``).
+
+    ## Version History
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(
+        self, scenario: str | Scenario = "default", split: str = "train", eval_index: int = 0, node: Node | None = None
+    ) -> None:
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+        if split not in ("train", "eval"):
+            raise InputError("ServingEnv", "split", f"unknown split {split!r}", "use train or eval")
+        self.split, self.eval_index = split, eval_index
+        self.node: Node = node if node is not None else build_node(self.scenario, split, eval_index)
+        self.gpu = load_gpu(self.scenario.node.gpu)
+        s = self.scenario
+        self.initial = _initial_knobs(s)
+        self.knob_names = [k for k in KNOB_NAMES if k in s.control.knobs]
+        self.knob_values = [list(s.control.knobs[k]) for k in self.knob_names]
+        feasible_tp = getattr(self.node, "feasible_tp", [1, 2, 4, 8])
+        for name, values in zip(self.knob_names, self.knob_values, strict=True):
+            if name in ("tp", "replicas"):
+                continue  # infeasible TP is masked, replicas are capped at run time
+            for v in values:
+                probe = self._knobs_from({name: v}, clamp=False)
+                try:
+                    getattr(self.node, "check", lambda _k, _w: None)(probe, f"{s.path}: control.knobs.{name}")
+                except InputError as err:
+                    raise InputError(s.path, f"control.knobs.{name}", f"value {v}: {err.problem}", err.fix) from None
+        self.feasible_tp = feasible_tp
+        self.action_space: gym.spaces.MultiDiscrete = gym.spaces.MultiDiscrete([len(v) for v in self.knob_values])
+        self.observation_space = gym.spaces.Box(-OBS_CLIP, OBS_CLIP, (len(OBS_FIELDS),), np.float32)
+        self._mask = (
+            np.concatenate(
+                [
+                    np.array([(v in feasible_tp) if n == "tp" else True for v in vals], dtype=bool)
+                    for n, vals in zip(self.knob_names, self.knob_values, strict=True)
+                ]
+            )
+            if self.knob_names
+            else np.zeros(0, dtype=bool)
+        )
+        self._ttft_floor_bucket = int(np.searchsorted(VLLM_TTFT_BUCKETS_S, s.slo.ttft_floor_s)) + 1
+        self._itl_slo_bucket = int(np.searchsorted(VLLM_ITL_BUCKETS_S, s.slo.tbt_mean_s)) + 1
+        self._steps = s.steps
+        self._t = 0
+        self._prev_rate = 0.0
+        self._knobs = self.initial
+        self._expected_per_step = 1.0
+
+    # ------------------------------------------------------------------------------------ knobs
+
+    def _knobs_from(self, chosen: dict[str, int], clamp: bool = True) -> Knobs:
+        values = {
+            "tp": self.initial.tp,
+            "replicas": self.initial.replicas,
+            "max_num_seqs": self.initial.max_num_seqs,
+            "sm_clock_mhz": self.initial.sm_clock_mhz,
+            "max_num_batched_tokens": self.initial.max_num_batched_tokens,
+        } | chosen
+        gpus = self.scenario.node.gpus
+        if clamp and values["tp"] not in getattr(self, "feasible_tp", [values["tp"]]):
+            allowed = [t for t in self.scenario.control.knobs.get("tp", self.feasible_tp) if t in self.feasible_tp]
+            bigger = sorted(t for t in allowed if t > values["tp"])
+            values["tp"] = bigger[0] if bigger else max(allowed)
+        if "replicas" not in self.scenario.control.knobs:
+            values["replicas"] = gpus // values["tp"]
+        values["replicas"] = max(1, min(values["replicas"], gpus // values["tp"]))
+        return Knobs(**values)
+
+    def knobs_for(self, action: npt.ArrayLike) -> Knobs:
+        """The (feasible) configuration an action selects."""
+        idx = np.asarray(action, dtype=np.int64).reshape(-1)
+        if idx.shape != (len(self.knob_names),) or np.any(idx < 0) or np.any(idx >= self.action_space.nvec):
+            raise InputError("action", "action", f"{idx.tolist()} is not in {self.action_space}", "sample the space")
+        chosen = {n: vals[i] for n, vals, i in zip(self.knob_names, self.knob_values, idx, strict=True)}
+        return self._knobs_from(chosen)
+
+    def action_for(self, knobs: Knobs) -> npt.NDArray[np.int64]:
+        """The action index of each knob nearest to ``knobs`` (for baselines and tests)."""
+        out = []
+        for name, values in zip(self.knob_names, self.knob_values, strict=True):
+            target = getattr(knobs, name)
+            out.append(int(np.argmin([abs(v - target) for v in values])))
+        return np.array(out, dtype=np.int64)
+
+    def _dwell(self, knobs: Knobs) -> Knobs:
+        """Keep a costly knob (TP, replicas) unchanged until its minimum dwell time has passed."""
+        kept = {}
+        for name, steps in self.scenario.control.min_dwell_steps.items():
+            if getattr(knobs, name) == getattr(self._knobs, name):
+                continue
+            if self._t - self._last_change.get(name, -(10**9)) < steps:
+                kept[name] = getattr(self._knobs, name)
+            else:
+                self._last_change[name] = self._t
+        if not kept:
+            return knobs
+        out = replace(knobs, **kept)
+        if "replicas" not in self.scenario.control.knobs:
+            out = replace(out, replicas=self.scenario.node.gpus // out.tp)
+        return out
+
+    def action_masks(self) -> npt.NDArray[np.bool_]:
+        """Per-dimension valid values, concatenated (sb3-contrib's MaskablePPO format)."""
+        return self._mask.copy()
+
+    # -------------------------------------------------------------------------------- gym API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
+        """Start an episode; the node's workload is drawn from this env's seeded generator."""
+        super().reset(seed=seed)
+        if options and "eval_index" in options and isinstance(self.node, SimNode):
+            self.eval_index = int(options["eval_index"])
+            self.node = build_node(self.scenario, "eval", self.eval_index)
+        node_seed = int(self.np_random.integers(2**31 - 1))
+        snap = self.node.reset(seed=node_seed)
+        trace = getattr(self.node, "trace", None)
+        self._expected_per_step = max(1.0, len(trace) / self._steps) if trace is not None else 1.0
+        self._t = 0
+        self._last_change: dict[str, int] = {}
+        self._prev_rate = 0.0
+        self._knobs = snap.knobs
+        return self._observe(snap), {"knobs": snap.knobs}
+
+    def step(self, action: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], float, bool, bool, dict[str, Any]]:
+        """Apply the action's knobs, serve one control interval, return the observation and reward."""
+        knobs = self._dwell(self.knobs_for(action))
+        changed = sum(getattr(knobs, n) != getattr(self._knobs, n) for n in KNOB_NAMES)
+        if changed:
+            self.node.apply(knobs)
+        self._knobs = knobs
+        snap = self.node.advance(self.scenario.control.interval_s)
+        self._t += 1
+        truncated = self._t >= self._steps
+        missed = snap.finished - snap.slo_met + snap.rejected
+        if truncated and isinstance(self.node, SimNode):
+            counts = self.node.state_counts()
+            missed += counts["running"] + counts["waiting"]
+        r = self.scenario.reward
+        node_peak_j = self.scenario.node.gpus * self.gpu.tdp_w * self.scenario.control.interval_s
+        terms = {
+            "energy": -snap.energy_j / node_peak_j,
+            "slo": -r.slo_weight * missed / self._expected_per_step,
+            "reconfig": -r.reconfig_weight * changed,
+        }
+        reward = float(sum(terms.values()))
+        info = {
+            "reward_terms": terms,
+            "energy_j": snap.energy_j,
+            "finished": snap.finished,
+            "slo_met": snap.slo_met,
+            "missed": missed,
+            "knobs": snap.knobs,
+        }
+        return self._observe(snap), reward, False, truncated, info
+
+    def _observe(self, snap: NodeSnapshot) -> npt.NDArray[np.float32]:
+        span = max(snap.t_end_s - snap.t_start_s, 1e-9)
+        rate = snap.arrived / span if snap.t_end_s > snap.t_start_s else 0.0
+        ttft_n, itl_n = snap.ttft_hist.sum(), snap.itl_hist.sum()
+        hour = self.scenario.workload.start_hour + snap.t_end_s / 3600.0
+        k = snap.knobs
+        raw = [
+            rate,
+            self._prev_rate,
+            snap.prompt_tokens_in / snap.arrived if snap.arrived else 0.0,
+            snap.prompt_tokens_in / span,
+            snap.output_tokens / span,
+            snap.waiting,
+            snap.running,
+            snap.kv_cache_usage_frac,
+            snap.ttft_mean_s,
+            snap.tbt_mean_s,
+            snap.ttft_hist[self._ttft_floor_bucket :].sum() / ttft_n if ttft_n else 0.0,
+            snap.itl_hist[self._itl_slo_bucket :].sum() / itl_n if itl_n else 0.0,
+            snap.preemptions / span,
+            snap.mean_power_w / (self.scenario.node.gpus * self.gpu.tdp_w),
+            snap.slo_attainment,
+            float(snap.reconfiguring),
+            k.tp,
+            k.replicas,
+            k.max_num_seqs,
+            k.sm_clock_mhz / self.gpu.max_sm_clock_mhz,
+            math.sin(2 * math.pi * hour / 24.0),
+            math.cos(2 * math.pi * hour / 24.0),
+        ]
+        self._prev_rate = rate
+        obs = np.array([v / f.scale for v, f in zip(raw, OBS_FIELDS, strict=True)], dtype=np.float32)
+        return np.clip(obs, -OBS_CLIP, OBS_CLIP)
+
+    def close(self) -> None:
+        """Close the node."""
+        self.node.close()
+
+
+def make_env(scenario: str = "default", split: str = "train", eval_index: int = 0) -> ServingEnv:
+    """Entry point used by the Gymnasium registry (``greenrl/<scenario>-v0``)."""
+    return ServingEnv(scenario, split, eval_index)

@@ -1,0 +1,112 @@
+"""Training on the tiny scenario: learning beats random, export/load parity, resume, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from greenrl import train as train_cli
+from greenrl.env import ServingEnv, load_scenario
+from greenrl.errors import InputError
+from greenrl.policy import load_controller
+from greenrl.train import evaluate_policy_on, train
+
+
+class RandomPolicy:
+    def __init__(self, env: ServingEnv, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nvec = env.action_space.nvec
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=True):
+        return self.rng.integers(self.nvec), None
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return train("tiny", "maskable_ppo", seed=0, total_timesteps=4096, out=out, progress_bar=False)
+
+
+def test_run_folder_contents(tiny_run: Path) -> None:
+    for name in (
+        "config.yaml",
+        "command.txt",
+        "versions.json",
+        "eval.csv",
+        "summary.json",
+        "best/model.zip",
+        "checkpoint/model.zip",
+        "controller/controller.json",
+        "controller/policy.npz",
+    ):
+        assert (tiny_run / name).is_file(), name
+    assert list((tiny_run / "tb").rglob("events.out.tfevents.*"))
+    versions = json.loads((tiny_run / "versions.json").read_text())
+    assert {"greenrl", "stable_baselines3", "torch", "gymnasium", "git_commit"} <= set(versions)
+
+
+def test_trained_policy_beats_random(tiny_run: Path) -> None:
+    scenario = load_scenario("tiny")
+    trained = evaluate_policy_on(load_controller(tiny_run / "controller"), scenario)
+    randoms = [evaluate_policy_on(RandomPolicy(ServingEnv(scenario), s), scenario)["return"] for s in range(3)]
+    # A broken learner stays near random, which pays for TP flips (weight reloads) and missed SLOs.
+    assert trained["return"] > max(randoms) + 0.25 * abs(max(randoms))
+
+
+def test_exported_controller_acts_like_the_model(tiny_run: Path) -> None:
+    from sb3_contrib import MaskablePPO
+
+    model = MaskablePPO.load(tiny_run / "best" / "model.zip", device="cpu")
+    env = ServingEnv("tiny")
+    controller = load_controller(tiny_run / "controller", expect_env=env)
+    obs = np.random.default_rng(0).uniform(-3, 3, (500, env.observation_space.shape[0])).astype(np.float32)
+    want, _ = model.predict(obs, deterministic=True, action_masks=np.tile(env.action_masks(), (500, 1)))
+    got, _ = controller.predict(obs)
+    np.testing.assert_array_equal(got, want)
+    one, _ = controller.predict(obs[0])
+    np.testing.assert_array_equal(one, want[0])
+
+
+def test_tampered_or_foreign_controllers_are_refused(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "ctl"
+    shutil.copytree(tiny_run / "controller", bad)
+    manifest = json.loads((bad / "controller.json").read_text())
+    manifest["observation"][0]["scale"] = 99.0
+    (bad / "controller.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="observation"):
+        load_controller(bad)
+    shutil.copy(tiny_run / "controller" / "controller.json", bad / "controller.json")
+    with pytest.raises(InputError, match="knobs"):
+        load_controller(bad, expect_env=ServingEnv("default"))
+    data = bytearray((bad / "policy.npz").read_bytes())
+    data[-40] ^= 0xFF
+    (bad / "policy.npz").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256"):
+        load_controller(bad)
+
+
+def test_resume_continues_a_run(tiny_run: Path) -> None:
+    run = train("tiny", "maskable_ppo", seed=0, total_timesteps=4096 + 1024, resume=tiny_run, progress_bar=False)
+    assert run == tiny_run
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["timesteps"] >= 4096 + 1024
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--scenario", "nope"], "unknown scenario"),
+        (["--scenario", "tiny", "--total-timesteps", "0"], "at least 1"),
+        (["--scenario", "tiny", "--resume", "/nonexistent"], "no checkpoint"),
+    ],
+)
+def test_train_bad_input_exits_2(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as ended:
+        train_cli.main(argv)
+    assert ended.value.code == 2
+    assert expected in capsys.readouterr().err
