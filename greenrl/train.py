@@ -35,6 +35,7 @@ __all__ = ["agent_config", "evaluate_policy_on", "main", "train"]
 
 AGENTS = {"ppo": "PPO", "maskable_ppo": "MaskablePPO"}
 _AGENT_KEYS = {
+    "init_bias",
     "total_timesteps",
     "n_envs",
     "n_steps",
@@ -227,7 +228,7 @@ def train(
     import torch
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
     from torch.distributions import Distribution
 
     Distribution.set_default_validate_args(False)  # measured: +10-25% PPO throughput on this CPU
@@ -260,13 +261,20 @@ def train(
         return lambda: ServingEnv(scenario, "train")
 
     vec_cls = SubprocVecEnv if vec == "subproc" else DummyVecEnv
-    env = VecMonitor(vec_cls([factory(i) for i in range(int(cfg["n_envs"]))]))
-    env.seed(seed)
+    monitored = VecMonitor(vec_cls([factory(i) for i in range(int(cfg["n_envs"]))]))
+    monitored.seed(seed)
+    # Rewards only: episode returns range over 4x between good and bad policies. Observations keep
+    # their fixed scales, so exported controllers need no running statistics.
+    env = VecNormalize(monitored, norm_obs=False, norm_reward=True, gamma=float(cfg["gamma"]))
+    norm_file = run / "checkpoint" / "reward_norm.json"
     algo = MaskablePPO if agent == "maskable_ppo" else PPO
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.get("activation", "tanh")]
     if resume is not None:
         model = algo.load(run / "checkpoint" / "model.zip", env=env, device="cpu")
         done_steps = model.num_timesteps
+        if norm_file.is_file():
+            stats = json.loads(norm_file.read_text())
+            env.ret_rms.mean, env.ret_rms.var, env.ret_rms.count = stats["mean"], stats["var"], stats["count"]
     else:
         model = algo(
             "MlpPolicy",
@@ -286,6 +294,7 @@ def train(
             policy_kwargs={"net_arch": list(cfg["net_arch"]), "activation_fn": activation},
         )
         done_steps = 0
+        _bias_towards(model, ServingEnv(scenario, "train"), float(cfg.get("init_bias", 2.0)))
     callback = _make_callbacks(run, scenario, cfg, seed, int(cfg["n_envs"]))
     remaining = int(cfg["total_timesteps"]) - done_steps
     started = time.perf_counter()
@@ -303,6 +312,8 @@ def train(
         interrupted = True
     (run / "checkpoint").mkdir(exist_ok=True)
     model.save(run / "checkpoint" / "model.zip")  # resumable with --resume
+    stats = {"mean": float(env.ret_rms.mean), "var": float(env.ret_rms.var), "count": float(env.ret_rms.count)}
+    atomic_write_text(norm_file, json.dumps(stats))
     env.close()
     if interrupted:
         print(
@@ -351,6 +362,22 @@ def train(
         export_controller(best_model, eval_env, Path("checkpoints") / scenario.name / f"{agent}_s{seed}", extra)
     _print_summary(run, summary)
     return run
+
+
+def _bias_towards(model: Any, env: ServingEnv, bias: float) -> None:
+    """Start exploration near the scenario's initial knobs (the provider default).
+
+    Adds ``bias`` to the initial logit of each knob's initial value, so a fresh policy picks it with
+    probability e^b / (e^b + n - 1) (60% for 6 values at b = 2) instead of 1/n. Uniform exploration
+    otherwise spends most early steps reloading weights after random TP changes.
+    """
+    import torch
+
+    index = env.action_for(env.initial)
+    offsets = np.concatenate([[0], np.cumsum(env.action_space.nvec)[:-1]])
+    with torch.no_grad():
+        for offset, i in zip(offsets, index, strict=True):
+            model.policy.action_net.bias[int(offset + i)] += bias
 
 
 def _print_summary(run: Path, s: dict[str, Any]) -> None:
