@@ -82,7 +82,7 @@ class ControlSpec:
 class RewardSpec:
     """reward = -energy/ref - slo_weight x missed/ref_requests - reconfig_weight x knob changes."""
 
-    slo_weight: float = 20.0
+    slo_weight: float = 10.0
     reconfig_weight: float = 0.01
 
 

@@ -1,0 +1,30 @@
+"""The controller shipped in checkpoints/ loads without SB3 or pickle and reproduces its recorded KPIs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from greenrl.env import ServingEnv, load_scenario
+from greenrl.policy import load_controller
+from greenrl.train import evaluate_policy_on
+
+SHIPPED = sorted(Path("checkpoints").glob("*/*/controller.json"))
+
+
+def test_a_controller_is_shipped_for_the_default_scenario() -> None:
+    assert any(p.parent.parent.name == "default" for p in SHIPPED)
+
+
+@pytest.mark.parametrize("manifest", SHIPPED, ids=[str(p.parent) for p in SHIPPED])
+def test_shipped_controller_reproduces_its_evaluation(manifest: Path) -> None:
+    info = json.loads(manifest.read_text())
+    scenario = load_scenario(info["scenario"])
+    controller = load_controller(manifest.parent, expect_env=ServingEnv(scenario, "eval"))
+    kpis = evaluate_policy_on(controller, scenario)
+    recorded = info["eval"]["trained"]
+    assert kpis["energy_kwh"] == pytest.approx(recorded["energy_kwh"], rel=1e-9)
+    assert kpis["missed"] == recorded["missed"]
+    assert kpis["slo_attainment"] == pytest.approx(recorded["slo_attainment"], rel=1e-12)
