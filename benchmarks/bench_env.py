@@ -62,15 +62,19 @@ def ppo_steps_per_s(processes: int) -> float:
 
 
 def main() -> None:
-    print(json.dumps({
-        "benchmark": "env",
-        "scenario": "default",
-        "env_steps_per_s_static_max": round(env_steps_per_s("static"), 1),
-        "env_steps_per_s_random": round(env_steps_per_s("random"), 1),
-        "target_env_steps_per_s": 500,
-        "ppo_timesteps_per_s_1_process": round(ppo_steps_per_s(1), 1),
-        "ppo_timesteps_per_s_2_processes": round(ppo_steps_per_s(2), 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "env",
+                "scenario": "default",
+                "env_steps_per_s_static_max": round(env_steps_per_s("static"), 1),
+                "env_steps_per_s_random": round(env_steps_per_s("random"), 1),
+                "target_env_steps_per_s": 500,
+                "ppo_timesteps_per_s_1_process": round(ppo_steps_per_s(1), 1),
+                "ppo_timesteps_per_s_2_processes": round(ppo_steps_per_s(2), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
