@@ -536,14 +536,7 @@ def run_until(
             cnt[K_PROMPT_IN] += req_i[nxt_i, RI_PROMPT]
             g[G_NEXT_ARRIVAL] = nxt_i + 1
             if not _route(nxt_i, t_arr, req_f, req_i, slot_i, slot_f, cap_blocks, cfg, cnt):
-                req_i[nxt_i, RI_STATE] = WAITING
-                req_i[nxt_i, RI_NEXT] = -1
-                if g[G_PTAIL] >= 0:
-                    req_i[g[G_PTAIL], RI_NEXT] = nxt_i
-                else:
-                    g[G_PHEAD] = nxt_i
-                g[G_PTAIL] = nxt_i
-                g[G_PLEN] += 1
+                push_pending(req_i, g, nxt_i)
             continue
         s = r
         if slot_i[s, SI_STATUS] == LOADING:
@@ -577,6 +570,19 @@ def run_until(
             itl_edges,
             chunk,
         )
+
+
+@njit(cache=True)
+def push_pending(req_i: np.ndarray, g: np.ndarray, rid: int) -> None:
+    """Append a request to the node-level queue (no replica serving it yet)."""
+    req_i[rid, RI_STATE] = WAITING
+    req_i[rid, RI_NEXT] = -1
+    if g[G_PTAIL] >= 0:
+        req_i[g[G_PTAIL], RI_NEXT] = rid
+    else:
+        g[G_PHEAD] = rid
+    g[G_PTAIL] = rid
+    g[G_PLEN] += 1
 
 
 @njit(cache=True)

@@ -300,18 +300,8 @@ class SimNode:
                 moved.append(rid)
             self.slot_i[s, K.SI_NRUN] = 0
         for rid in moved:
-            self.req_i[rid, K.RI_STATE] = K.WAITING
             self.slot_i[s, K.SI_OUTSTANDING] -= 1
-            self._push_pending(rid)
-
-    def _push_pending(self, rid: int) -> None:
-        self.req_i[rid, K.RI_NEXT] = -1
-        if self.g[K.G_PTAIL] >= 0:
-            self.req_i[self.g[K.G_PTAIL], K.RI_NEXT] = rid
-        else:
-            self.g[K.G_PHEAD] = rid
-        self.g[K.G_PTAIL] = rid
-        self.g[K.G_PLEN] += 1
+            K.push_pending(self.req_i, self.g, rid)
 
     def _maybe_load_new_layout(self, drained_at: float) -> None:
         """Once every old replica has drained, load the target layout's weights."""
