@@ -1,0 +1,260 @@
+"""Read a vLLM server's Prometheus ``/metrics``: queue gauges, token counters and latency histograms.
+
+``scrape(url)`` fetches and parses the text with ``prometheus_client``'s parser (the ``[live]`` extra;
+imported on first use) into a ``VllmMetrics``; ``diff(prev, cur)`` turns two scrapes into the interval
+between them. Metric names changed across vLLM versions, so each quantity has a short alias list
+(``ALIASES``); series with several label sets (models, engines) are summed.
+
+Public names: ALIASES, MetricsError, VllmMetrics, diff, parse, scrape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S
+
+__all__ = ["ALIASES", "MetricsError", "VllmMetrics", "diff", "parse", "scrape"]
+
+logger = logging.getLogger(__name__)
+
+ALIASES: dict[str, tuple[str, ...]] = {
+    "running": ("vllm:num_requests_running",),
+    "waiting": ("vllm:num_requests_waiting",),
+    "kv_cache_usage_frac": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "prompt_tokens": ("vllm:prompt_tokens_total", "vllm:prompt_tokens"),
+    "generation_tokens": ("vllm:generation_tokens_total", "vllm:generation_tokens"),
+    "preemptions": ("vllm:num_preemptions_total", "vllm:num_preemptions"),
+    "requests_finished": ("vllm:request_success_total", "vllm:request_success"),
+    "ttft": ("vllm:time_to_first_token_seconds",),
+    "itl": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
+}
+"""Accepted sample names per quantity, newest vLLM name first (histograms: the base name)."""
+
+_REQUIRED = ("running", "waiting", "generation_tokens")
+
+
+class MetricsError(RuntimeError):
+    """A ``/metrics`` endpoint that cannot be reached, or text that is not vLLM's Prometheus metrics."""
+
+
+@dataclass(frozen=True, slots=True)
+class VllmMetrics:
+    """One scrape of a vLLM server (or, from ``diff``, the interval between two scrapes).
+
+    Attributes:
+        scraped_at_s: ``time.monotonic()`` when the scrape returned (s).
+        running, waiting: requests running / queued at the scrape (gauges).
+        kv_cache_usage_frac: used share of the KV cache, 0-1 (vLLM's ``*_perc`` gauges are fractions).
+        prompt_tokens, generation_tokens: prompt / generated tokens (cumulative counters; deltas after ``diff``).
+        preemptions, requests_finished: preemptions and successful requests (counters).
+        ttft_hist, itl_hist: counts per bucket of ``VLLM_TTFT_BUCKETS_S`` / ``VLLM_ITL_BUCKETS_S`` plus
+            +Inf (not cumulative), the layout of ``NodeSnapshot``'s histograms.
+        ttft_sum_s, itl_sum_s: sums of the observed TTFTs / inter-token gaps (s).
+        missing: quantities the server did not expose (reported as 0).
+    """
+
+    scraped_at_s: float
+    running: float
+    waiting: float
+    kv_cache_usage_frac: float
+    prompt_tokens: float
+    generation_tokens: float
+    preemptions: float
+    requests_finished: float
+    ttft_hist: npt.NDArray[np.float64]
+    ttft_sum_s: float
+    itl_hist: npt.NDArray[np.float64]
+    itl_sum_s: float
+    missing: tuple[str, ...] = ()
+
+    @property
+    def ttft_count(self) -> float:
+        """First tokens observed (the TTFT histogram's count)."""
+        return float(self.ttft_hist.sum())
+
+    @property
+    def itl_count(self) -> float:
+        """Inter-token gaps observed (the ITL histogram's count)."""
+        return float(self.itl_hist.sum())
+
+
+def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise MetricsError("prometheus_client is not installed; install greenrl[live]") from err
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                out.setdefault(s.name, []).append((dict(s.labels), float(s.value)))
+    except (ValueError, TypeError, IndexError, KeyError) as err:
+        raise MetricsError(f"not Prometheus text format: {err}") from err
+    return out
+
+
+def _scalar(samples: dict[str, list[tuple[dict[str, str], float]]], names: Sequence[str]) -> float | None:
+    for name in names:
+        if name in samples:
+            return float(sum(v for _, v in samples[name] if math.isfinite(v)))
+    return None
+
+
+def _histogram(
+    samples: dict[str, list[tuple[dict[str, str], float]]], names: Sequence[str], bounds: Sequence[float]
+) -> tuple[npt.NDArray[np.float64], float] | None:
+    """Bucket counts aligned to ``bounds`` (+Inf last) and the sum, or None when absent.
+
+    The cumulative count at each of our bounds is the server's at its largest ``le`` not above it: exact
+    when the server uses vLLM's bounds (as ``greenrl.core`` does), conservative otherwise.
+    """
+    for name in names:
+        buckets = samples.get(f"{name}_bucket")
+        if not buckets:
+            continue
+        by_le: dict[float, float] = {}
+        for labels, value in buckets:
+            try:
+                le = float(labels["le"])
+            except (KeyError, ValueError) as err:
+                raise MetricsError(f"{name}_bucket has a sample without a numeric le label") from err
+            by_le[le] = by_le.get(le, 0.0) + value
+        les = np.array(sorted(by_le))
+        cum = np.array([by_le[le] for le in les])
+        total = by_le.get(math.inf, float(cum[-1]))
+        edges = np.array([*bounds, math.inf])
+        idx = np.searchsorted(les, edges, side="right") - 1
+        aligned = np.where(idx >= 0, cum[np.maximum(idx, 0)], 0.0)
+        aligned[-1] = total
+        hist = np.diff(aligned, prepend=0.0)
+        if np.any(hist < 0):
+            raise MetricsError(f"{name}_bucket counts are not cumulative")
+        total_sum = _scalar(samples, [f"{name}_sum"])
+        return hist.astype(np.float64), float(total_sum or 0.0)
+    return None
+
+
+def parse(text: str, scraped_at_s: float | None = None) -> VllmMetrics:
+    """Parse vLLM's ``/metrics`` text.
+
+    Args:
+        text: Prometheus text exposition.
+        scraped_at_s: monotonic time of the scrape (s); default now.
+
+    Raises:
+        MetricsError: if the text is not Prometheus text format or lacks vLLM's running / waiting gauges
+            and generation-token counter.
+    """
+    samples = _samples(text)
+    missing = [key for key in _REQUIRED if _scalar(samples, ALIASES[key]) is None]
+    if missing:
+        names = ", ".join(ALIASES[k][0] for k in missing)
+        raise MetricsError(f"not vLLM metrics: {names} missing ({len(samples)} other series found)")
+    absent: list[str] = []
+
+    def scalar(key: str) -> float:
+        value = _scalar(samples, ALIASES[key])
+        if value is None:
+            absent.append(key)
+            return 0.0
+        return value
+
+    def hist(key: str, bounds: Sequence[float]) -> tuple[npt.NDArray[np.float64], float]:
+        got = _histogram(samples, ALIASES[key], bounds)
+        if got is None:
+            absent.append(key)
+            return np.zeros(len(bounds) + 1), 0.0
+        return got
+
+    ttft, ttft_sum = hist("ttft", VLLM_TTFT_BUCKETS_S)
+    itl, itl_sum = hist("itl", VLLM_ITL_BUCKETS_S)
+    return VllmMetrics(
+        scraped_at_s=time.monotonic() if scraped_at_s is None else scraped_at_s,
+        running=scalar("running"),
+        waiting=scalar("waiting"),
+        kv_cache_usage_frac=scalar("kv_cache_usage_frac"),
+        prompt_tokens=scalar("prompt_tokens"),
+        generation_tokens=scalar("generation_tokens"),
+        preemptions=scalar("preemptions"),
+        requests_finished=scalar("requests_finished"),
+        ttft_hist=ttft,
+        ttft_sum_s=ttft_sum,
+        itl_hist=itl,
+        itl_sum_s=itl_sum,
+        missing=tuple(absent),
+    )
+
+
+def scrape(url: str, timeout_s: float = 5.0) -> VllmMetrics:
+    """Fetch and parse a vLLM server's metrics.
+
+    Args:
+        url: the ``/metrics`` URL, or the server's base URL (``http://127.0.0.1:8000``).
+        timeout_s: connect and read timeout (s).
+
+    Raises:
+        MetricsError: if the server cannot be reached, answers an error status, or the text is not vLLM's.
+    """
+    if not url.rstrip("/").endswith("/metrics"):
+        url = url.rstrip("/") + "/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - the caller's server
+            text = resp.read().decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as err:
+        raise MetricsError(f"{url}: HTTP {err.code}") from err
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        raise MetricsError(f"{url}: unreachable ({err})") from err
+    return parse(text)
+
+
+def diff(prev: VllmMetrics, cur: VllmMetrics) -> VllmMetrics:
+    """The interval between two scrapes: counter and histogram deltas, gauges as of ``cur``.
+
+    A counter that went down means the server restarted: its delta is then ``cur``'s value (counted
+    from zero), as Prometheus' ``increase()`` does. A histogram resets as a whole (count down, or any
+    bucket down).
+
+    Example:
+        >>> z = np.zeros(len(VLLM_TTFT_BUCKETS_S) + 1); zi = np.zeros(len(VLLM_ITL_BUCKETS_S) + 1)
+        >>> a = VllmMetrics(0.0, 1, 0, 0.1, 100, 50, 0, 1, z, 0.0, zi, 0.0)
+        >>> b = dataclasses.replace(a, scraped_at_s=5.0, generation_tokens=80, prompt_tokens=30)
+        >>> d = diff(a, b)
+        >>> d.generation_tokens, d.prompt_tokens
+        (30.0, 30.0)
+    """
+
+    def counter(p: float, c: float) -> float:
+        return float(c - p) if c >= p else float(c)
+
+    def histogram(
+        ph: npt.NDArray[np.float64], ps: float, ch: npt.NDArray[np.float64], cs: float
+    ) -> tuple[npt.NDArray[np.float64], float]:
+        delta = ch - ph
+        if np.any(delta < 0) or cs < ps:
+            return ch.copy(), float(cs)
+        return delta, float(cs - ps)
+
+    ttft, ttft_sum = histogram(prev.ttft_hist, prev.ttft_sum_s, cur.ttft_hist, cur.ttft_sum_s)
+    itl, itl_sum = histogram(prev.itl_hist, prev.itl_sum_s, cur.itl_hist, cur.itl_sum_s)
+    return dataclasses.replace(
+        cur,
+        prompt_tokens=counter(prev.prompt_tokens, cur.prompt_tokens),
+        generation_tokens=counter(prev.generation_tokens, cur.generation_tokens),
+        preemptions=counter(prev.preemptions, cur.preemptions),
+        requests_finished=counter(prev.requests_finished, cur.requests_finished),
+        ttft_hist=ttft,
+        ttft_sum_s=ttft_sum,
+        itl_hist=itl,
+        itl_sum_s=itl_sum,
+    )
