@@ -1,0 +1,383 @@
+"""The serving controller against the digital twin: decisions, shadow mode, fail-safe fallbacks and the CLI."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from greenrl.controller import NvmlApplier, ServingController, _parser, build_controller, main
+from greenrl.live.gpu import FakeGpu, GpuSet
+from greenrl.live.metrics import parse
+from greenrl.live.observe import LiveObserver, Observation
+from greenrl.policy import ControllerPolicy, load_controller
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "default" / "maskable_ppo_s0"
+TIME_SCALE = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5.0) as r:
+        out: dict[str, Any] = json.loads(r.read())
+        return out
+
+
+def _start_twin(port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "default"]
+    cmd += ["--time-scale", str(TIME_SCALE), "--log-level", "WARNING"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20.0
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"twin exited early with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(proc)
+            raise AssertionError("twin did not answer /health within 20 s")
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5.0)
+
+
+@pytest.fixture(scope="module")
+def twin() -> Iterator[str]:
+    port = _free_port()
+    proc = _start_twin(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+def _load(base: str, streams: int = 4, max_tokens: int = 300) -> list[threading.Thread]:
+    """A few concurrent streaming completions in background threads (bounded: each ends by itself)."""
+
+    def one(i: int) -> None:
+        body = {"prompt": "word " * (50 + 20 * i), "max_tokens": max_tokens, "stream": True}
+        req = urllib.request.Request(
+            f"{base}/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=20.0) as r:
+                for _ in r:
+                    pass
+        except OSError:
+            pass  # the twin may be stopped under it
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(streams)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _short_sleep(seconds: float) -> bool:
+    time.sleep(min(seconds, 0.3))
+    return False
+
+
+def _controller(base: str, *extra: str, sleep: Any = _short_sleep) -> tuple[ServingController, io.StringIO]:
+    args = _parser().parse_args(["--checkpoint", str(CHECKPOINT), "--vllm-url", base, "--interval-s", "0.3", *extra])
+    log = io.StringIO()
+    return build_controller(args, log, sleep=sleep), log
+
+
+def _records(log: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.getvalue().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------ normal and shadow
+
+
+def test_normal_mode_applies_the_policy_knobs(twin: str) -> None:
+    threads = _load(twin)
+    ctl, log = _controller(twin, "--twin")
+    port = ctl.serve_metrics(0)
+    try:
+        assert ctl.run(max_intervals=3) == 3
+        records = [r for r in _records(log) if r["mode"] != "priming"]
+        assert [r["mode"] for r in records] == ["applied"] * 3
+        for r in records:
+            assert len(r["action"]) == 3 and r["decision_latency_us"] < 50_000
+            assert set(r["observation"]) >= {"arrival_rate_rps", "power_frac", "sm_clock_frac"}
+            assert 0.0 < r["observation"]["power_frac"] <= 1.5  # per simulated second, not per wall second
+        state = _get_json(f"{twin}/greenrl/state")
+        for k in ("tp", "max_num_seqs", "sm_clock_mhz"):
+            assert state["requested_knobs"][k] == ctl.knobs[k] == records[-1]["knobs"][k]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5.0) as r:
+            text = r.read().decode()
+        assert 'greenrl_decisions_total{mode="applied"} 3.0' in text
+        assert 'greenrl_knob_value{knob="sm_clock_mhz"}' in text and "greenrl_energy_joules_total" in text
+    finally:
+        ctl.close()
+        for t in threads:
+            t.join(timeout=20.0)
+    # close() puts the safe (top) clock back
+    assert _get_json(f"{twin}/greenrl/state")["requested_knobs"]["sm_clock_mhz"] == ctl.safe["sm_clock_mhz"]
+
+
+def test_shadow_mode_changes_nothing(twin: str) -> None:
+    requests = urllib.request.Request(
+        f"{twin}/greenrl/knobs", data=json.dumps({"sm_clock_mhz": 1200}).encode(), method="POST"
+    )
+    with urllib.request.urlopen(requests, timeout=5.0):
+        pass
+    before = _get_json(f"{twin}/greenrl/state")["requested_knobs"]
+    ctl, log = _controller(twin, "--twin", "--shadow")
+    try:
+        assert ctl.run(max_intervals=2) == 2
+    finally:
+        ctl.close()
+    records = [r for r in _records(log) if r["mode"] != "priming"]
+    assert [r["mode"] for r in records] == ["shadow", "shadow"]
+    assert all(r["applied"] == [] for r in records)
+    assert _get_json(f"{twin}/greenrl/state")["requested_knobs"] == before
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = b"<html>definitely not prometheus {{{</html>"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_garbage_metrics_fall_back_and_keep_looping() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        ctl, log = _controller(f"http://127.0.0.1:{server.server_port}", "--gpus", "fake", sleep=lambda s: False)
+        try:
+            assert ctl.run(max_intervals=3) == 3
+        finally:
+            ctl.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    records = _records(log)
+    assert [r["fallback_reason"] for r in records] == ["metrics_invalid"] * 3
+    assert ctl.fallback_counts == {"metrics_invalid": 3}
+    assert all(r["knobs"]["sm_clock_mhz"] == 1980 and r["knobs"]["max_num_seqs"] == 256 for r in records)
+    assert ctl.next_wait_s() == pytest.approx(1.2)  # 0.3 s x 2**2, capped at 4 x 0.3 s
+
+
+def test_twin_killed_then_restarted_recovers() -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _start_twin(port)
+    ctl, log = _controller(base, "--twin", "--max-backoff-s", "0.6", "--timeout-s", "1")
+    runner = threading.Thread(target=ctl.run, kwargs={"max_intervals": 200}, daemon=True)
+    runner.start()
+    try:
+
+        def wait_for(pred: Any, timeout_s: float) -> None:
+            deadline = time.monotonic() + timeout_s
+            while not pred():
+                assert time.monotonic() < deadline, log.getvalue()[-2000:]
+                time.sleep(0.05)
+
+        wait_for(lambda: any(r["mode"] == "applied" for r in _records(log)), 10.0)
+        _stop(proc)
+        wait_for(lambda: ctl.fallback_counts.get("server_down", 0) >= 2, 10.0)
+        proc = _start_twin(port)
+        n = len(_records(log))
+        wait_for(lambda: sum(r["mode"] == "applied" for r in _records(log)[n:]) >= 2, 10.0)
+        counted = dict(ctl.fallback_counts)
+        time.sleep(1.0)
+        assert ctl.fallback_counts == counted  # no new fallbacks once the twin is back
+        assert set(counted) == {"server_down"}
+    finally:
+        ctl.stop()
+        runner.join(timeout=10.0)
+        ctl.close()
+        _stop(proc)
+    assert not runner.is_alive()
+
+
+def test_gpu_permission_error_falls_back_naming_the_privilege(twin: str) -> None:
+    gpu = FakeGpu(0, energy_source=lambda: 0.0)
+    gpu.deny_permission()
+    policy = load_controller(CHECKPOINT)
+    observer = LiveObserver(
+        twin, gpu, gpus=8, tdp_w=700.0, max_sm_clock_mhz=1980, ttft_floor_s=0.5, tbt_slo_s=0.1, clock=_ticking()
+    )
+    log = io.StringIO()
+    ctl = ServingController(
+        policy, observer, NvmlApplier(GpuSet([gpu])), gpus=8, interval_s=0.1, decision_log=log, metrics=False
+    )
+    try:
+        ctl.run_interval()  # primes
+        record = ctl.run_interval()
+    finally:
+        ctl.close()
+    assert record["mode"] == "fallback" and record["fallback_reason"] == "gpu_permission"
+    assert "root" in record["error"] and "SYS_ADMIN" in record["error"]
+    assert record["knobs"]["sm_clock_mhz"] == 1980 and "sm_clock_mhz" not in record["applied"]
+    assert ctl.failures == 1
+
+
+def _ticking() -> Any:
+    t = [0.0]
+
+    def clock() -> float:
+        t[0] += 30.0
+        return t[0]
+
+    return clock
+
+
+class _FixedObserver:
+    """An observer that always sees the same (valid) observation."""
+
+    primed = True
+
+    def __init__(self, vector: np.ndarray | None = None) -> None:
+        from greenrl.env.serving_env import OBS_FIELDS
+
+        self.vector = np.zeros(len(OBS_FIELDS), np.float32) if vector is None else vector
+        self.metrics = parse("vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:generation_tokens 0\n")
+
+    def observe(self, knobs: dict[str, int], reconfiguring: bool = False) -> Observation:
+        return Observation(self.vector, {"slo_attainment": 1.0}, 30.0, 100.0, self.metrics)
+
+    def reset(self) -> None:
+        pass
+
+
+class _RecordingApplier:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, int]] = []
+
+    def current(self) -> dict[str, int] | None:
+        return None
+
+    def apply(self, knobs: dict[str, int], changed: list[str]) -> list[str]:
+        self.calls.append({k: knobs[k] for k in changed})
+        return changed
+
+    def reconfiguring(self) -> bool:
+        return False
+
+    def close(self, safe: dict[str, int] | None) -> None:
+        pass
+
+
+def _offline(policy: ControllerPolicy, **kw: Any) -> tuple[ServingController, _RecordingApplier, io.StringIO]:
+    applier, log = _RecordingApplier(), io.StringIO()
+    observer: Any = kw.pop("observer", _FixedObserver())
+    ctl = ServingController(policy, observer, applier, gpus=8, decision_log=log, metrics=False, **kw)
+    return ctl, applier, log
+
+
+@pytest.mark.parametrize(
+    "bad", [np.array([7, 0, 0]), np.array([0, -1, 0]), np.array([0, 0]), np.array([0.5, 0.0, 1.0])]
+)
+def test_invalid_policy_output_falls_back(bad: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = load_controller(CHECKPOINT)
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: (bad, None))
+    ctl, applier, _ = _offline(policy)
+    record = ctl.run_interval()
+    assert record["mode"] == "fallback" and record["fallback_reason"] == "policy_invalid"
+    assert applier.calls[-1] == {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
+
+
+def test_nan_observation_falls_back() -> None:
+    vec = np.zeros(22, np.float32)
+    vec[3] = np.nan
+    ctl, _, _ = _offline(load_controller(CHECKPOINT), observer=_FixedObserver(vec))
+    assert ctl.run_interval()["fallback_reason"] == "observation_invalid"
+
+
+def test_tp_dwell_holds_tp_for_min_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = load_controller(CHECKPOINT)
+    actions = iter([np.array([i % 2, 4, 5]) for i in range(30)])  # tp 2, 4, 2, 4, ... every interval
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: (next(actions), None))
+    ctl, _, log = _offline(policy, min_dwell_intervals=10)
+    tps = [ctl.run_interval()["knobs"]["tp"] for _ in range(25)]
+    changes = [i for i in range(1, 25) if tps[i] != tps[i - 1]]
+    assert tps[0] == 2 and all(b - a >= 10 for a, b in zip(changes, changes[1:], strict=False))
+    assert all(ctl_r["knobs"]["replicas"] == 8 // ctl_r["knobs"]["tp"] for ctl_r in _records(log))
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(tmp_path / "nope"), "--vllm-url", "http://127.0.0.1:1", "--twin"])
+    assert exc.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+    bad = tmp_path / "tampered"
+    shutil.copytree(CHECKPOINT, bad)
+    data = bytearray((bad / "policy.npz").read_bytes())
+    data[-10] ^= 0xFF
+    (bad / "policy.npz").write_bytes(bytes(data))
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(bad), "--vllm-url", "http://127.0.0.1:1", "--twin"])
+    assert exc.value.code == 2 and "sha256" in capsys.readouterr().err
+    for flags in (["--interval-s", "0"], ["--gpus", "a,b"], ["--vllm-url", "localhost:8000"]):
+        argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:1", *flags]
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, flags
+
+
+def test_cli_runs_and_stops_cleanly_on_sigterm(twin: str, tmp_path: Path) -> None:
+    log = tmp_path / "decisions.jsonl"
+    cmd = [sys.executable, "-m", "greenrl.controller", "--checkpoint", str(CHECKPOINT), "--vllm-url", twin]
+    cmd += ["--twin", "--interval-s", "0.3", "--decision-log", str(log), "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20.0
+        while not (log.exists() and sum(1 for _ in log.open()) >= 3):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=10.0) == 0
+    finally:
+        _stop(proc)
+    modes = {json.loads(line)["mode"] for line in log.open()}
+    assert modes <= {"priming", "applied"}
+    assert _get_json(f"{twin}/greenrl/state")["requested_knobs"]["sm_clock_mhz"] == 1980
