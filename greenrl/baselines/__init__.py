@@ -1,0 +1,80 @@
+"""Baseline controllers with SB3's ``predict``, ranked against learned controllers by ``greenrl.evaluate``.
+
+| name | family | what it does |
+|---|---|---|
+| static-max | static | the scenario's initial knobs (largest TP, every GPU, top clock, 256 seqs): the reference |
+| static-best | static (hindsight) | best fixed configuration for the evaluated window, by sweeping every one |
+| fixed-clock | static | static-max with the SM clock locked near 1.6 GHz |
+| threshold | rule-based | KV-cache usage -> SM clock table |
+| pid | feedback | TBT/TTFT slack -> SM clock, velocity-form PI |
+| predictive-dvfs | model-predictive | lowest clock the surrogate predicts meets the SLOs at the projected batch |
+| planner | forecast + model | DynamoLLM-style: forecast load, least-power (tp, max_num_seqs, clock), TP hysteresis |
+| oracle | hindsight lookahead | forks the node, tries configurations on the true next requests, keeps the cheapest |
+| random | floor | seeded uniform feasible actions |
+
+Public names: BASELINES, Baseline, baseline_names, make_baseline, decode_obs, plus each baseline class.
+"""
+
+from __future__ import annotations
+
+from greenrl.baselines.base import Baseline, decode_obs
+from greenrl.baselines.feedback import PidBaseline, ThresholdBaseline
+from greenrl.baselines.model_based import PlannerBaseline, PredictiveDvfsBaseline
+from greenrl.baselines.oracle import OracleBaseline
+from greenrl.baselines.static import FixedClock, RandomBaseline, StaticBest, StaticMax
+from greenrl.env.serving_env import ServingEnv
+from greenrl.errors import InputError
+
+__all__ = [
+    "BASELINES",
+    "Baseline",
+    "FixedClock",
+    "OracleBaseline",
+    "PidBaseline",
+    "PlannerBaseline",
+    "PredictiveDvfsBaseline",
+    "RandomBaseline",
+    "StaticBest",
+    "StaticMax",
+    "ThresholdBaseline",
+    "baseline_names",
+    "decode_obs",
+    "make_baseline",
+]
+
+BASELINES: dict[str, type[Baseline]] = {
+    cls.name: cls
+    for cls in (
+        StaticMax,
+        StaticBest,
+        FixedClock,
+        ThresholdBaseline,
+        PidBaseline,
+        PredictiveDvfsBaseline,
+        PlannerBaseline,
+        OracleBaseline,
+        RandomBaseline,
+    )
+}
+
+
+def baseline_names() -> list[str]:
+    """Registered baseline names, in table order.
+
+    Example:
+        >>> baseline_names()[:3]
+        ['static-max', 'static-best', 'fixed-clock']
+    """
+    return list(BASELINES)
+
+
+def make_baseline(name: str, env: ServingEnv, seed: int = 0) -> Baseline:
+    """A baseline by name, bound to ``env``; ``seed`` feeds any randomness it has.
+
+    Raises:
+        InputError: for an unknown name (the message lists the valid ones).
+    """
+    cls = BASELINES.get(name)
+    if cls is None:
+        raise InputError("--policies", "policy", f"unknown baseline {name!r}", f"use one of {', '.join(BASELINES)}")
+    return cls(env, seed)
