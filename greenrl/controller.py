@@ -2,24 +2,27 @@
 
 ``python -m greenrl.controller --checkpoint checkpoints/default/maskable_ppo_s0 --vllm-url URL --twin``
 drives the digital twin (knobs through ``POST /greenrl/knobs``, energy from ``GET /greenrl/state``);
-without ``--twin`` it drives a vLLM node: the SM clock through NVML (``GpuSet.lock_all``), while
-``max_num_seqs`` and ``tp`` changes are only logged as "would apply" (the admission proxy and the TP
-drain/restart launcher are not built yet). ``--shadow`` decides and logs but changes nothing.
+without ``--twin`` it drives a vLLM node (``greenrl.live.appliers.ServerApplier``): the SM clock through
+NVML (``GpuSet.lock_all``); ``max_num_seqs`` as the cap of the admission proxy (``--proxy-port``,
+``greenrl.live.proxy``), which clients then send to and which also counts arrivals and SLO outcomes; and
+a TP change as a drained restart of a server the controller started itself (``--launch``,
+``greenrl.live.launcher``). Without the proxy ``max_num_seqs`` is logged as "would apply"; without
+``--launch`` a TP change is refused and logged. ``--shadow`` decides and logs but changes nothing.
 
 Fail-safe: when the metrics are unreachable or garbage, the GPUs fail (permission included), the server
 is down or the policy's output is invalid, the controller applies the safe default configuration (top
 SM clock, largest ``max_num_seqs``, ``--default-tp``), counts ``greenrl_fallbacks_total{reason}``, keeps
-looping and retries with a capped exponential backoff. It only changes knobs: it never touches client
-requests. See ``docs/controller.md``.
+looping and retries with a capped exponential backoff. While its own restart is under way it waits
+(mode ``reconfiguring``) instead of falling back. It never rejects or drops a client request: the proxy
+only delays admissions and holds them over a restart. See ``docs/controller.md``.
 
-Public names: FALLBACK_REASONS, KnobApplier, NvmlApplier, ServingController, TwinApplier, build_controller,
-main.
+Public names: FALLBACK_REASONS, KnobApplier, NvmlApplier, ServerApplier, ServingController, TwinApplier,
+build_controller, main (the appliers live in ``greenrl.live.appliers``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -27,25 +30,28 @@ import signal
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import numpy as np
 
 from greenrl.errors import InputError, exit_on_input_error
-from greenrl.live.gpu import GpuError, GpuPermissionError, GpuSet
+from greenrl.live.appliers import KNOB_ORDER, ApplyError, KnobApplier, NvmlApplier, ServerApplier, TwinApplier
+from greenrl.live.gpu import GpuError, GpuPermissionError
+from greenrl.live.launcher import DEFAULT_COMMAND, LaunchError, ServerLauncher
 from greenrl.live.metrics import MetricsError
 from greenrl.live.observe import LiveObserver, Observation, ObservationError, TwinGpu
+from greenrl.live.proxy import AdmissionProxy, ProxySlo
 from greenrl.policy import ControllerPolicy
 
 __all__ = [
     "FALLBACK_REASONS",
     "KnobApplier",
     "NvmlApplier",
+    "ServerApplier",
     "ServingController",
     "TwinApplier",
     "build_controller",
@@ -65,124 +71,6 @@ FALLBACK_REASONS: dict[str, str] = {
 }
 """Values of the ``reason`` label of ``greenrl_fallbacks_total``, and what each means."""
 
-KNOB_ORDER = ("tp", "replicas", "max_num_seqs", "sm_clock_mhz")
-
-
-class KnobApplier(Protocol):
-    """Where knobs go: the twin's HTTP endpoint, or NVML plus (later) the proxy and launcher."""
-
-    def current(self) -> dict[str, int] | None:
-        """The configuration in force, if the applier can read it."""
-        ...
-
-    def apply(self, knobs: dict[str, int], changed: list[str]) -> list[str]:
-        """Apply ``knobs`` (``changed`` lists the knobs that differ); returns the knobs really applied."""
-        ...
-
-    def reconfiguring(self) -> bool:
-        """Whether a TP/replica change is under way."""
-        ...
-
-    def close(self, safe: dict[str, int] | None) -> None:
-        """Restore a safe state on shutdown (reset clocks / apply ``safe``)."""
-        ...
-
-
-class TwinApplier:
-    """Knobs through the digital twin's ``POST /greenrl/knobs``; state from its ``/greenrl/state``.
-
-    Args:
-        twin: the twin's state reader (also the observer's energy source).
-        timeout_s: HTTP timeout (s).
-    """
-
-    def __init__(self, twin: TwinGpu, timeout_s: float = 5.0) -> None:
-        self.twin = twin
-        self.timeout_s = timeout_s
-
-    def current(self) -> dict[str, int] | None:
-        """The twin's requested knobs (those the simulator is running or moving to)."""
-        state = self.twin.state()
-        return {k: int(state["requested_knobs"][k]) for k in KNOB_ORDER}
-
-    def apply(self, knobs: dict[str, int], changed: list[str]) -> list[str]:
-        """POST the changed knobs.
-
-        Raises:
-            GpuError: the twin cannot be reached or refuses the change (its answer in the message).
-        """
-        if not changed:
-            return []
-        body = json.dumps({k: knobs[k] for k in changed}).encode()
-        url = f"{self.twin.base_url}/greenrl/knobs"
-        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - the caller's twin
-                resp.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode(errors="replace")[:200]
-            raise _ApplyError(f"{url}: HTTP {err.code}: {detail}") from err
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
-            raise _ApplyError(f"{url}: unreachable ({err})") from err
-        return list(changed)
-
-    def reconfiguring(self) -> bool:
-        """The twin's ``reconfiguring`` flag as of the last state read."""
-        state = self.twin.last_state or {}
-        return bool(state.get("reconfiguring", False))
-
-    def close(self, safe: dict[str, int] | None) -> None:
-        """Put the safe default clock back (the twin's stand-in for resetting clocks)."""
-        if safe is None:
-            return
-        with contextlib.suppress(Exception):
-            self.apply(safe, ["sm_clock_mhz"])
-
-
-class NvmlApplier:
-    """The SM clock through NVML; ``max_num_seqs`` and ``tp`` are logged as "would apply" (not built yet).
-
-    Args:
-        gpus: the node's GPUs; closed (clocks reset) by ``close``.
-    """
-
-    def __init__(self, gpus: GpuSet) -> None:
-        self.gpus = gpus
-        self._warned: set[str] = set()
-
-    def current(self) -> dict[str, int] | None:
-        """Unknown: a vLLM node does not report its launch configuration."""
-        return None
-
-    def apply(self, knobs: dict[str, int], changed: list[str]) -> list[str]:
-        """Lock the clock if it changed; log the other knobs.
-
-        Raises:
-            GpuPermissionError: NVML refused for lack of privilege.
-            GpuError: another NVML failure.
-        """
-        applied = []
-        for name in changed:
-            if name == "sm_clock_mhz":
-                self.gpus.lock_all(knobs[name])
-                applied.append(name)
-            else:
-                what = "admission proxy" if name == "max_num_seqs" else "TP drain/restart launcher"
-                logger.info("would apply %s=%d (the %s is not built yet)", name, knobs[name], what)
-        return applied
-
-    def reconfiguring(self) -> bool:
-        """Never: TP changes are not applied yet."""
-        return False
-
-    def close(self, safe: dict[str, int] | None) -> None:
-        """Reset the clocks and close the GPUs."""
-        self.gpus.close(raise_errors=False)
-
-
-class _ApplyError(RuntimeError):
-    """The server refused or did not answer a knob change."""
-
 
 def _classify(err: BaseException) -> str:
     if isinstance(err, MetricsError):
@@ -193,7 +81,7 @@ def _classify(err: BaseException) -> str:
         return "gpu_permission"
     if isinstance(err, GpuError):
         return "server_down" if err.operation == "twin_state" else "gpu_error"
-    if isinstance(err, _ApplyError):
+    if isinstance(err, ApplyError):
         return "server_down" if "unreachable" in str(err) else "apply_failed"
     return "policy_invalid"
 
@@ -343,8 +231,12 @@ class ServingController:
         t0 = self.clock()
         record: dict[str, Any] = {"time_s": time.time(), "interval": self.interval, "shadow": self.shadow}
         stage = "observe"
+        self._sync_layout()
+        restarting = False
         try:
-            obs = self.observer.observe(self.knobs, self.applier.reconfiguring())
+            reconfiguring = self.applier.reconfiguring()
+            restarting = reconfiguring and isinstance(self.applier, ServerApplier)
+            obs = self.observer.observe(self.knobs, reconfiguring)
             if obs is None:
                 record.update(mode="priming", overhead_us=(self.clock() - t0) * 1e6)
                 self.failures = 0
@@ -370,7 +262,12 @@ class ServingController:
         except Exception as err:  # every fault makes a fallback, never a crash
             if stage == "decide" and not isinstance(err, ObservationError | _PolicyError):
                 err = _PolicyError(f"{type(err).__name__}: {err}")
-            self._fallback(err, record)
+            if stage == "observe" and restarting and _classify(err) == "server_down":
+                # our own restart is under way: wait for it, do not fall back (nor restart again)
+                self.observer.reset()
+                record.update(mode="reconfiguring", knobs=dict(self.knobs), applied=[], error=str(err)[:300])
+            else:
+                self._fallback(err, record)
         record["overhead_us"] = (self.clock() - t0) * 1e6
         return self._finish(record)
 
@@ -390,9 +287,7 @@ class ServingController:
             record["would_change"] = [k for k in changed if wanted[k] != self.knobs.get(k)]
             return
         applied = self.applier.apply(wanted, changed)
-        if wanted.get("tp") != self.knobs.get("tp") or wanted.get("replicas") != self.knobs.get("replicas"):
-            self._last_tp_change = self.interval
-        self.knobs = dict(wanted)
+        self._believe(wanted, changed, applied)
         self._pending_apply = False
         record["applied"] = applied
         if self.prom is not None:
@@ -421,17 +316,33 @@ class ServingController:
                 # the clock cannot be set: still apply the rest, never retry the clock in a tight loop
                 changed = [k for k in changed if k != "sm_clock_mhz"]
             record["applied"] = self.applier.apply(safe, changed)
-            if safe.get("tp") != self.knobs.get("tp"):
-                self._last_tp_change = self.interval
-            self.knobs = dict(safe)
+            self._believe(safe, changed, record["applied"])
         except Exception as apply_err:  # the server is down: nothing can be applied now; retry later
             record["applied"] = []
             record["fallback_apply_error"] = str(apply_err)[:300]
 
+    def _believe(self, wanted: dict[str, int], changed: list[str], applied: list[str]) -> None:
+        """Update the knobs believed in force; a refused TP/replica change leaves the layout as it was."""
+        new = dict(wanted)
+        for k in ("tp", "replicas"):
+            if k in changed and k not in applied and k in self.knobs:
+                new[k] = self.knobs[k]
+        if new.get("tp") != self.knobs.get("tp") or new.get("replicas") != self.knobs.get("replicas"):
+            self._last_tp_change = self.interval
+        self.knobs = new
+        self._sync_layout()
+
+    def _sync_layout(self) -> None:
+        """Take TP and replicas from a ``ServerApplier`` that owns the server (a failed restart rolls back)."""
+        if isinstance(self.applier, ServerApplier):
+            layout = self.applier.layout()
+            if layout is not None:
+                self.knobs.update(layout)
+
     def _finish(self, record: dict[str, Any]) -> dict[str, Any]:
         self.interval += 1
         mode = record.get("mode", "fallback")
-        if mode != "priming":
+        if mode not in ("priming", "reconfiguring"):
             self.decisions += 1
             if self.prom is not None:
                 self.prom.decisions.labels(mode=mode).inc()
@@ -492,7 +403,7 @@ class ServingController:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m greenrl.controller", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="exported controller folder (controller.json + policy.npz)")
-    p.add_argument("--vllm-url", required=True, help="the server's base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--vllm-url", default=None, help="the server's base URL (default with --launch: its own)")
     p.add_argument("--interval-s", type=float, default=30.0, help="control interval (s; default 30)")
     p.add_argument("--shadow", action="store_true", help="decide and log, never change a knob")
     p.add_argument("--gpus", default=None, help="NVML indices '0,1,...' or 'fake' (default: all; unused with --twin)")
@@ -505,6 +416,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-dwell-intervals", type=int, default=10, help="fewest intervals between TP changes")
     p.add_argument("--max-backoff-s", type=float, default=None, help="longest retry wait (default: 4 x interval)")
     p.add_argument("--timeout-s", type=float, default=5.0, help="HTTP timeout (s; default 5)")
+    g = p.add_argument_group("real node: admission proxy and launcher (not with --twin)")
+    g.add_argument("--proxy-port", type=int, default=None, help="run the admission proxy on 127.0.0.1:N (0: free)")
+    g.add_argument("--launch", action="store_true", help="start and own the server (needed for TP changes)")
+    g.add_argument("--launch-command", default=DEFAULT_COMMAND, help="server command template (default: vllm serve)")
+    g.add_argument("--model", default=None, help="{model} of the launch command (Hugging Face id or path)")
+    g.add_argument("--server-port", type=int, default=None, help="{port} of the launched server (default: 8000)")
+    g.add_argument("--server-log", default=None, help="file for the launched server's output (default: temp dir)")
+    g.add_argument("--launch-timeout-s", type=float, default=900.0, help="longest server start-up (s; 900)")
+    g.add_argument("--drain-timeout-s", type=float, default=120.0, help="longest drain before a restart (s; 120)")
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return p
 
@@ -535,16 +455,15 @@ def build_controller(
         raise InputError("--max-intervals", "max_intervals", f"{args.max_intervals} < 1", "give N >= 1")
     if not 0 <= args.metrics_port <= 65535:
         raise InputError("--metrics-port", "port", f"{args.metrics_port} out of range", "use 0 (off) to 65535")
-    if not args.vllm_url.startswith(("http://", "https://")):
-        raise InputError("--vllm-url", "url", f"{args.vllm_url!r} is not an http(s) URL", "http://127.0.0.1:8000")
+    base = _server_url(args)
     folder = Path(args.checkpoint)
     if not folder.is_dir():
         raise InputError("--checkpoint", "checkpoint", f"{folder} is not a folder", "give an exported controller")
     policy = load_controller(folder)
     scenario = load_scenario(args.scenario or policy.manifest["scenario"])
     gpu = load_gpu(scenario.node.gpu)
-    base = args.vllm_url.rstrip("/")
     applier: KnobApplier
+    proxy: AdmissionProxy | None = None
     extra: dict[str, Callable[[], float]] = {}
     if args.twin:
         twin = TwinGpu(base, timeout_s=args.timeout_s)
@@ -563,10 +482,32 @@ def build_controller(
 
     else:
         indices, backend = _parse_gpus(args.gpus)
+        launcher = None
+        if args.launch:
+            port = int(base.rsplit(":", 1)[1])
+            launcher = ServerLauncher(
+                args.launch_command,
+                model=args.model or "",
+                port=port,
+                gpus=indices,
+                log_path=args.server_log,
+                health_timeout_s=args.launch_timeout_s,
+                drain_timeout_s=args.drain_timeout_s,
+            )
+        if args.proxy_port is not None:
+            slo = ProxySlo(scenario.slo.ttft_floor_s, scenario.slo.tbt_mean_s)
+            proxy = AdmissionProxy(base, port=args.proxy_port, slo=slo, connect_timeout_s=args.timeout_s)
         gpu_set = open_gpus(indices, backend)  # type: ignore[arg-type]
         gpu_set.install_sigterm_handler()
         energy = gpu_set
-        applier = NvmlApplier(gpu_set)
+        values = dict(zip(policy.knob_names, policy.knob_values, strict=True))
+        applier = ServerApplier(
+            gpu_set,
+            proxy=proxy,
+            launcher=launcher,
+            drain_timeout_s=args.drain_timeout_s,
+            launch_max_num_seqs=max(values.get("max_num_seqs", [256])),
+        )
     observer = LiveObserver(
         base,
         energy,
@@ -576,9 +517,10 @@ def build_controller(
         ttft_floor_s=scenario.slo.ttft_floor_s,
         tbt_slo_s=scenario.slo.tbt_mean_s,
         timeout_s=args.timeout_s,
+        front_end=proxy,
         **extra,
     )
-    return ServingController(
+    controller = ServingController(
         policy,
         observer,
         applier,
@@ -591,6 +533,56 @@ def build_controller(
         decision_log=decision_log,
         sleep=sleep,
     )
+    if isinstance(applier, ServerApplier):
+        _start_server_side(controller, applier)
+    return controller
+
+
+def _server_url(args: argparse.Namespace) -> str:
+    """The server's base URL from ``--vllm-url`` / ``--server-port``; checks the flags that go together."""
+    if args.twin and (args.launch or args.proxy_port is not None):
+        raise InputError(
+            "--twin",
+            "twin",
+            "--launch and --proxy-port drive a real server's process and admissions",
+            "to rehearse them on the twin, leave out --twin and give --gpus fake and a twin --launch-command",
+        )
+    for flag, port in (("--proxy-port", args.proxy_port), ("--server-port", args.server_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise InputError(flag, "port", f"{port} is out of range", "use 0 to 65535")
+    if args.vllm_url is None:
+        if not args.launch:
+            raise InputError("--vllm-url", "url", "is required without --launch", "e.g. http://127.0.0.1:8000")
+        return f"http://127.0.0.1:{args.server_port or 8000}"
+    if not args.vllm_url.startswith(("http://", "https://")):
+        raise InputError("--vllm-url", "url", f"{args.vllm_url!r} is not an http(s) URL", "http://127.0.0.1:8000")
+    base = args.vllm_url.rstrip("/")
+    if args.launch:
+        parsed = urllib.parse.urlsplit(base)
+        if parsed.hostname not in ("127.0.0.1", "localhost") or parsed.path:
+            raise InputError("--vllm-url", "url", f"{base} is not a local server", "leave it out with --launch")
+        port = args.server_port or parsed.port or 8000
+        base = f"http://127.0.0.1:{port}"
+    return base
+
+
+def _start_server_side(controller: ServingController, applier: ServerApplier) -> None:
+    """Start the proxy, then the owned server at the safe default; undo both if the server fails."""
+    try:
+        if applier.proxy is not None:
+            applier.proxy.set_cap(controller.safe["max_num_seqs"] * controller.safe["replicas"])
+            logger.info("admission proxy: send requests to %s", applier.proxy.start())
+        if applier.owns_server:
+            applier.start(controller.safe)
+            controller.knobs = controller._complete(applier.current() or controller.safe)
+        else:
+            applier.assume_layout(controller.safe)  # the server runs at --default-tp; it cannot change
+    except LaunchError as err:
+        applier.close(None)
+        raise InputError("--launch-command", "command", f"the server did not start: {err}", "fix the command") from None
+    except BaseException:
+        applier.close(None)
+        raise
 
 
 @exit_on_input_error
@@ -607,11 +599,12 @@ def main(argv: list[str] | None = None) -> int:
         log = path.open("a")
     try:
         controller = build_controller(args, log)
-        if not args.twin:
-            logger.warning(
-                "live mode: only the SM clock is applied (NVML); max_num_seqs and tp are logged as 'would apply' "
-                "because the admission proxy and the TP drain/restart launcher are not built yet"
-            )
+        applier = controller.applier
+        if isinstance(applier, ServerApplier):
+            if applier.proxy is None:
+                logger.warning("no admission proxy (--proxy-port): max_num_seqs changes are only logged")
+            if not applier.owns_server:
+                logger.warning("the server is not owned (--launch): TP changes are refused and logged")
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             logger.info("signal %d: stopping", signum)

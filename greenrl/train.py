@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,14 @@ _AGENT_KEYS = {
     "activation",
     "eval_every_steps",
     "vf_coef",
+    "warm_start",
+    "warm_start_episodes",
+    "warm_start_epochs",
+    "dagger_rounds",
+    "val_episodes",
 }
+VAL_SEED = 1_000_000
+"""Validation episodes use training-split seeds ``VAL_SEED + i``, never drawn by the training envs' streams."""
 
 
 def agents_dir() -> Path:
@@ -78,26 +85,37 @@ def agent_config(agent: str, scenario: str) -> dict[str, Any]:
     return config
 
 
-def evaluate_policy_on(policy: Any, scenario: Scenario, seeds: int = 1) -> dict[str, float]:
-    """Run ``policy.predict`` (deterministic) on every evaluation window; energy and SLO totals."""
+def evaluate_policy_on(policy: Any, scenario: Scenario, seeds: int = 1, val_episodes: int = 0) -> dict[str, float]:
+    """Run ``policy.predict`` (deterministic) and total energy and SLO outcomes.
+
+    By default on every held-out evaluation window (``seeds`` seeds each). With ``val_episodes`` > 0,
+    on that many validation episodes instead: training-split windows and rate scales drawn from the
+    fixed seeds ``VAL_SEED + i``, which is what model selection uses, so the held-out windows stay unseen.
+    """
+    if val_episodes > 0:
+        runs = [(ServingEnv(scenario, "train"), VAL_SEED + i) for i in range(val_episodes)]
+    else:
+        runs = [
+            (ServingEnv(scenario, "eval", window), seed)
+            for window in range(len(scenario.workload.eval_windows_s))
+            for seed in range(seeds)
+        ]
     energy = missed = finished = slo_met = ret = 0.0
     clocks = []
-    for window in range(len(scenario.workload.eval_windows_s)):
-        for seed in range(seeds):
-            env = ServingEnv(scenario, "eval", window)
-            obs, _ = env.reset(seed=seed)
-            done = False
-            while not done:
-                kwargs = {"action_masks": env.action_masks()} if _is_maskable(policy) else {}
-                action, _ = policy.predict(obs, deterministic=True, **kwargs)
-                obs, reward, _, done, info = env.step(action)
-                energy += info["energy_j"]
-                missed += info["missed"]
-                finished += info["finished"]
-                slo_met += info["slo_met"]
-                ret += reward
-                clocks.append(info["knobs"].sm_clock_mhz)
-            env.close()
+    for env, seed in runs:
+        obs, _ = env.reset(seed=seed)
+        done = False
+        while not done:
+            kwargs = {"action_masks": env.action_masks()} if _is_maskable(policy) else {}
+            action, _ = policy.predict(obs, deterministic=True, **kwargs)
+            obs, reward, _, done, info = env.step(action)
+            energy += info["energy_j"]
+            missed += info["missed"]
+            finished += info["finished"]
+            slo_met += info["slo_met"]
+            ret += reward
+            clocks.append(info["knobs"].sm_clock_mhz)
+        env.close()
     arrived = slo_met + missed
     return {
         "energy_kwh": energy / 3.6e6,
@@ -146,8 +164,10 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _make_callbacks(run: Path, scenario: Scenario, cfg: dict[str, Any], seed: int, n_envs: int) -> Any:
+def _make_callbacks(run: Path, scenario: Scenario, cfg: dict[str, Any]) -> Any:
     from stable_baselines3.common.callbacks import BaseCallback
+
+    val_episodes = int(cfg.get("val_episodes", 8))
 
     class Progress(BaseCallback):
         """Logs reward terms, energy, SLO and knobs; evaluates, keeps and exports the best policy."""
@@ -158,6 +178,14 @@ def _make_callbacks(run: Path, scenario: Scenario, cfg: dict[str, Any], seed: in
             self.count = 0
             self.best = -np.inf
             self.next_eval = int(cfg["eval_every_steps"])
+            best = run / "best" / "eval.json"
+            if best.is_file():  # resuming: the saved best stays the one to beat
+                self.best = float(json.loads(best.read_text())["val_return"])
+
+        def _on_training_start(self) -> None:
+            if self.num_timesteps == 0:
+                self.evaluate()  # the starting policy (cloned from the teacher, if any) is a candidate too
+            self.next_eval = (self.num_timesteps // int(cfg["eval_every_steps"]) + 1) * int(cfg["eval_every_steps"])
 
         def _on_step(self) -> bool:
             for info in self.locals["infos"]:
@@ -183,16 +211,20 @@ def _make_callbacks(run: Path, scenario: Scenario, cfg: dict[str, Any], seed: in
             self.sums, self.count = {}, 0
 
         def evaluate(self) -> None:
-            kpis = evaluate_policy_on(self.model, scenario)
-            for k, v in kpis.items():
+            """The best validation return chooses the best model; the held-out KPIs are only logged."""
+            val = evaluate_policy_on(self.model, scenario, val_episodes=val_episodes)
+            held_out = evaluate_policy_on(self.model, scenario)
+            for k, v in val.items():
+                self.logger.record(f"val/{k}", v)
+            for k, v in held_out.items():
                 self.logger.record(f"eval/{k}", v)
-            row = {"timesteps": self.num_timesteps, **kpis}
+            row = {"timesteps": self.num_timesteps, **{f"val_{k}": v for k, v in val.items()}, **held_out}
             csv = run / "eval.csv"
             header = "" if csv.exists() else ",".join(row) + "\n"
             with csv.open("a") as handle:
                 handle.write(header + ",".join(f"{v:.6g}" for v in row.values()) + "\n")
-            if kpis["return"] > self.best:
-                self.best = kpis["return"]
+            if val["return"] > self.best:
+                self.best = val["return"]
                 (run / "best").mkdir(exist_ok=True)
                 self.model.save(run / "best" / "model.zip")
                 atomic_write_text(run / "best" / "eval.json", json.dumps(row, indent=1) + "\n")
@@ -211,10 +243,36 @@ def train(
     ship: bool = False,
     vec: str = "dummy",
     progress_bar: bool = True,
+    overrides: dict[str, Any] | None = None,
+    slo_weight: float | None = None,
 ) -> Path:
-    """Train, evaluate against static-max, export the best controller; returns the run folder."""
+    """Train, evaluate against static-max, export the best controller; returns the run folder.
+
+    ``overrides`` replace hyperparameters of the agent file (``--warm-start`` is one); ``slo_weight``
+    replaces the scenario's ``reward.slo_weight`` (one point of an energy-SLO Pareto front).
+    """
     scenario = load_scenario(scenario_name)
+    if slo_weight is not None:
+        if not (slo_weight >= 0 and np.isfinite(slo_weight)):
+            raise InputError("--slo-weight", "slo_weight", f"{slo_weight} is not >= 0", "e.g. 10")
+        scenario = replace(scenario, reward=replace(scenario.reward, slo_weight=float(slo_weight)))
     cfg = agent_config(agent, scenario.name)
+    for key, value in (overrides or {}).items():
+        if key not in _AGENT_KEYS:
+            raise InputError("train", key, "unknown hyperparameter", f"use {', '.join(sorted(_AGENT_KEYS))}")
+        cfg[key] = value
+    if cfg.get("warm_start") in ("none", ""):
+        cfg["warm_start"] = None
+    if cfg.get("warm_start"):
+        from greenrl.baselines import BASELINES
+
+        if cfg["warm_start"] not in BASELINES:
+            raise InputError(
+                "--warm-start",
+                "warm_start",
+                f"unknown teacher {cfg['warm_start']!r}",
+                f"use none or {', '.join(BASELINES)}",
+            )
     if total_timesteps is not None:
         cfg["total_timesteps"] = total_timesteps
     if n_envs is not None:
@@ -222,6 +280,7 @@ def train(
     for key in ("total_timesteps", "n_envs"):
         if int(cfg[key]) < 1:
             raise InputError(f"--{key.replace('_', '-')}", key, f"must be at least 1, got {cfg[key]}", "give 1 or more")
+    name = f"{agent}_s{seed}" if slo_weight is None else f"{agent}_w{slo_weight:g}_s{seed}"
     if vec not in ("dummy", "subproc"):
         raise InputError("--vec", "vec", f"unknown vector env {vec!r}", "use dummy or subproc")
 
@@ -241,7 +300,7 @@ def train(
             raise InputError("--resume", "resume", f"{run} has no checkpoint/model.zip", "give a run folder to resume")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run = Path(out) / scenario.name / f"{agent}_s{seed}_{stamp}"
+        run = Path(out) / scenario.name / f"{name}_{stamp}"
         run.mkdir(parents=True, exist_ok=False)
         resolved = {
             "scenario": scenario.name,
@@ -294,8 +353,11 @@ def train(
             policy_kwargs={"net_arch": list(cfg["net_arch"]), "activation_fn": activation},
         )
         done_steps = 0
-        _bias_towards(model, ServingEnv(scenario, "train"), float(cfg.get("init_bias", 2.0)))
-    callback = _make_callbacks(run, scenario, cfg, seed, int(cfg["n_envs"]))
+        if cfg.get("warm_start"):
+            _warm_start(model, env, scenario, cfg, seed, run)
+        else:
+            _bias_towards(model, ServingEnv(scenario, "train"), float(cfg.get("init_bias", 2.0)))
+    callback = _make_callbacks(run, scenario, cfg)
     remaining = int(cfg["total_timesteps"]) - done_steps
     started = time.perf_counter()
     interrupted = False
@@ -350,6 +412,7 @@ def train(
         "seed": seed,
         "agent": agent,
         "trained_timesteps": int(model.num_timesteps),
+        "slo_weight": scenario.reward.slo_weight,
         "config_sha256": config_hash,
         "eval": {
             "trained": ours,
@@ -359,9 +422,43 @@ def train(
     }
     export_controller(best_model, eval_env, run / "controller", extra)
     if ship:
-        export_controller(best_model, eval_env, Path("checkpoints") / scenario.name / f"{agent}_s{seed}", extra)
+        export_controller(best_model, eval_env, Path("checkpoints") / scenario.name / name, extra)
     _print_summary(run, summary)
     return run
+
+
+def _warm_start(model: Any, env: Any, scenario: Scenario, cfg: dict[str, Any], seed: int, run: Path) -> None:
+    """Clone the ``warm_start`` teacher (plus DAgger rounds), fit the critic, seed the reward normalization."""
+    from greenrl.imitation import behaviour_clone, collect_demonstrations, fit_critic, running_return_stats
+
+    started = time.perf_counter()
+    teacher = str(cfg["warm_start"])
+    episodes = int(cfg.get("warm_start_episodes", 200))
+    epochs = int(cfg.get("warm_start_epochs", 100))
+    base_seed = 2_000_000 + 10_000 * seed  # away from training and validation seeds
+    demos = collect_demonstrations(scenario, teacher, episodes, base_seed)
+    loss = behaviour_clone(model.policy, demos, epochs, seed)
+    rounds = int(cfg.get("dagger_rounds", 0))
+    for r in range(rounds):
+        demos = demos + collect_demonstrations(
+            scenario, teacher, max(1, episodes // 2), base_seed + (r + 1) * episodes, student=model
+        )
+        loss = behaviour_clone(model.policy, demos, max(1, epochs // 2), seed + r + 1)
+    gamma = float(cfg["gamma"])
+    mean, var, count = running_return_stats(demos.rewards, demos.episode_end, gamma)
+    env.ret_rms.mean, env.ret_rms.var, env.ret_rms.count = mean, var, count
+    mse = fit_critic(model.policy, demos, gamma, 1.0 / float(np.sqrt(var + env.epsilon)), epochs, seed)
+    report = {
+        "teacher": teacher,
+        "episodes": episodes,
+        "dagger_rounds": rounds,
+        "samples": len(demos),
+        "bc_loss_nats": loss,
+        "agreement": demos.agreement(model),
+        "critic_mse": mse,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    atomic_write_text(run / "warm_start.json", json.dumps(report, indent=1) + "\n")
 
 
 def _bias_towards(model: Any, env: ServingEnv, bias: float) -> None:
@@ -416,6 +513,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run folder")
     p.add_argument("--resume", type=Path, default=None, help="a run folder to continue")
     p.add_argument("--ship", action="store_true", help="also export to checkpoints/<scenario>/<agent>_s<seed>/")
+    p.add_argument(
+        "--warm-start", default=None, help="baseline to clone before PPO (default: the agent file's; 'none': off)"
+    )
+    p.add_argument("--slo-weight", type=float, default=None, help="override the scenario's reward.slo_weight")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -435,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
         args.ship,
         args.vec,
         not args.no_progress,
+        {"warm_start": args.warm_start} if args.warm_start is not None else None,
+        args.slo_weight,
     )
     return 0
 

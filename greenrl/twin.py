@@ -7,7 +7,10 @@ completion is injected into a ``SimNode`` as a live arrival; its tokens are sent
 request produces them, mapped to wall time by ``--time-scale`` (simulated seconds per wall second).
 See ``docs/twin.md`` for the protocol subset, the injection design and its limits.
 
-Only the standard library, numpy and the simulator are used (no optional dependency).
+The node starts in the scenario's initial knobs, or in those given with ``--tp``, ``--replicas``,
+``--max-num-seqs`` and ``--sm-clock-mhz`` (so a launcher can start it like ``vllm serve`` at a given TP).
+
+Only the standard library, numpy, the simulator and ``greenrl.live.http`` are used (no optional dependency).
 
 Public names: CapacityError, LiveSim, RequestProgress, TwinServer, main, prompt_token_count,
 render_metrics.
@@ -27,7 +30,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,17 @@ import numpy.typing as npt
 
 from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot
 from greenrl.errors import InputError, exit_on_input_error
+from greenrl.live.http import (
+    HttpError,
+    Request,
+    end_chunks,
+    error_body,
+    head,
+    json_object,
+    respond,
+    serve_connection,
+    write_chunk,
+)
 from greenrl.sim import SimConfig, SimNode
 from greenrl.sim import kernel as K
 from greenrl.surrogate import StepBatch, Surrogate
@@ -58,8 +71,6 @@ FAR_S = 1.0e12
 _STATES = {K.FUTURE: "pending", K.WAITING: "waiting", K.RUNNING: "running", K.FINISHED: "finished"}
 _STATES[K.REJECTED] = "rejected"
 
-_MAX_BODY_BYTES = 16 * 1024 * 1024
-_MAX_HEADERS = 100
 _TOKEN_TEXT = " tok"
 
 
@@ -146,12 +157,36 @@ class LiveSim:
         self.last: NodeSnapshot | None = None
 
     @classmethod
-    def from_scenario(cls, scenario: str, capacity: int = 100_000) -> LiveSim:
-        """The node of a scenario (a name in ``envs/`` or a YAML path), fed live instead of by its trace."""
+    def from_scenario(cls, scenario: str, capacity: int = 100_000, initial: dict[str, int] | None = None) -> LiveSim:
+        """The node of a scenario (a name in ``envs/`` or a YAML path), fed live instead of by its trace.
+
+        Args:
+            scenario: scenario name or YAML path.
+            capacity: request rows to preallocate.
+            initial: knobs to start in instead of the scenario's initial ones (``tp``, ``replicas``,
+                ``max_num_seqs``, ``sm_clock_mhz``; any subset). A new ``tp`` without ``replicas`` gets
+                ``gpus // tp`` replicas.
+
+        Raises:
+            InputError: naming the flag (``--tp``, ...) when the knobs cannot run on the scenario's node.
+        """
         from greenrl.env.scenario import load_scenario
         from greenrl.env.serving_env import build_node
 
-        return cls(build_node(load_scenario(scenario)).config, capacity)
+        config = build_node(load_scenario(scenario)).config
+        given = {k: v for k, v in (initial or {}).items() if v is not None}
+        if given:
+            knobs = dataclasses.replace(config.initial, **given)
+            if "tp" in given and "replicas" not in given:
+                knobs = dataclasses.replace(knobs, replicas=max(1, config.gpus // knobs.tp))
+            config = dataclasses.replace(config, initial=knobs)
+        try:
+            return cls(config, capacity)
+        except InputError as err:
+            if err.where != "initial":
+                raise
+            flag = "--" + err.field.replace("_", "-")
+            raise InputError(flag, err.field, f"{err.problem} (scenario {scenario})", err.fix) from None
 
     # ------------------------------------------------------------------------------------ state
 
@@ -369,21 +404,6 @@ def prompt_token_count(prompt: Any) -> int:
 # ---------------------------------------------------------------------------------------- HTTP
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(slots=True)
-class _Request:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    keep_alive: bool
-
-
 @dataclass(slots=True)
 class _Watch:
     """A request being served: the driver pushes its new token times (simulated s) to ``queue``."""
@@ -391,71 +411,6 @@ class _Watch:
     queue: asyncio.Queue[tuple[str, list[float]]]
     seen: int = 0
     last_t: float = 0.0
-
-
-async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
-    """One HTTP/1.1 request with a ``Content-Length`` body; None when the client closed the connection."""
-    try:
-        line = await reader.readline()
-    except ValueError as err:  # longer than the stream limit
-        raise _HttpError(431, "request line too long") from err
-    if not line:
-        return None
-    parts = line.decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _HttpError(400, "malformed request line")
-    method, target, version = parts
-    headers: dict[str, str] = {}
-    while True:
-        try:
-            raw = await reader.readline()
-        except ValueError as err:
-            raise _HttpError(431, "header line too long") from err
-        if not raw:
-            return None
-        if raw in (b"\r\n", b"\n"):
-            break
-        name, sep, value = raw.decode("latin-1").partition(":")
-        if not sep:
-            raise _HttpError(400, "malformed header line")
-        headers[name.strip().lower()] = value.strip()
-        if len(headers) > _MAX_HEADERS:
-            raise _HttpError(431, "too many headers")
-    if "transfer-encoding" in headers:
-        raise _HttpError(501, "chunked request bodies are not supported; send Content-Length")
-    try:
-        length = int(headers.get("content-length", "0"))
-    except ValueError as err:
-        raise _HttpError(400, "bad Content-Length") from err
-    if not 0 <= length <= _MAX_BODY_BYTES:
-        raise _HttpError(413, f"body must be 0 to {_MAX_BODY_BYTES} bytes")
-    body = await reader.readexactly(length) if length else b""
-    conn = headers.get("connection", "").lower()
-    keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
-    return _Request(method.upper(), target.split("?", 1)[0], headers, body, keep_alive)
-
-
-def _head(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", *(f"{k}: {v}" for k, v in headers)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-async def _respond(writer: asyncio.StreamWriter, status: int, body: bytes, content_type: str, keep_alive: bool) -> None:
-    headers = [
-        ("Content-Type", content_type),
-        ("Content-Length", str(len(body))),
-        ("Connection", "keep-alive" if keep_alive else "close"),
-    ]
-    writer.write(_head(status, headers) + body)
-    await writer.drain()
-
-
-def _error_body(status: int, message: str) -> bytes:
-    """The error object vLLM answers with."""
-    kind = "BadRequestError" if status < 500 else "ServiceUnavailableError" if status == 503 else "InternalServerError"
-    if status == 404:
-        kind = "NotFoundError"
-    return json.dumps({"object": "error", "message": message, "type": kind, "param": None, "code": status}).encode()
 
 
 class TwinServer:
@@ -571,28 +526,12 @@ class TwinServer:
         if task is not None:
             self._conns.add(task)
         try:
-            while True:
-                try:
-                    req = await _read_request(reader)
-                except _HttpError as err:
-                    await _respond(writer, err.status, _error_body(err.status, str(err)), "application/json", False)
-                    break
-                if req is None:
-                    break
-                if not await self._dispatch(req, writer):
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except Exception:
-            logger.exception("error while serving a connection")
+            await serve_connection(reader, writer, self._dispatch)
         finally:
             if task is not None:
                 self._conns.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
 
-    async def _dispatch(self, req: _Request, writer: asyncio.StreamWriter) -> bool:
+    async def _dispatch(self, req: Request, writer: asyncio.StreamWriter) -> bool:
         """Serve one request; returns whether the connection stays open."""
         routes = {
             ("GET", "/health"): self._health,
@@ -609,28 +548,28 @@ class TwinServer:
             if handler is None:
                 known = {p for _, p in routes} | {"/v1/completions"}
                 status = 405 if req.path in known else 404
-                raise _HttpError(status, f"{req.method} {req.path} is not served by the twin")
+                raise HttpError(status, f"{req.method} {req.path} is not served by the twin")
             status, body, ctype = handler(req)
-        except _HttpError as err:
-            status, body, ctype = err.status, _error_body(err.status, str(err)), "application/json"
+        except HttpError as err:
+            status, body, ctype = err.status, error_body(err.status, str(err)), "application/json"
         except InputError as err:
-            status, body, ctype = 400, _error_body(400, str(err)), "application/json"
-        await _respond(writer, status, body, ctype, keep)
+            status, body, ctype = 400, error_body(400, str(err)), "application/json"
+        await respond(writer, status, body, ctype, keep)
         return keep
 
-    def _health(self, req: _Request) -> tuple[int, bytes, str]:
+    def _health(self, req: Request) -> tuple[int, bytes, str]:
         if self.failed.is_set():
-            return 503, _error_body(503, "the simulation driver failed"), "application/json"
+            return 503, error_body(503, "the simulation driver failed"), "application/json"
         return 200, b"", "text/plain; charset=utf-8"
 
-    def _metrics(self, req: _Request) -> tuple[int, bytes, str]:
+    def _metrics(self, req: Request) -> tuple[int, bytes, str]:
         return 200, render_metrics(self.sim, self.model_name).encode(), "text/plain; version=0.0.4; charset=utf-8"
 
-    def _models(self, req: _Request) -> tuple[int, bytes, str]:
+    def _models(self, req: Request) -> tuple[int, bytes, str]:
         card = {"id": self.model_name, "object": "model", "created": int(time.time()), "owned_by": "greenrl-twin"}
         return 200, json.dumps({"object": "list", "data": [card]}).encode(), "application/json"
 
-    def _state(self, req: _Request) -> tuple[int, bytes, str]:
+    def _state(self, req: Request) -> tuple[int, bytes, str]:
         sim = self.sim
         last = sim.last
         out = {
@@ -651,20 +590,20 @@ class TwinServer:
         }
         return 200, json.dumps(out).encode(), "application/json"
 
-    def _knobs(self, req: _Request) -> tuple[int, bytes, str]:
-        body = _json_object(req.body, "/greenrl/knobs")
+    def _knobs(self, req: Request) -> tuple[int, bytes, str]:
+        body = json_object(req.body, "/greenrl/knobs")
         self.step()  # bring the simulation to now, so the change starts now
         requested = self.sim.apply(**body)
         out = {"requested_knobs": dataclasses.asdict(requested), "knobs": dataclasses.asdict(self.sim.knobs)}
         return 200, json.dumps(out).encode(), "application/json"
 
-    async def _completions(self, req: _Request, writer: asyncio.StreamWriter) -> bool:
+    async def _completions(self, req: Request, writer: asyncio.StreamWriter) -> bool:
         keep = req.keep_alive
         try:
-            body = _json_object(req.body, "/v1/completions")
+            body = json_object(req.body, "/v1/completions")
             model = body.get("model", self.model_name)
             if model != self.model_name:
-                raise _HttpError(404, f"The model `{model}` does not exist.")
+                raise HttpError(404, f"The model `{model}` does not exist.")
             if body.get("n", 1) != 1 or body.get("best_of", 1) not in (1, None):
                 raise InputError("/v1/completions", "n", "only n = 1 is supported", "send n = 1")
             prompt_tokens = prompt_token_count(body.get("prompt"))
@@ -677,12 +616,12 @@ class TwinServer:
             try:
                 rid = self.sim.inject(prompt_tokens, max_tokens, at_s=self.sim_time())
             except CapacityError as err:
-                raise _HttpError(503, str(err)) from err
-        except _HttpError as err:
-            await _respond(writer, err.status, _error_body(err.status, str(err)), "application/json", keep)
+                raise HttpError(503, str(err)) from err
+        except HttpError as err:
+            await respond(writer, err.status, error_body(err.status, str(err)), "application/json", keep)
             return keep
         except InputError as err:
-            await _respond(writer, 400, _error_body(400, str(err)), "application/json", keep)
+            await respond(writer, 400, error_body(400, str(err)), "application/json", keep)
             return keep
         watch = _Watch(asyncio.Queue())
         self._watch[rid] = watch
@@ -720,16 +659,14 @@ class TwinServer:
 
         async def send_chunk(payload: dict[str, Any] | str) -> None:
             data = payload if isinstance(payload, str) else json.dumps(payload)
-            raw = f"data: {data}\n\n".encode()
-            writer.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
-            await writer.drain()
+            await write_chunk(writer, f"data: {data}\n\n".encode())
 
         while emitted < max_tokens:
             kind, times = await watch.queue.get()
             if kind == "rejected":
                 msg = f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceed the KV cache"
                 if not started:
-                    await _respond(writer, 400, _error_body(400, msg), "application/json", keep)
+                    await respond(writer, 400, error_body(400, msg), "application/json", keep)
                     return True
                 await send_chunk({"object": "error", "message": msg, "code": 400})
                 break
@@ -748,7 +685,7 @@ class TwinServer:
                             ("Transfer-Encoding", "chunked"),
                             ("Connection", "keep-alive" if keep else "close"),
                         ]
-                        writer.write(_head(200, headers))
+                        writer.write(head(200, headers))
                         started = True
                     finish = "length" if emitted == max_tokens else None
                     choice = {"index": 0, "text": _TOKEN_TEXT, "logprobs": None, "finish_reason": finish}
@@ -760,24 +697,13 @@ class TwinServer:
             choice = {"index": 0, "text": _TOKEN_TEXT * emitted, "logprobs": None, "finish_reason": "length"}
             choice["stop_reason"] = None
             out = {**base, "choices": [choice], "usage": {**usage, "completion_tokens": emitted}}
-            await _respond(writer, 200, json.dumps(out).encode(), "application/json", keep)
+            await respond(writer, 200, json.dumps(out).encode(), "application/json", keep)
             return True
         if include_usage:
             await send_chunk({**base, "choices": [], "usage": {**usage, "completion_tokens": emitted}})
         await send_chunk("[DONE]")
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        await end_chunks(writer)
         return True
-
-
-def _json_object(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        body = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(where, "body", f"not valid JSON ({err})", "send a JSON object") from None
-    if not isinstance(body, dict):
-        raise InputError(where, "body", "expected a JSON object", "send {...}")
-    return body
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -792,6 +718,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, default=100_000, help="requests over the twin's lifetime (default: 1e5)")
     p.add_argument("--tick-ms", type=float, default=20.0, help="wall ms between simulation steps (default: 20)")
     p.add_argument("--model-name", default=None, help="served model name (default: the scenario's model)")
+    p.add_argument("--tp", type=int, default=None, help="initial tensor-parallel degree (default: the scenario's)")
+    p.add_argument("--replicas", type=int, default=None, help="initial replicas (default: GPUs // tp)")
+    p.add_argument("--max-num-seqs", type=int, default=None, help="initial max_num_seqs (default: the scenario's)")
+    p.add_argument("--sm-clock-mhz", type=int, default=None, help="initial SM clock, MHz (default: the scenario's)")
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return p
 
@@ -820,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= args.port <= 65535:
         raise InputError("--port", "port", f"{args.port} is out of range", "use 0 to 65535")
-    sim = LiveSim.from_scenario(args.scenario, args.capacity)
+    initial = {"tp": args.tp, "replicas": args.replicas, "max_num_seqs": args.max_num_seqs}
+    sim = LiveSim.from_scenario(args.scenario, args.capacity, initial | {"sm_clock_mhz": args.sm_clock_mhz})
     sim.advance_to(1e-3)  # compile / load the numba kernel before serving
     server = TwinServer(
         sim,

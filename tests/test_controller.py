@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from greenrl.controller import NvmlApplier, ServingController, _parser, build_controller, main
+from greenrl.controller import NvmlApplier, ServerApplier, ServingController, _parser, build_controller, main
 from greenrl.live.gpu import FakeGpu, GpuSet
 from greenrl.live.metrics import parse
 from greenrl.live.observe import LiveObserver, Observation
@@ -357,11 +357,19 @@ def test_cli_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit) as exc:
         main(["--checkpoint", str(bad), "--vllm-url", "http://127.0.0.1:1", "--twin"])
     assert exc.value.code == 2 and "sha256" in capsys.readouterr().err
-    for flags in (["--interval-s", "0"], ["--gpus", "a,b"], ["--vllm-url", "localhost:8000"]):
+    bad_flags = [["--interval-s", "0"], ["--gpus", "a,b"], ["--vllm-url", "localhost:8000"], ["--twin", "--launch"]]
+    bad_flags += [
+        ["--launch", "--launch-command", "serve {bogus}"],
+        ["--launch", "--model", "m", "--server-port", "-1"],
+    ]
+    for flags in bad_flags:
         argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:1", *flags]
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2, flags
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(CHECKPOINT)])  # no --vllm-url and no --launch
+    assert exc.value.code == 2 and "--vllm-url" in capsys.readouterr().err
 
 
 def test_cli_runs_and_stops_cleanly_on_sigterm(twin: str, tmp_path: Path) -> None:
@@ -381,3 +389,162 @@ def test_cli_runs_and_stops_cleanly_on_sigterm(twin: str, tmp_path: Path) -> Non
     modes = {json.loads(line)["mode"] for line in log.open()}
     assert modes <= {"priming", "applied"}
     assert _get_json(f"{twin}/greenrl/state")["requested_knobs"]["sm_clock_mhz"] == 1980
+
+
+# ------------------------------------------------------------------------------------------ proxy and launcher
+
+LAUNCH = (
+    "{python} -m greenrl.twin --port {port} --scenario default --time-scale 30 --tp {tp} --replicas {replicas} "
+    "--max-num-seqs {max_num_seqs} --sm-clock-mhz {sm_clock_mhz} --log-level WARNING"
+)
+
+
+@pytest.fixture
+def owned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A controller that starts the twin through --launch, with the admission proxy, on fake GPUs."""
+    made: list[ServingController] = []
+    pids: list[int] = []
+
+    def make(*extra: str, tp_index: int = 1) -> tuple[ServingController, io.StringIO]:
+        policy = load_controller(CHECKPOINT)
+        monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
+        monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([tp_index, 4, 5]), None))
+        argv = ["--launch", "--launch-command", LAUNCH, "--server-port", str(_free_port()), "--proxy-port", "0"]
+        argv += ["--gpus", "fake", "--min-dwell-intervals", "1", "--launch-timeout-s", "30", "--timeout-s", "2"]
+        argv += ["--server-log", str(tmp_path / "server.log"), *extra]
+        args = _parser().parse_args(["--checkpoint", str(CHECKPOINT), "--interval-s", "0.2", *argv])
+        log = io.StringIO()
+        ctl = build_controller(args, log, sleep=_short_sleep)
+        made.append(ctl)
+        assert isinstance(ctl.applier, ServerApplier) and ctl.applier.launcher is not None
+        pids.append(ctl.applier.launcher.pid or 0)
+        return ctl, log
+
+    try:
+        yield make, pids
+    finally:
+        for ctl in made:
+            ctl.stop()
+            ctl.close()
+        for pid in pids:  # every server the launcher started must be gone; a leftover is killed by its pid
+            alive = True
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                alive = False
+            if alive:
+                os.killpg(pid, signal.SIGKILL)
+            assert not alive, f"server pid {pid} outlived the controller"
+
+
+def _until(ctl: ServingController, pred: Any, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        ctl.run_interval()
+        time.sleep(0.1)
+
+
+def test_launch_tp_change_drains_restarts_and_loses_no_request(owned: Any) -> None:
+    make, pids = owned
+    ctl, log = make()
+    applier = ctl.applier
+    assert ctl.knobs["tp"] == 8 and applier.proxy is not None and applier.launcher is not None
+    first_pid = applier.launcher.pid
+    results: list[Any] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        body = {"prompt": list(range(1, 40)), "max_tokens": 60, "stream": True}
+        while not stop.is_set():
+            req = urllib.request.Request(
+                f"{applier.proxy.url}/v1/completions",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=30.0) as r:
+                    results.append(sum(1 for line in r if line.startswith(b"data: [DONE]")))
+            except OSError as err:
+                results.append(err)
+
+    workers = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        _until(ctl, lambda: applier.restarts == 1 and not applier.reconfiguring())
+        pids.append(applier.launcher.pid or 0)
+        _until(ctl, lambda: sum(r["mode"] == "applied" for r in _records(log)) >= 3)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=30.0)
+    modes = [r["mode"] for r in _records(log)]
+    assert "reconfiguring" in modes and "fallback" not in modes and ctl.fallback_counts == {}
+    state = _get_json(f"{applier.launcher.url}/greenrl/state")
+    assert (state["knobs"]["tp"], state["knobs"]["replicas"]) == (4, 2) and ctl.knobs["tp"] == 4
+    assert applier.launcher.pid != first_pid and applier.last_outage_s is not None
+    assert results and all(r == 1 for r in results), results[-5:]  # every request got its whole stream
+    stats = applier.proxy.stats()
+    assert stats["arrived"] == stats["finished"] == len(results) and stats["cap"] == 256 * 2
+    applied = [r for r in _records(log) if r["mode"] == "applied"]
+    assert applied[-1]["assumed"] == [] and 0.0 <= applied[-1]["observation"]["slo_attainment"] <= 1.0
+
+
+def test_owned_server_killed_falls_back_then_is_started_again(owned: Any) -> None:
+    make, pids = owned
+    ctl, log = make(tp_index=2)  # the policy keeps tp 8: no restart of its own
+    launcher = ctl.applier.launcher
+    _until(ctl, lambda: any(r["mode"] == "applied" for r in _records(log)))
+    old_pid = launcher.pid
+    os.killpg(old_pid, signal.SIGKILL)  # the server dies (its own process group, by its id)
+    _until(ctl, lambda: ctl.fallback_counts.get("server_down", 0) >= 1)
+    _until(ctl, lambda: ctl.applier.restarts == 1 and not ctl.applier.reconfiguring())
+    pids.append(launcher.pid or 0)
+    n = len(_records(log))
+    _until(ctl, lambda: sum(r["mode"] == "applied" for r in _records(log)[n:]) >= 2)
+    assert set(ctl.fallback_counts) == {"server_down"} and launcher.pid != old_pid and launcher.healthy()
+    assert _get_json(f"{launcher.url}/greenrl/state")["knobs"]["tp"] == 8
+
+
+def test_attached_server_refuses_tp_change_but_caps_admissions(twin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = load_controller(CHECKPOINT)
+    monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([1, 2, 5]), None))  # tp 4, max_num_seqs 64
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", twin, "--interval-s", "0.2", "--gpus", "fake"]
+    ctl = build_controller(_parser().parse_args([*argv, "--proxy-port", "0", "--min-dwell-intervals", "1"]), None)
+    try:
+        ctl.run_interval()
+        record = ctl.run_interval()
+        assert record["mode"] == "applied" and "tp" not in record["applied"] and "max_num_seqs" in record["applied"]
+        assert ctl.knobs["tp"] == 8 and ctl.knobs["max_num_seqs"] == 64  # TP refused: the layout in force stays
+        assert ctl.applier.proxy.cap == 64 and not ctl.applier.reconfiguring()
+        assert _get_json(f"{twin}/greenrl/state")["knobs"]["tp"] == 8
+    finally:
+        ctl.close()
+
+
+def test_observer_takes_arrivals_and_slo_from_the_front_end(twin: str) -> None:
+    class Front:
+        def __init__(self) -> None:
+            self.counts = {"arrived": 0, "prompt_tokens": 0, "slo_met": 0, "missed": 0, "slo_judged": True}
+
+        def stats(self) -> dict[str, Any]:
+            return dict(self.counts)
+
+    front = Front()
+    gpu = FakeGpu(0, energy_source=lambda: 0.0)
+    kw: dict[str, Any] = {"gpus": 8, "tdp_w": 700.0, "max_sm_clock_mhz": 1980, "ttft_floor_s": 0.5, "tbt_slo_s": 0.1}
+    observer = LiveObserver(twin, gpu, clock=_ticking(), front_end=front, **kw)
+    knobs = {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
+    assert observer.observe(knobs) is None
+    front.counts.update(arrived=60, prompt_tokens=6000, slo_met=27, missed=3)
+    obs = observer.observe(knobs)
+    assert obs is not None and obs.assumed == ()
+    assert obs.values["arrival_rate_rps"] == pytest.approx(2.0)  # 60 arrivals over 30 s
+    assert obs.values["mean_prompt_tokens"] == pytest.approx(100.0)
+    assert obs.values["slo_attainment"] == pytest.approx(0.9)
+    front.counts["slo_judged"] = False
+    obs = observer.observe(knobs)
+    assert obs is not None and obs.assumed == ("slo_attainment",) and obs.values["slo_attainment"] == 1.0
+    assert obs.values["arrival_rate_rps"] == 0.0

@@ -115,3 +115,63 @@ def test_train_bad_input_exits_2(argv: list[str], expected: str, capsys: pytest.
         train_cli.main(argv)
     assert ended.value.code == 2
     assert expected in capsys.readouterr().err
+
+
+def test_behaviour_cloning_reproduces_a_dynamic_teacher() -> None:
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from greenrl.imitation import behaviour_clone, collect_demonstrations
+
+    scenario = load_scenario("tiny")
+    demos = collect_demonstrations(scenario, "threshold", 10, seed=0)
+    assert len(np.unique(demos.actions[:, -1])) > 1  # the teacher really switches clocks
+    model = MaskablePPO("MlpPolicy", DummyVecEnv([lambda: ServingEnv(scenario)]), seed=0, device="cpu")
+    before = demos.agreement(model)
+    behaviour_clone(model.policy, demos, epochs=60, seed=0)
+    unseen = collect_demonstrations(scenario, "threshold", 4, seed=500)
+    assert before < 0.5
+    assert unseen.agreement(model) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def warm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("warm")
+    overrides = {
+        "warm_start": "fixed-clock",
+        "warm_start_episodes": 4,
+        "warm_start_epochs": 60,
+        "dagger_rounds": 1,
+        "val_episodes": 2,
+    }
+    return train("tiny", "maskable_ppo", seed=0, total_timesteps=512, out=out, progress_bar=False, overrides=overrides)
+
+
+def test_warm_start_clones_the_teacher_before_ppo(warm_run: Path) -> None:
+    from greenrl.baselines import make_baseline
+
+    report = json.loads((warm_run / "warm_start.json").read_text())
+    assert report["teacher"] == "fixed-clock" and report["agreement"] == 1.0
+    rows = (warm_run / "eval.csv").read_text().splitlines()
+    header, first = rows[0].split(","), dict(zip(rows[0].split(","), map(float, rows[1].split(",")), strict=True))
+    assert "val_missed" in header and first["timesteps"] == 0
+    scenario = load_scenario("tiny")
+    env = ServingEnv(scenario, "eval")
+    teacher = StaticPolicy(env.action_for(make_baseline("fixed-clock", env).decide({})))  # a constant action
+    expected = evaluate_policy_on(teacher, scenario)
+    assert first["energy_kwh"] == pytest.approx(expected["energy_kwh"], rel=1e-5)
+    assert first["missed"] == expected["missed"]
+
+
+def test_model_selection_uses_validation_not_held_out(warm_run: Path) -> None:
+    lines = (warm_run / "eval.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, map(float, line.split(",")), strict=True)) for line in lines[1:]]
+    assert len(rows) >= 2
+    best = json.loads((warm_run / "best" / "eval.json").read_text())
+    assert best["timesteps"] == max(rows, key=lambda r: r["val_return"])["timesteps"]
+    scenario = load_scenario("tiny")
+    env = ServingEnv(scenario, "train")
+    direct = evaluate_policy_on(StaticPolicy(env.action_for(env.initial)), scenario, val_episodes=2)
+    held_out = evaluate_policy_on(StaticPolicy(env.action_for(env.initial)), scenario)
+    assert direct["energy_kwh"] != pytest.approx(held_out["energy_kwh"])  # validation is other data

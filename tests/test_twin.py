@@ -392,3 +392,15 @@ def test_in_process_server_capacity_503(tiny_config: SimConfig) -> None:
         loop.close()
     with pytest.raises(InputError):
         TwinServer(sim, model_name="m", time_scale=0.0)
+
+
+def test_twin_starts_at_given_knobs_and_names_the_bad_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from greenrl.twin import main
+
+    sim = LiveSim.from_scenario("tiny", capacity=4, initial={"tp": 1, "max_num_seqs": 32, "sm_clock_mhz": 1395})
+    assert (sim.knobs.tp, sim.knobs.replicas, sim.knobs.max_num_seqs, sim.knobs.sm_clock_mhz) == (1, 2, 32, 1395)
+    assert LiveSim.from_scenario("tiny", capacity=4).knobs.tp == 2  # the scenario's initial knobs
+    for flags, name in ((["--tp", "3"], "--tp"), (["--tp", "1", "--replicas", "3"], "--replicas")):
+        with pytest.raises(SystemExit) as exc:
+            main(["--scenario", "tiny", "--port", "0", *flags])
+        assert exc.value.code == 2 and name in capsys.readouterr().err

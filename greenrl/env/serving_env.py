@@ -20,7 +20,7 @@ from greenrl.errors import InputError
 from greenrl.sim import SimConfig, SimNode, SloSpec
 from greenrl.workload import Trace, load_trace, synthetic_trace
 
-__all__ = ["OBS_FIELDS", "ObsField", "ServingEnv", "build_node", "make_env"]
+__all__ = ["OBS_FIELDS", "ObsField", "ServingEnv", "build_node", "episode_workload", "make_env"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,7 @@ OBS_FIELDS: tuple[ObsField, ...] = (
 OBS_CLIP = 10.0
 
 
-def _workload(s: Scenario, split: str, eval_index: int) -> Any:
+def episode_workload(s: Scenario, split: str, eval_index: int) -> Any:
     """The episode's request stream as a function of the episode's Generator."""
     w = s.workload
     if w.synthetic is not None:
@@ -111,7 +111,7 @@ def build_node(s: Scenario, split: str = "train", eval_index: int = 0) -> SimNod
         slo=SloSpec(s.slo.ttft_floor_s, s.slo.ttft_prefill_multiple, s.slo.tbt_mean_s),
     )
     try:
-        return SimNode(config, _workload(s, split, eval_index))
+        return SimNode(config, episode_workload(s, split, eval_index))
     except InputError as err:
         raise InputError(s.path, f"node.initial.{err.field}", err.problem, err.fix) from None
 

@@ -8,15 +8,17 @@ and returns ``None``.
 
 Where the live server cannot give what the simulator gives, the observer says so:
 
-* arrivals: vLLM exposes no arrival counter, so requests that got their first token in the interval
-  (the TTFT histogram's count delta) stand in for arrivals; the prompt tokens are vLLM's prompt-token
-  counter delta. The admission proxy (not built yet) will count real arrivals.
-* ``slo_attainment``: needs per-request SLO outcomes from a front end; without one it is 1.0 (reported in
-  ``Observation.assumed``).
+* arrivals: vLLM exposes no arrival counter. With a front end (``front_end=``, the admission proxy's
+  ``stats()``), arrivals and prompt tokens are its counters. Without one, requests that got their first
+  token in the interval (the TTFT histogram's count delta) stand in for arrivals, and the prompt tokens
+  are vLLM's prompt-token counter delta.
+* ``slo_attainment``: per-request SLO outcomes need a front end that judges them (the proxy given a
+  ``ProxySlo``): met / (met + missed) in the interval, 1.0 when none was judged, as in the simulator.
+  Without one it is 1.0 and listed in ``Observation.assumed``.
 
 ``TwinGpu`` reads the digital twin's energy counter from ``GET /greenrl/state`` (the twin has no GPUs).
 
-Public names: EnergySource, LiveObserver, Observation, ObservationError, TwinGpu.
+Public names: EnergySource, FrontEndSource, LiveObserver, Observation, ObservationError, TwinGpu.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import math
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,7 +41,7 @@ from greenrl.env.serving_env import OBS_CLIP, OBS_FIELDS
 from greenrl.live.gpu import GpuUnavailableError
 from greenrl.live.metrics import VllmMetrics, diff, scrape
 
-__all__ = ["EnergySource", "LiveObserver", "Observation", "ObservationError", "TwinGpu"]
+__all__ = ["EnergySource", "FrontEndSource", "LiveObserver", "Observation", "ObservationError", "TwinGpu"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,18 @@ class EnergySource(Protocol):
 
     def energy_j(self) -> float:
         """Cumulative energy, J; only differences are meaningful."""
+        ...
+
+
+class FrontEndSource(Protocol):
+    """Cumulative front-end counters, e.g. ``AdmissionProxy``.
+
+    ``stats()`` has ``arrived``, ``prompt_tokens``, ``slo_met``, ``missed`` and ``slo_judged`` (whether the
+    SLO counters are measured).
+    """
+
+    def stats(self) -> Mapping[str, Any]:
+        """The counters now (cumulative; only differences are used)."""
         ...
 
 
@@ -135,6 +149,7 @@ class LiveObserver:
         timeout_s: scrape timeout (s).
         clock: monotonic time source (s).
         hour_of_day: hour of day now, 0-24 (default: the local wall clock).
+        front_end: front-end counters for arrivals, prompt tokens and SLO attainment (None: stand-ins).
     """
 
     def __init__(
@@ -150,6 +165,7 @@ class LiveObserver:
         timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         hour_of_day: Callable[[], float] = _wall_hour,
+        front_end: FrontEndSource | None = None,
     ) -> None:
         self.metrics_url = metrics_url
         self.energy = energy
@@ -157,9 +173,10 @@ class LiveObserver:
         self.timeout_s = timeout_s
         self.clock = clock
         self.hour_of_day = hour_of_day
+        self.front_end = front_end
         self._ttft_bucket = int(np.searchsorted(VLLM_TTFT_BUCKETS_S, ttft_floor_s)) + 1
         self._itl_bucket = int(np.searchsorted(VLLM_ITL_BUCKETS_S, tbt_slo_s)) + 1
-        self._prev: tuple[VllmMetrics, float, float] | None = None
+        self._prev: _Scrape | None = None
         self._prev_rate_rps = 0.0
         self._warned_slo = False
 
@@ -172,12 +189,13 @@ class LiveObserver:
         """Forget the previous scrape (the next ``observe`` primes again)."""
         self._prev = None
 
-    def _read(self) -> tuple[VllmMetrics, float, float]:
+    def _read(self) -> _Scrape:
         metrics = scrape(self.metrics_url, timeout_s=self.timeout_s)
+        front = dict(self.front_end.stats()) if self.front_end is not None else None
         energy_j = float(self.energy.energy_j())
         if not math.isfinite(energy_j):
             raise ObservationError(f"GPU energy counter is {energy_j!r}")
-        return metrics, energy_j, self.clock()
+        return metrics, energy_j, self.clock(), front
 
     def observe(self, knobs: dict[str, int], reconfiguring: bool = False) -> Observation | None:
         """Scrape, difference with the previous scrape and build the observation.
@@ -198,8 +216,8 @@ class LiveObserver:
         prev, self._prev = self._prev, cur
         if prev is None:
             return None
-        m_prev, e_prev, t_prev = prev
-        m_cur, e_cur, t_cur = cur
+        m_prev, e_prev, t_prev, f_prev = prev
+        m_cur, e_cur, t_cur, f_cur = cur
         missing = [k for k in REQUIRED_METRICS if k in m_cur.missing]
         if missing:
             raise ObservationError(f"{self.metrics_url}: the observation needs {', '.join(missing)}, not exposed")
@@ -211,13 +229,22 @@ class LiveObserver:
             raise ObservationError(f"GPU energy counter went back by {-energy_j:.1f} J (GPU reset or restart?)")
         d = diff(m_prev, m_cur)
         started = d.ttft_count
-        rate_rps = started / span_s
+        arrived, prompt_tokens = started, d.prompt_tokens
+        slo_attainment = 1.0
+        assumed: tuple[str, ...] = ("slo_attainment",)
+        if f_prev is not None and f_cur is not None:
+            arrived, prompt_tokens = _delta(f_prev, f_cur, "arrived"), _delta(f_prev, f_cur, "prompt_tokens")
+            if f_cur.get("slo_judged"):
+                met, missed = _delta(f_prev, f_cur, "slo_met"), _delta(f_prev, f_cur, "missed")
+                slo_attainment = met / (met + missed) if met + missed else 1.0
+                assumed = ()
+        rate_rps = arrived / span_s
         hour = self.hour_of_day()
         raw = {
             "arrival_rate_rps": rate_rps,
             "arrival_rate_prev_rps": self._prev_rate_rps,
-            "mean_prompt_tokens": d.prompt_tokens / started if started else 0.0,
-            "prompt_tokens_per_s": d.prompt_tokens / span_s,
+            "mean_prompt_tokens": prompt_tokens / arrived if arrived else 0.0,
+            "prompt_tokens_per_s": prompt_tokens / span_s,
             "output_tokens_per_s": d.generation_tokens / span_s,
             "waiting": d.waiting,
             "running": d.running,
@@ -228,7 +255,7 @@ class LiveObserver:
             "itl_over_slo_frac": float(d.itl_hist[self._itl_bucket :].sum()) / d.itl_count if d.itl_count else 0.0,
             "preemptions_per_s": d.preemptions / span_s,
             "power_frac": energy_j / span_s / (self.gpus * self.tdp_w),
-            "slo_attainment": 1.0,
+            "slo_attainment": slo_attainment,
             "reconfiguring": float(reconfiguring),
             "tp": float(knobs["tp"]),
             "replicas": float(knobs["replicas"]),
@@ -240,10 +267,20 @@ class LiveObserver:
         bad = [k for k, v in raw.items() if not math.isfinite(v)]
         if bad:
             raise ObservationError(f"non-finite observation fields: {', '.join(bad)}")
-        if not self._warned_slo:
+        if assumed and not self._warned_slo:
             logger.info("slo_attainment is not measured without a front end: observed as 1.0")
             self._warned_slo = True
         self._prev_rate_rps = rate_rps
         vector = np.array([raw[f.name] / f.scale for f in OBS_FIELDS], dtype=np.float32)
         vector = np.clip(vector, -OBS_CLIP, OBS_CLIP)
-        return Observation(vector, raw, span_s, energy_j, d, assumed=("slo_attainment",))
+        return Observation(vector, raw, span_s, energy_j, d, assumed=assumed)
+
+
+_Scrape = tuple[VllmMetrics, float, float, dict[str, Any] | None]
+"""One read: metrics, energy (J), clock (s), front-end counters."""
+
+
+def _delta(prev: Mapping[str, Any], cur: Mapping[str, Any], key: str) -> float:
+    """A counter's increase; a counter that went back (front end restarted) counts from 0."""
+    p, c = float(prev.get(key, 0)), float(cur.get(key, 0))
+    return c - p if c >= p else c

@@ -1,0 +1,213 @@
+"""Small asyncio HTTP/1.1 server helpers shared by the digital twin and the admission proxy.
+
+Standard library only. They cover what an OpenAI-compatible server on loopback needs: requests with a
+``Content-Length`` body (no chunked request bodies), keep-alive, plain responses, chunked (SSE) responses,
+and vLLM's error object.
+
+Public names: HttpError, Request, end_chunks, error_body, head, json_object, read_request, respond,
+serve_connection, write_chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+from greenrl.errors import InputError
+
+__all__ = [
+    "HttpError",
+    "Request",
+    "end_chunks",
+    "error_body",
+    "head",
+    "json_object",
+    "read_request",
+    "respond",
+    "serve_connection",
+    "write_chunk",
+]
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Largest request body accepted (bytes)."""
+
+MAX_HEADERS = 100
+"""Most request headers accepted."""
+
+
+class HttpError(Exception):
+    """An error answered with ``status`` and vLLM's error object.
+
+    Args:
+        status: HTTP status code.
+        message: the error text sent to the client.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class Request:
+    """One HTTP request.
+
+    Attributes:
+        method: upper-case method (``GET``, ``POST``).
+        path: the target without its query string.
+        headers: header names lower-cased.
+        body: the raw body (``Content-Length`` bytes).
+        keep_alive: whether the connection stays open after the answer.
+        query: the query string without ``?`` (``""`` if none).
+    """
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    keep_alive: bool
+    query: str = ""
+
+
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    """One HTTP/1.1 request with a ``Content-Length`` body; None when the client closed the connection.
+
+    Raises:
+        HttpError: on a malformed or oversized request (400, 413, 431) or a chunked body (501).
+    """
+    try:
+        line = await reader.readline()
+    except ValueError as err:  # longer than the stream limit
+        raise HttpError(431, "request line too long") from err
+    if not line:
+        return None
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise HttpError(400, "malformed request line")
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    while True:
+        try:
+            raw = await reader.readline()
+        except ValueError as err:
+            raise HttpError(431, "header line too long") from err
+        if not raw:
+            return None
+        if raw in (b"\r\n", b"\n"):
+            break
+        name, sep, value = raw.decode("latin-1").partition(":")
+        if not sep:
+            raise HttpError(400, "malformed header line")
+        headers[name.strip().lower()] = value.strip()
+        if len(headers) > MAX_HEADERS:
+            raise HttpError(431, "too many headers")
+    if "transfer-encoding" in headers:
+        raise HttpError(501, "chunked request bodies are not supported; send Content-Length")
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError as err:
+        raise HttpError(400, "bad Content-Length") from err
+    if not 0 <= length <= MAX_BODY_BYTES:
+        raise HttpError(413, f"body must be 0 to {MAX_BODY_BYTES} bytes")
+    body = await reader.readexactly(length) if length else b""
+    conn = headers.get("connection", "").lower()
+    keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
+    path, _, query = target.partition("?")
+    return Request(method.upper(), path, headers, body, keep_alive, query)
+
+
+def head(status: int, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The status line and headers of a response, ending with the blank line."""
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def respond(writer: asyncio.StreamWriter, status: int, body: bytes, content_type: str, keep_alive: bool) -> None:
+    """Send a whole response with a ``Content-Length`` body."""
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Connection", "keep-alive" if keep_alive else "close"),
+    ]
+    writer.write(head(status, headers) + body)
+    await writer.drain()
+
+
+async def write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Send one chunk of a ``Transfer-Encoding: chunked`` body (empty data sends nothing)."""
+    if data:
+        writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        await writer.drain()
+
+
+async def end_chunks(writer: asyncio.StreamWriter) -> None:
+    """End a chunked body."""
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The error object vLLM answers with.
+
+    Example:
+        >>> json.loads(error_body(404, "no such model"))["type"]
+        'NotFoundError'
+    """
+    kind = "BadRequestError" if status < 500 else "ServiceUnavailableError" if status == 503 else "InternalServerError"
+    if status == 404:
+        kind = "NotFoundError"
+    return json.dumps({"object": "error", "message": message, "type": kind, "param": None, "code": status}).encode()
+
+
+def json_object(raw: bytes, where: str) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object (an empty body is ``{}``).
+
+    Raises:
+        InputError: the body is not JSON or not an object.
+    """
+    try:
+        body = json.loads(raw or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(where, "body", f"not valid JSON ({err})", "send a JSON object") from None
+    if not isinstance(body, dict):
+        raise InputError(where, "body", "expected a JSON object", "send {...}")
+    return body
+
+
+Dispatch = Callable[[Request, asyncio.StreamWriter], Awaitable[bool]]
+"""Serves one request; returns whether the connection stays open."""
+
+
+async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dispatch: Dispatch) -> None:
+    """Serve the requests of one connection until the client closes it or ``dispatch`` returns False.
+
+    A malformed request gets its error status and closes the connection; a dropped connection ends
+    quietly; any other exception is logged. The writer is always closed.
+    """
+    try:
+        while True:
+            try:
+                req = await read_request(reader)
+            except HttpError as err:
+                await respond(writer, err.status, error_body(err.status, str(err)), "application/json", False)
+                break
+            if req is None:
+                break
+            if not await dispatch(req, writer):
+                break
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    except Exception:
+        logger.exception("error while serving a connection")
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()

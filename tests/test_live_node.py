@@ -1,0 +1,279 @@
+"""LiveNode: ServingEnv driving the digital twin, observation parity with the controller's LiveObserver,
+and the real-node backend (FakeGpus, admission proxy, a stub launcher)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from greenrl.core import Knobs, NodeSnapshot
+from greenrl.env.serving_env import OBS_FIELDS, ServingEnv
+from greenrl.live.gpu import FakeGpu, GpuSet
+from greenrl.live.node import GpuBackend, LiveNode
+from greenrl.live.observe import LiveObserver
+from greenrl.live.proxy import AdmissionProxy
+from greenrl.workload import Trace
+
+ROOT = Path(__file__).resolve().parents[1]
+TIME_SCALE = 10.0  # the tiny scenario's 10 s interval is 1 wall s
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5.0) as r:
+        out: dict[str, Any] = json.loads(r.read())
+        return out
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10.0)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5.0)
+
+
+def _start_twin(port: int) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "tiny"]
+    cmd += ["--time-scale", str(TIME_SCALE), "--tick-ms", "5", "--log-level", "WARNING"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30.0
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"twin exited early with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(proc)
+            raise AssertionError("twin did not answer /health within 30 s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def twin() -> Iterator[str]:
+    port = _free_port()
+    proc = _start_twin(port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
+def _workload(rng: np.random.Generator) -> Trace:
+    """40 requests in the first 24 s (of three 10 s intervals): nothing arrives near the last boundary."""
+    n = 40
+    arrivals = np.sort(rng.uniform(0.5, 24.0, n))
+    return Trace("test", arrivals, rng.integers(50, 1500, n), rng.integers(10, 80, n), 30.0)
+
+
+def _recording(node: LiveNode) -> list[tuple[NodeSnapshot, dict[str, Any]]]:
+    """Wrap ``node.advance`` to keep each snapshot with the twin's raw state read at its end."""
+    out: list[tuple[NodeSnapshot, dict[str, Any]]] = []
+    advance = node.advance
+
+    def recorded(dt_s: float) -> NodeSnapshot:
+        snap = advance(dt_s)
+        out.append((snap, dict(node.backend.last_state)))  # type: ignore[attr-defined]
+        return snap
+
+    node.advance = recorded  # type: ignore[method-assign]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ ServingEnv on the twin
+
+
+def test_env_episode_on_the_twin(twin: str) -> None:
+    node = LiveNode.for_twin(twin, "tiny", workload=_workload, loadgen={"max_concurrency": 64})
+    env = ServingEnv("tiny", node=node)
+    snaps = _recording(node)
+    try:
+        obs, info = env.reset(seed=7)
+        start = dict(node.backend.last_state)  # type: ignore[attr-defined]
+        assert obs.shape == (len(OBS_FIELDS),) and info["knobs"] == node.initial
+        slow = env.action_for(dataclasses.replace(node.initial, sm_clock_mhz=1005))
+        actions = [env.action_for(node.initial), slow, slow]
+        for a in actions:
+            obs, reward, terminated, truncated, info = env.step(a)
+            assert env.observation_space.contains(obs) and np.isfinite(reward) and not terminated
+            assert set(info["reward_terms"]) == {"energy", "slo", "reconfig"}
+        gen = node.generator
+        assert gen is not None
+        sent = gen.sent()
+    finally:
+        env.close()
+    prev = start
+    for k, (snap, state) in enumerate(snaps, start=1):
+        span = snap.t_end_s - snap.t_start_s
+        assert 0.0 <= snap.t_end_s - 10.0 * k < 1.5  # intervals end on the 10 s grid of simulated time, a bit late
+        # the energy is the twin's counter difference over exactly that simulated span
+        assert snap.energy_j == pytest.approx(state["energy_j"] - prev["energy_j"], rel=1e-9, abs=1e-6)
+        assert state["sim_time_s"] - prev["sim_time_s"] == pytest.approx(span)
+        assert sum(snap.energy_per_gpu_j) == pytest.approx(snap.energy_j) and len(snap.energy_per_gpu_j) == 2
+        assert snap.mean_power_w * span == pytest.approx(snap.energy_j)
+        assert 2 * 50.0 < snap.mean_power_w < 2 * 700.0  # between idle-ish and two TDPs
+        # front end vs the twin's own arrival counter (boundaries may shift a request by one tick)
+        assert abs(snap.arrived - (state["requests"]["arrived"] - prev["requests"]["arrived"])) <= 3
+        assert snap.finished + snap.rejected <= snap.arrived + 40 and snap.slo_met <= snap.finished
+        assert snap.rejected == 0
+        prev = state
+    total_arrived = sum(s.arrived for s, _ in snaps)
+    assert total_arrived == len(sent) == 40  # every request sent was counted in exactly one interval
+    assert total_arrived == snaps[-1][1]["requests"]["arrived"] - start["requests"]["arrived"]
+    assert sum(s.prompt_tokens_in for s, _ in snaps) == sum(r.prompt_tokens for r in sent)
+    assert sum(s.prefill_tokens for s, _ in snaps) == sum(r.prompt_tokens for r in sent)  # the twin's counter
+    assert [s.knobs.sm_clock_mhz for s, _ in snaps] == [1980, 1005, 1005]
+    assert [s.reconfigurations for s, _ in snaps] == [0, 1, 0]
+    assert sum(s.finished for s, _ in snaps) >= 30  # most requests are done well within the 30 s
+    assert gen.done  # close() stopped the load generator
+    state = _get_json(f"{twin}/greenrl/state")
+    assert state["requested_knobs"]["sm_clock_mhz"] == 1980  # close() put the initial knobs back
+
+
+def test_observation_parity_with_the_controller(twin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fed the same scrape, energy reading and clock, LiveObserver and ServingEnv._observe agree.
+
+    They differ by definition in: arrival_rate_rps, arrival_rate_prev_rps, mean_prompt_tokens (front-end
+    arrivals vs requests that got a first token), prompt_tokens_per_s (prompts of the front end's arrivals
+    vs vLLM's prompt-token counter) and slo_attainment (measured per request vs assumed 1.0).
+    """
+    node = LiveNode.for_twin(twin, "tiny", workload=_workload, loadgen={"max_concurrency": 64})
+    env = ServingEnv("tiny", node=node)
+    s = env.scenario
+
+    class SameEnergy:
+        def energy_j(self) -> float:
+            assert node.last_reading is not None
+            return float(sum(node.last_reading.energy_per_gpu_j))
+
+    def server_time_s() -> float:
+        assert node.last_reading is not None
+        return node.last_reading.server_time_s
+
+    monkeypatch.setattr("greenrl.live.observe.scrape", lambda url, timeout_s=5.0: node.last_metrics)
+    observer = LiveObserver(
+        twin,
+        SameEnergy(),
+        gpus=s.node.gpus,
+        tdp_w=env.gpu.tdp_w,
+        max_sm_clock_mhz=env.gpu.max_sm_clock_mhz,
+        ttft_floor_s=s.slo.ttft_floor_s,
+        tbt_slo_s=s.slo.tbt_mean_s,
+        clock=server_time_s,
+        hour_of_day=lambda: s.workload.start_hour + (server_time_s() - node.episode_start_s) / 3600.0,
+    )
+    differ = {"arrival_rate_rps", "arrival_rate_prev_rps", "mean_prompt_tokens", "prompt_tokens_per_s"}
+    differ |= {"slo_attainment"}
+    compared = 0
+    try:
+        _, info = env.reset(seed=11)
+        assert observer.observe(dataclasses.asdict(info["knobs"])) is None  # primes on the reset scrape
+        for _ in range(3):
+            obs, _, _, _, info = env.step(env.action_for(node.initial))
+            o = observer.observe(dataclasses.asdict(info["knobs"]), reconfiguring=False)
+            assert o is not None
+            for i, field in enumerate(OBS_FIELDS):
+                if field.name in differ:
+                    continue
+                assert obs[i] == pytest.approx(o.vector[i], rel=1e-5, abs=1e-6), field.name
+                compared += 1
+            assert o.values["slo_attainment"] == 1.0 and "slo_attainment" in o.assumed
+            assert o.values["output_tokens_per_s"] > 0 and o.values["power_frac"] > 0
+    finally:
+        env.close()
+    assert compared == 3 * (len(OBS_FIELDS) - len(differ))
+
+
+# ------------------------------------------------------------------------------------------ real-node backend
+
+
+class StubLauncher:
+    """Records restarts; each drains through the given callable and takes ``restart_s`` wall seconds."""
+
+    def __init__(self, restart_s: float) -> None:
+        self.restart_s = restart_s
+        self.calls: list[dict[str, int]] = []
+        self.drained: list[bool] = []
+        self.stopped = False
+
+    def restart(self, knobs: Mapping[str, int], drain: Any = None) -> float:
+        self.calls.append(dict(knobs))
+        self.drained.append(bool(drain()) if drain is not None else True)
+        time.sleep(self.restart_s)
+        return self.restart_s
+
+    def stop(self) -> int | None:
+        self.stopped = True
+        return 0
+
+
+def test_gpu_backend_with_proxy_and_launcher(twin: str) -> None:
+    """The real-node configuration on loopback: FakeGpus for energy and clocks, the admission proxy in front
+    of the twin (its cap is max_num_seqs x replicas, its queue counts as waiting), a stub launcher for TP."""
+    gpus = [FakeGpu(0, min_interval_s=0.0), FakeGpu(1, min_interval_s=0.0)]
+    initial = Knobs(tp=2, replicas=1, max_num_seqs=256, sm_clock_mhz=1980)
+    proxy = AdmissionProxy(twin)
+    url = proxy.start()
+    launcher = StubLauncher(restart_s=0.3)
+    backend = GpuBackend(GpuSet(gpus), initial, proxy=proxy, launcher=launcher, launch_overrides={"max_num_seqs": 1024})
+    assert proxy.cap == 256
+
+    def workload(rng: np.random.Generator) -> Trace:  # wall time: 12 requests in the first 0.3 s
+        return Trace("burst", np.linspace(0.0, 0.3, 12), np.full(12, 64), np.full(12, 400), 1.0)
+
+    node = LiveNode("tiny", backend, url=url, metrics_url=twin, workload=workload, loadgen={"max_concurrency": 32})
+    try:
+        node.reset(seed=0)
+        node.apply(dataclasses.replace(initial, max_num_seqs=2, sm_clock_mhz=1395))
+        assert proxy.cap == 2 and [g.locked_sm_clock_mhz for g in gpus] == [1395, 1395]
+        for g in gpus:
+            g.add_energy_j(100.0)
+        snap = node.advance(0.5)
+        assert snap.energy_j == pytest.approx(200.0) and snap.energy_per_gpu_j == (100.0, 100.0)
+        assert snap.knobs.sm_clock_mhz == 1395 and snap.knobs.max_num_seqs == 2
+        assert snap.arrived == 12 and snap.reconfigurations == 1
+        assert node.last_reading is not None and node.last_metrics is not None
+        queued = node.last_reading.queued  # 12 sent, 2 at a time upstream: the rest wait in the proxy
+        assert queued >= 1 and snap.waiting == int(node.last_metrics.waiting) + queued
+        proxy.set_cap(None)  # let the burst through (as a larger max_num_seqs would)
+        node.apply(dataclasses.replace(initial, tp=1, replicas=2, max_num_seqs=256, sm_clock_mhz=1395))
+        assert backend.read().reconfiguring
+        deadline = time.monotonic() + 20.0
+        while backend.restarting and time.monotonic() < deadline:
+            time.sleep(0.05)
+        snap = node.advance(0.5)
+        assert (snap.knobs.tp, snap.knobs.replicas) == (1, 2) and not snap.reconfiguring
+        assert launcher.calls[0]["tp"] == 1 and launcher.calls[0]["max_num_seqs"] == 1024 and launcher.drained == [True]
+        assert not proxy.paused  # resumed after the restart
+        assert proxy.cap == 512  # max_num_seqs x replicas
+    finally:
+        node.close()
+        proxy.stop()
+    assert all(("reset", None) in g.calls for g in gpus)  # close() reset the clocks
+    assert not launcher.stopped  # not asked to stop a server it does not own
+    assert not any(t.name == "greenrl-loadgen" and t.is_alive() for t in threading.enumerate())

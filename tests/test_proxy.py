@@ -1,0 +1,301 @@
+"""The admission proxy in front of the digital twin: the cap, hold/drain, retries, pass-through and counters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenrl.errors import InputError
+from greenrl.live.launcher import ServerLauncher
+from greenrl.live.proxy import AdmissionProxy, ProxySlo, approx_prompt_tokens
+
+TWIN = "{python} -m greenrl.twin --port {port} --scenario tiny --time-scale 50 --tp {tp} --log-level WARNING"
+KNOBS = {"tp": 2, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
+
+
+def _start(log: Path) -> ServerLauncher:
+    launcher = ServerLauncher(TWIN, port=0, log_path=log, health_timeout_s=30.0, stop_grace_s=5.0)
+    launcher.start(KNOBS)
+    return launcher
+
+
+def _stop(launcher: ServerLauncher, pids: list[int]) -> None:
+    launcher.stop()
+    for pid in pids:  # every server started, by its pid: gone, or killed here
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    launcher = _start(tmp_path_factory.mktemp("twin") / "server.log")
+    pids = [launcher.pid or 0]
+    try:
+        yield launcher.url
+    finally:
+        _stop(launcher, pids)
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator[Any]:
+    proxies: list[AdmissionProxy] = []
+
+    def make(upstream: str, **kw: Any) -> AdmissionProxy:
+        proxy = AdmissionProxy(upstream, **kw)
+        proxies.append(proxy)
+        proxy.start()
+        return proxy
+
+    try:
+        yield make
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5.0) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _complete(url: str, body: dict[str, Any], timeout_s: float = 30.0) -> dict[str, Any]:
+    """One completion through ``url``: status, tokens, usage, whether a stream ended with [DONE]."""
+    req = urllib.request.Request(
+        f"{url}/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as r:
+            if not body.get("stream"):
+                out = json.loads(r.read())
+                return {"status": r.status, "tokens": out["usage"]["completion_tokens"], "done": True}
+            tokens, done, usage = 0, False, None
+            for raw in r:
+                line = raw.decode().strip()
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    chunk = json.loads(line[6:])
+                    tokens += bool(chunk["choices"])
+                    usage = chunk.get("usage") or usage
+            return {"status": r.status, "tokens": tokens, "done": done, "usage": usage}
+    except urllib.error.HTTPError as err:
+        return {"status": err.code, "tokens": 0, "done": False, "body": err.read()}
+
+
+def _run_all(url: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any] | BaseException]:
+    out: list[dict[str, Any] | BaseException] = [RuntimeError("not run")] * len(bodies)
+
+    def one(k: int) -> None:
+        try:
+            out[k] = _complete(url, bodies[k])
+        except BaseException as err:  # noqa: BLE001 - reported by the caller
+            out[k] = err
+
+    threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(len(bodies))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=40.0)
+    assert not any(t.is_alive() for t in threads)
+    return out
+
+
+def _wait(pred: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------------------ the cap
+
+
+def test_cap_is_never_exceeded_and_every_queued_request_completes(twin: str, proxy_factory: Any) -> None:
+    proxy = proxy_factory(twin, cap=2)
+    bodies = [{"prompt": list(range(1, 20 + k)), "max_tokens": 150, "stream": k % 2 == 0} for k in range(10)]
+    upstream_peak = [0]
+    done = threading.Event()
+
+    def watch() -> None:  # the twin's own view: requests running + waiting in the simulator
+        while not done.is_set():
+            state = json.loads(_get(f"{twin}/greenrl/state")[1])
+            upstream_peak[0] = max(upstream_peak[0], state["running"] + state["waiting"])
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        results = _run_all(proxy.url, bodies)
+    finally:
+        done.set()
+        watcher.join(timeout=5.0)
+    assert all(isinstance(r, dict) and r["status"] == 200 and r["done"] and r["tokens"] == 150 for r in results)
+    stats = proxy.stats()
+    assert stats["max_in_flight"] == 2 and 1 <= upstream_peak[0] <= 2
+    assert stats["arrived"] == stats["admitted"] == stats["finished"] == 10
+    assert stats["in_flight"] == stats["queued"] == stats["errors"] == 0
+    assert stats["prompt_tokens"] == sum(len(b["prompt"]) for b in bodies)  # token-id prompts: exact
+    assert stats["output_tokens"] == 1500
+
+
+def test_pause_set_cap_resume_and_drain(twin: str, proxy_factory: Any) -> None:
+    proxy = proxy_factory(twin, cap=1)
+    with pytest.raises(InputError):
+        proxy.set_cap(0)
+    proxy.pause()
+    results: list[Any] = []
+    sender = threading.Thread(
+        target=lambda: results.extend(_run_all(proxy.url, [{"prompt": "a b c", "max_tokens": 20}] * 3)), daemon=True
+    )
+    sender.start()
+    try:
+        _wait(lambda: proxy.stats()["queued"] == 3)
+        time.sleep(0.2)
+        assert proxy.stats()["in_flight"] == 0  # held, not sent, not refused
+        proxy.set_cap(3)
+        assert proxy.stats()["in_flight"] == 0 and proxy.cap == 3  # still paused
+        proxy.resume()
+    finally:
+        sender.join(timeout=40.0)
+    assert [r["status"] for r in results] == [200] * 3 and proxy.stats()["max_in_flight"] <= 3
+    # drain: True at once when idle; False while a long stream is in flight (admissions stay held)
+    assert proxy.drain(1.0) is True and proxy.paused
+    proxy.resume()
+    long_one = threading.Thread(
+        target=lambda: results.append(_complete(proxy.url, {"prompt": "x", "max_tokens": 6000, "stream": True})),
+        daemon=True,
+    )
+    long_one.start()
+    try:
+        _wait(lambda: proxy.stats()["in_flight"] == 1)
+        assert proxy.drain(0.05) is False and proxy.paused
+        proxy.resume()
+    finally:
+        long_one.join(timeout=40.0)
+    assert results[-1]["status"] == 200 and results[-1]["tokens"] == 6000
+
+
+# ------------------------------------------------------------------------------------------ counters
+
+
+def test_counters_and_slo_match_what_the_client_saw(twin: str, proxy_factory: Any) -> None:
+    lenient = proxy_factory(twin, slo=ProxySlo(ttft_s=5.0, tbt_mean_s=1.0))
+    strict = proxy_factory(twin, slo=ProxySlo(ttft_s=1e-6, tbt_mean_s=1e-6))
+    text = "one two three four five six seven eight"  # the twin counts 8 tokens (words)
+    bodies = [
+        {"prompt": text, "max_tokens": 30, "stream": True, "stream_options": {"include_usage": True}},  # usage
+        {"prompt": text, "max_tokens": 30},  # non-streamed: usage in the body
+        {"prompt": "x" * 40, "max_tokens": 30, "stream": True},  # no usage: about 1 token per 4 characters
+        {"prompt": [1, 2, 3], "max_tokens": 30, "stream": True},  # token ids: exact
+    ]
+    for proxy in (lenient, strict):
+        results = _run_all(proxy.url, bodies)
+        assert all(isinstance(r, dict) and r["status"] == 200 and r["tokens"] == 30 for r in results)
+        bad = _complete(proxy.url, {"prompt": "hi", "max_tokens": 0})  # the upstream's 400 passes through
+        assert bad["status"] == 400 and b"max_tokens" in bad["body"]
+    s1, s2 = lenient.stats(), strict.stats()
+    for s in (s1, s2):
+        assert s["arrived"] == 5 and s["finished"] == 4 and s["errors"] == 1 and s["cancelled"] == 0
+        assert s["prompt_tokens"] == 8 + 8 + 10 + 3 + approx_prompt_tokens({"prompt": "hi"})
+        assert s["output_tokens"] == 120 and s["slo_judged"]
+    assert (s1["slo_met"], s1["missed"]) == (4, 0)  # a 400 is the client's fault: not judged
+    assert (s2["slo_met"], s2["missed"]) == (0, 4)
+    status, body = _get(f"{lenient.url}/greenrl/proxy")
+    assert status == 200 and json.loads(body) == lenient.stats()
+
+
+def test_pass_through_endpoints(twin: str, proxy_factory: Any) -> None:
+    proxy = proxy_factory(twin)
+    assert _get(f"{proxy.url}/health") == (200, b"")
+    status, body = _get(f"{proxy.url}/metrics")
+    assert status == 200 and b"vllm:num_requests_running" in body
+    status, body = _get(f"{proxy.url}/v1/models")
+    assert status == 200 and json.loads(body)["data"][0]["id"] == "llama-3.1-8b"
+    assert _get(f"{proxy.url}/nope")[0] == 404
+    assert proxy.stats()["arrived"] == 0  # pass-through requests are not counted as arrivals
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5.0) as s:
+        s.sendall(b"NONSENSE\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+
+
+def test_client_gone_mid_stream_is_counted_cancelled(twin: str, proxy_factory: Any) -> None:
+    proxy = proxy_factory(twin)
+    body = json.dumps({"prompt": "x", "max_tokens": 20000, "stream": True}).encode()
+    req = urllib.request.Request(f"{proxy.url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10.0) as r:
+        r.readline()
+    _wait(lambda: proxy.stats()["cancelled"] == 1)
+    stats = proxy.stats()
+    assert stats["in_flight"] == 0 and stats["errors"] == 0 and stats["finished"] == 0
+
+
+# ------------------------------------------------------------------------------------------ upstream failures
+
+
+def test_upstream_down_requests_wait_and_retry_cut_stream_counts_as_error(tmp_path: Path, proxy_factory: Any) -> None:
+    launcher = _start(tmp_path / "server.log")
+    pids = [launcher.pid or 0]
+    try:
+        proxy = proxy_factory(launcher.url, slo=ProxySlo(5.0, 1.0), health_poll_s=0.05)
+        long_body = {"prompt": "x", "max_tokens": 20000, "stream": True}
+        cut: list[Any] = []
+        streamer = threading.Thread(target=lambda: cut.extend(_run_all(proxy.url, [long_body])), daemon=True)
+        streamer.start()
+        _wait(lambda: proxy.stats()["in_flight"] == 1)
+        time.sleep(0.1)  # tokens are flowing to the client
+        launcher.stop()  # the server goes away under a live stream and before the next requests
+        streamer.join(timeout=10.0)
+        waiting: list[Any] = []
+        sender = threading.Thread(
+            target=lambda: waiting.extend(_run_all(proxy.url, [{"prompt": [1, 2], "max_tokens": 25}] * 3)), daemon=True
+        )
+        sender.start()
+        _wait(lambda: proxy.stats()["retried"] >= 3)
+        assert proxy.stats()["queued"] == 3  # waiting for the upstream, not failed
+        launcher.start(KNOBS)
+        pids.append(launcher.pid or 0)
+        sender.join(timeout=40.0)
+    finally:
+        _stop(launcher, pids)
+    assert len(cut) == 1 and isinstance(cut[0], dict) and not cut[0]["done"] and 0 < cut[0]["tokens"] < 20000
+    assert [r["status"] for r in waiting] == [200] * 3 and all(r["tokens"] == 25 for r in waiting)
+    stats = proxy.stats()
+    assert stats["arrived"] == 4 and stats["finished"] == 3 and stats["errors"] == 1 and stats["missed"] == 1
+    assert stats["slo_met"] == 3
+
+
+def test_retries_are_bounded(proxy_factory: Any) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    proxy = proxy_factory(f"http://127.0.0.1:{port}", max_retries=2, retry_wait_s=0.5, health_poll_s=0.05)
+    t0 = time.monotonic()
+    out = _complete(proxy.url, {"prompt": "a", "max_tokens": 3})
+    assert out["status"] == 503 and b"retries" in out["body"] and time.monotonic() - t0 < 5.0
+    # the upstream never became healthy: the 0.5 s budget ran out after the first wait
+    assert proxy.stats()["errors"] == 1 and proxy.stats()["retried"] == 1
+    assert _get(f"{proxy.url}/health")[0] == 502
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(InputError):
+        AdmissionProxy("127.0.0.1:8000")
+    with pytest.raises(InputError):
+        AdmissionProxy("http://127.0.0.1:8000", cap=0)
+    with pytest.raises(InputError):
+        ProxySlo(ttft_s=0.0, tbt_mean_s=0.1)
