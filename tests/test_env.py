@@ -124,6 +124,7 @@ def test_infeasible_tp_is_masked_and_mapped(tmp_path: Path) -> None:
         ({"workload.eval_windows_s": []}, "no evaluation windows"),
         ({"control.knobs.sm_clock_mhz": [1000]}, "control.knobs.sm_clock_mhz"),
         ({"node.initial.tp": 3}, "node.initial.tp"),
+        ({"reward.slo_reference": "oracle"}, "reward.slo_reference: unknown value 'oracle'"),
     ],
 )
 def test_bad_scenarios_name_file_key_and_fix(tmp_path: Path, change: dict, expected: str) -> None:
@@ -145,3 +146,30 @@ def test_knob_round_trip() -> None:
     assert env.knobs_for(env.action_for(knobs)) == knobs
     with pytest.raises(InputError):
         env.knobs_for([9, 0, 0])
+
+
+def test_static_max_slo_reference_is_a_baseline_not_a_different_task() -> None:
+    from dataclasses import replace
+
+    plain = load_scenario("tiny")
+    ref = replace(plain, reward=replace(plain.reward, slo_reference="static-max"))
+    env, env_plain = ServingEnv(ref), ServingEnv(plain)
+    initial = env.action_for(env.initial)
+    low_clock = initial.copy()
+    low_clock[-1] = 0
+    # the initial configuration is its own reference: its SLO term is exactly zero all episode
+    env.reset(seed=4)
+    terms = [env.step(initial)[4]["reward_terms"]["slo"] for _ in range(plain.steps)]
+    assert terms == [0.0] * plain.steps
+    # another policy: the same misses as without a reference, and the reference misses are static-max's
+    env.reset(seed=4)
+    env_plain.reset(seed=4)
+    static_missed = 0
+    env_static = ServingEnv(plain)
+    env_static.reset(seed=4)
+    for _ in range(plain.steps):
+        info = env.step(low_clock)[4]
+        info_plain = env_plain.step(low_clock)[4]
+        assert info["missed"] == info_plain["missed"] and info["energy_j"] == info_plain["energy_j"]
+        static_missed += info["reference_missed"] - env_static.step(initial)[4]["missed"]
+    assert static_missed == 0

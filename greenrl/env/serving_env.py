@@ -167,8 +167,10 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
     ## Rewards
     ``r = energy + slo + reconfig`` (each term in ``info["reward_terms"]``):
     ``energy = -E_interval / (GPUs x TDP x interval_s)``;
-    ``slo = -slo_weight x missed / expected_requests_per_interval`` (missed: finished late or rejected; at
-    the episode's end every unfinished request counts as missed);
+    ``slo = -slo_weight x (missed - reference_missed) / expected_requests_per_interval`` (missed: finished
+    late or rejected; at the episode's end every unfinished request counts as missed; reference_missed:
+    0, or with ``reward.slo_reference: static-max`` the misses of a shadow copy of the simulated node
+    running the initial configuration on the same requests, in ``info["reference_missed"]``);
     ``reconfig = -reconfig_weight x knobs changed``.
 
     ## Dwell times
@@ -236,6 +238,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         self._prev_rate = 0.0
         self._knobs = self.initial
         self._expected_per_step = 1.0
+        self._shadow: SimNode | None = None
 
     # ------------------------------------------------------------------------------------ knobs
 
@@ -312,6 +315,9 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         self._last_change: dict[str, int] = {}
         self._prev_rate = 0.0
         self._knobs = snap.knobs
+        self._shadow = None
+        if self.scenario.reward.slo_reference == "static-max" and isinstance(self.node, SimNode):
+            self._shadow = self.node.fork()  # the initial configuration on the same requests
         return self._observe(snap), {"knobs": snap.knobs}
 
     def step(self, action: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], float, bool, bool, dict[str, Any]]:
@@ -324,15 +330,16 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         snap = self.node.advance(self.scenario.control.interval_s)
         self._t += 1
         truncated = self._t >= self._steps
-        missed = snap.finished - snap.slo_met + snap.rejected
-        if truncated and isinstance(self.node, SimNode):
-            counts = self.node.state_counts()
-            missed += counts["running"] + counts["waiting"]
+        missed = _missed(snap, self.node if truncated else None)
+        reference_missed = 0
+        if self._shadow is not None:
+            shadow_snap = self._shadow.advance(self.scenario.control.interval_s)
+            reference_missed = _missed(shadow_snap, self._shadow if truncated else None)
         r = self.scenario.reward
         node_peak_j = self.scenario.node.gpus * self.gpu.tdp_w * self.scenario.control.interval_s
         terms = {
             "energy": -snap.energy_j / node_peak_j,
-            "slo": -r.slo_weight * missed / self._expected_per_step,
+            "slo": -r.slo_weight * (missed - reference_missed) / self._expected_per_step,
             "reconfig": -r.reconfig_weight * changed,
         }
         reward = float(sum(terms.values()))
@@ -342,6 +349,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             "finished": snap.finished,
             "slo_met": snap.slo_met,
             "missed": missed,
+            "reference_missed": reference_missed,
             "knobs": snap.knobs,
         }
         return self._observe(snap), reward, False, truncated, info
@@ -383,6 +391,15 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
     def close(self) -> None:
         """Close the node."""
         self.node.close()
+
+
+def _missed(snap: NodeSnapshot, ended: Node | None) -> int:
+    """Requests that missed their SLO in the interval; at the episode end (``ended``) unfinished ones too."""
+    missed = snap.finished - snap.slo_met + snap.rejected
+    if isinstance(ended, SimNode):
+        counts = ended.state_counts()
+        missed += counts["running"] + counts["waiting"]
+    return missed
 
 
 def make_env(scenario: str = "default", split: str = "train", eval_index: int = 0) -> ServingEnv:
