@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -23,6 +19,7 @@ import pytest
 from greenrl.core import Knobs, NodeSnapshot
 from greenrl.env.serving_env import OBS_FIELDS, ServingEnv
 from greenrl.live.gpu import FakeGpu, GpuSet
+from greenrl.live.launcher import ServerLauncher
 from greenrl.live.node import GpuBackend, LiveNode
 from greenrl.live.observe import LiveObserver
 from greenrl.live.proxy import AdmissionProxy
@@ -44,44 +41,16 @@ def _get_json(url: str) -> dict[str, Any]:
         return out
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10.0)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5.0)
-
-
-def _start_twin(port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "tiny"]
-    cmd += ["--time-scale", str(TIME_SCALE), "--tick-ms", "5", "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30.0
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"twin exited early with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(proc)
-            raise AssertionError("twin did not answer /health within 30 s")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def twin() -> Iterator[str]:
-    port = _free_port()
-    proc = _start_twin(port)
+    """A twin of the tiny scenario, started and stopped (by its process group) with the project's launcher."""
+    command = f"{{python}} -m greenrl.twin --port {{port}} --scenario tiny --time-scale {TIME_SCALE:g} --tick-ms 5"
+    launcher = ServerLauncher(command + " --log-level WARNING", port=0, health_timeout_s=30.0)
+    launcher.start({})
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield launcher.url
     finally:
-        _stop(proc)
+        launcher.close()
 
 
 def _workload(rng: np.random.Generator) -> Trace:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from greenrl.live.launcher import ServerLauncher
 from greenrl.live.loadgen import LoadGenerator, RequestRecord, RequestSlo, _Stream, main, summarize
 from greenrl.live.metrics import scrape
 from greenrl.workload import Trace
@@ -38,44 +35,16 @@ def _get_json(url: str) -> dict[str, Any]:
         return out
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10.0)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5.0)
-
-
-def _start_twin(port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "tiny"]
-    cmd += ["--time-scale", str(TIME_SCALE), "--tick-ms", "5", "--log-level", "WARNING"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30.0
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"twin exited early with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(proc)
-            raise AssertionError("twin did not answer /health within 30 s")
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def twin() -> Iterator[str]:
-    port = _free_port()
-    proc = _start_twin(port)
+    """A twin of the tiny scenario, started and stopped (by its process group) with the project's launcher."""
+    command = f"{{python}} -m greenrl.twin --port {{port}} --scenario tiny --time-scale {TIME_SCALE:g} --tick-ms 5"
+    launcher = ServerLauncher(command + " --log-level WARNING", port=0, health_timeout_s=30.0)
+    launcher.start({})
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield launcher.url
     finally:
-        _stop(proc)
+        launcher.close()
 
 
 def _trace(arrivals: list[float], prompts: list[int], outputs: list[int]) -> Trace:
