@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import pytest
 from greenrl.core import Knobs, NodeSnapshot
 from greenrl.env.serving_env import OBS_FIELDS, ServingEnv
 from greenrl.live.gpu import FakeGpu, GpuSet
-from greenrl.live.launcher import ServerLauncher
 from greenrl.live.node import GpuBackend, LiveNode
 from greenrl.live.observe import LiveObserver
 from greenrl.live.proxy import AdmissionProxy
@@ -39,18 +38,6 @@ def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5.0) as r:
         out: dict[str, Any] = json.loads(r.read())
         return out
-
-
-@pytest.fixture(scope="module")
-def twin() -> Iterator[str]:
-    """A twin of the tiny scenario, started and stopped (by its process group) with the project's launcher."""
-    command = f"{{python}} -m greenrl.twin --port {{port}} --scenario tiny --time-scale {TIME_SCALE:g} --tick-ms 5"
-    launcher = ServerLauncher(command + " --log-level WARNING", port=0, health_timeout_s=30.0)
-    launcher.start({})
-    try:
-        yield launcher.url
-    finally:
-        launcher.close()
 
 
 def _workload(rng: np.random.Generator) -> Trace:

@@ -7,14 +7,12 @@ import json
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from greenrl.live.launcher import ServerLauncher
 from greenrl.live.loadgen import LoadGenerator, RequestRecord, RequestSlo, _Stream, main, summarize
 from greenrl.live.metrics import scrape
 from greenrl.workload import Trace
@@ -33,18 +31,6 @@ def _get_json(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url, timeout=5.0) as r:
         out: dict[str, Any] = json.loads(r.read())
         return out
-
-
-@pytest.fixture(scope="module")
-def twin() -> Iterator[str]:
-    """A twin of the tiny scenario, started and stopped (by its process group) with the project's launcher."""
-    command = f"{{python}} -m greenrl.twin --port {{port}} --scenario tiny --time-scale {TIME_SCALE:g} --tick-ms 5"
-    launcher = ServerLauncher(command + " --log-level WARNING", port=0, health_timeout_s=30.0)
-    launcher.start({})
-    try:
-        yield launcher.url
-    finally:
-        launcher.close()
 
 
 def _trace(arrivals: list[float], prompts: list[int], outputs: list[int]) -> Trace:
