@@ -89,7 +89,6 @@ def collect_demonstrations(
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
         label = make_baseline(teacher, env, seed=seed + i)
-        label.bind(env)
         done = False
         while not done:
             mask = env.action_masks()
