@@ -6,15 +6,18 @@ without ``--twin`` it drives a vLLM node (``greenrl.live.appliers.ServerApplier`
 NVML (``GpuSet.lock_all``); ``max_num_seqs`` as the cap of the admission proxy (``--proxy-port``,
 ``greenrl.live.proxy``), which clients then send to and which also counts arrivals and SLO outcomes; and
 a TP change as a drained restart of a server the controller started itself (``--launch``,
-``greenrl.live.launcher``). Without the proxy ``max_num_seqs`` is logged as "would apply"; without
+``greenrl.live.launcher``). A policy with a ``prefill_sm_clock_mhz`` knob gets a phase-aware clock
+(``greenrl.live.governor``) driven by the proxy's count of requests pending their first token. Without
+the proxy ``max_num_seqs`` and ``prefill_sm_clock_mhz`` are logged as "would apply"; without
 ``--launch`` a TP change is refused and logged. ``--shadow`` decides and logs but changes nothing.
 
 Fail-safe: when the metrics are unreachable or garbage, the GPUs fail (permission included), the server
 is down or the policy's output is invalid, the controller applies the safe default configuration (top
-SM clock, largest ``max_num_seqs``, ``--default-tp``), counts ``greenrl_fallbacks_total{reason}``, keeps
-looping and retries with a capped exponential backoff. While its own restart is under way it waits
-(mode ``reconfiguring``) instead of falling back. It never rejects or drops a client request: the proxy
-only delays admissions and holds them over a restart. See ``docs/controller.md``.
+SM clock, no prefill clock, largest ``max_num_seqs``, ``--default-tp``), counts
+``greenrl_fallbacks_total{reason}``, keeps looping and retries with a capped exponential backoff. While
+its own restart is under way it waits (mode ``reconfiguring``) instead of falling back. It never rejects
+or drops a client request: the proxy only delays admissions and holds them over a restart. See
+``docs/controller.md``.
 
 Public names: FALLBACK_REASONS, KnobApplier, NvmlApplier, ServerApplier, ServingController, TwinApplier,
 build_controller, main (the appliers live in ``greenrl.live.appliers``).
@@ -70,6 +73,9 @@ FALLBACK_REASONS: dict[str, str] = {
     "policy_invalid": "the policy's action has the wrong shape or is out of range",
 }
 """Values of the ``reason`` label of ``greenrl_fallbacks_total``, and what each means."""
+
+PREFILL_CLOCK_MIN_INTERVAL_S = 0.05
+"""Default GPU clock rate limit for a policy with a prefill clock: the simulator's ``clock_latency_s``."""
 
 
 def _classify(err: BaseException) -> str:
@@ -166,13 +172,14 @@ class ServingController:
         self.default_tp = max(tps) if default_tp is None else default_tp
         if self.default_tp < 1 or gpus % self.default_tp:
             raise InputError("--default-tp", "tp", f"{self.default_tp} does not divide {gpus} GPUs", "use 1, 2, 4, 8")
-        self.safe = self._complete(
-            {
-                "tp": self.default_tp,
-                "max_num_seqs": max(values.get("max_num_seqs", [256])),
-                "sm_clock_mhz": max(values.get("sm_clock_mhz", [0])),
-            }
-        )
+        safe = {
+            "tp": self.default_tp,
+            "max_num_seqs": max(values.get("max_num_seqs", [256])),
+            "sm_clock_mhz": max(values.get("sm_clock_mhz", [0])),
+        }
+        if "prefill_sm_clock_mhz" in values:
+            safe["prefill_sm_clock_mhz"] = 0  # no phase-aware governor: the top clock always
+        self.safe = self._complete(safe)
         self.knobs: dict[str, int] = dict(self.safe)  # believed in force
         self.interval = 0
         self.failures = 0  # consecutive
@@ -198,6 +205,8 @@ class ServingController:
         if "replicas" not in self.policy.knob_names or "replicas" not in out:
             out["replicas"] = self.gpus // out["tp"]
         out["replicas"] = max(1, min(out["replicas"], self.gpus // out["tp"]))
+        if "prefill_sm_clock_mhz" not in self.policy.knob_names:
+            out.pop("prefill_sm_clock_mhz", None)  # a policy without the knob leaves it as it is
         return {k: int(out[k]) for k in KNOB_ORDER if k in out}
 
     def _dwell(self, wanted: dict[str, int]) -> tuple[dict[str, int], list[str]]:
@@ -313,7 +322,8 @@ class ServingController:
         changed = [k for k in KNOB_ORDER if k in safe]
         try:
             if reason == "gpu_permission" or reason == "gpu_error":
-                # the clock cannot be set: still apply the rest, never retry the clock in a tight loop
+                # the clock cannot be set: still apply the rest, never retry the clock in a tight loop;
+                # prefill_sm_clock_mhz stays: its safe 0 stops the governor (one try to restore the base clock)
                 changed = [k for k in changed if k != "sm_clock_mhz"]
             record["applied"] = self.applier.apply(safe, changed)
             self._believe(safe, changed, record["applied"])
@@ -407,6 +417,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-s", type=float, default=30.0, help="control interval (s; default 30)")
     p.add_argument("--shadow", action="store_true", help="decide and log, never change a knob")
     p.add_argument("--gpus", default=None, help="NVML indices '0,1,...' or 'fake' (default: all; unused with --twin)")
+    p.add_argument(
+        "--clock-min-interval-s",
+        type=float,
+        default=None,
+        help="fewest seconds between two SM clock changes of a GPU (default: 0.05 for a policy with a "
+        "prefill_sm_clock_mhz knob, as the simulator assumes; else 1.0)",
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:N (0: off)")
     p.add_argument("--decision-log", default=None, help="JSON-lines decision log (default: none; '-': stdout)")
     p.add_argument("--max-intervals", type=int, default=None, help="stop after N decisions (default: run forever)")
@@ -497,7 +514,13 @@ def build_controller(
         if args.proxy_port is not None:
             slo = ProxySlo(scenario.slo.ttft_floor_s, scenario.slo.tbt_mean_s)
             proxy = AdmissionProxy(base, port=args.proxy_port, slo=slo, connect_timeout_s=args.timeout_s)
-        gpu_set = open_gpus(indices, backend)  # type: ignore[arg-type]
+        min_interval_s = args.clock_min_interval_s
+        if min_interval_s is None:
+            # a phase-aware policy was trained with 50 ms clock switches; a plain one changes the clock per interval
+            min_interval_s = PREFILL_CLOCK_MIN_INTERVAL_S if "prefill_sm_clock_mhz" in policy.knob_names else 1.0
+        if not (math.isfinite(min_interval_s) and min_interval_s >= 0):
+            raise InputError("--clock-min-interval-s", "min_interval_s", f"{min_interval_s} is not >= 0", "e.g. 0.05")
+        gpu_set = open_gpus(indices, backend, min_interval_s=min_interval_s)  # type: ignore[arg-type]
         gpu_set.install_sigterm_handler()
         energy = gpu_set
         values = dict(zip(policy.knob_names, policy.knob_values, strict=True))

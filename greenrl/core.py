@@ -72,6 +72,8 @@ class Knobs:
         max_num_seqs: most running sequences per replica (an admission cap in front of vLLM).
         sm_clock_mhz: SM clock of every GPU (MHz).
         max_num_batched_tokens: chunked-prefill token budget per iteration (tokens).
+        prefill_sm_clock_mhz: SM clock while any request of a replica waits or prefills, ``sm_clock_mhz``
+            otherwise (a phase-aware governor); 0: no such clock, ``sm_clock_mhz`` always (MHz).
     """
 
     tp: int
@@ -79,6 +81,7 @@ class Knobs:
     max_num_seqs: int
     sm_clock_mhz: int
     max_num_batched_tokens: int = 8192
+    prefill_sm_clock_mhz: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,8 @@ class NodeSnapshot:
         ttft_hist, itl_hist: counts per vLLM bucket (``VLLM_*_BUCKETS_S`` plus +Inf) in the interval.
         knobs: configuration in force at t_end_s; reconfiguring: a TP/replica change is under way.
         reconfigurations: knob changes applied in the interval.
+        prefill_clock_frac: share of the replicas' busy time in the interval run at ``prefill_sm_clock_mhz``
+            (0 without one).
     """
 
     t_start_s: float
@@ -124,6 +129,7 @@ class NodeSnapshot:
     knobs: Knobs
     reconfiguring: bool
     reconfigurations: int
+    prefill_clock_frac: float = 0.0
 
     @property
     def slo_attainment(self) -> float:

@@ -52,6 +52,7 @@ _TABLE_COLUMNS = (
     ("J/token", "energy_per_output_token_j", 2, 1.0),
     ("saving vs static-max (%)", "saving_vs_static_max", 1, 100.0),
     ("SLO attainment (%)", "slo_attainment", 2, 100.0),
+    ("vs static-max (points)", "slo_delta_vs_static_max", 2, 100.0),
     ("TTFT p50 (s)", "ttft_p50_s", 3, 1.0),
     ("TTFT p99 (s)", "ttft_p99_s", 2, 1.0),
     ("TBT p50 (ms)", "tbt_p50_s", 1, 1000.0),
@@ -59,6 +60,7 @@ _TABLE_COLUMNS = (
     ("goodput (req/s)", "goodput_rps", 2, 1.0),
     ("reconfig.", "reconfigurations", 1, 1.0),
     ("mean clock (MHz)", "mean_sm_clock_mhz", 0, 1.0),
+    ("at prefill clock (%)", "prefill_clock_frac", 0, 100.0),
 )
 
 
@@ -178,6 +180,9 @@ def _plot_timeline(episode: Episode, scenario: Scenario, path: Path) -> None:
     ax = axes[1]
     if "sm_clock_mhz" in s:
         ax.stairs(s["sm_clock_mhz"], edges, label="SM clock (MHz)", baseline=None)
+    if "prefill_sm_clock_mhz" in s:  # 0 (off) is drawn as the base clock
+        boost = np.where(np.array(s["prefill_sm_clock_mhz"]) > 0, s["prefill_sm_clock_mhz"], s["sm_clock_mhz"])
+        ax.stairs(boost, edges, label="prefill SM clock (MHz)", baseline=None, linestyle="-.")
     ax.set_ylabel("SM clock (MHz)")
     twin = ax.twinx()
     for name, color, dash in (("tp", "red", "--"), ("max_num_seqs", "green", ":")):
@@ -254,11 +259,12 @@ _CONSOLE_KEYS = (
     "energy_kwh",
     "saving_vs_static_max",
     "slo_attainment",
+    "slo_delta_vs_static_max",
     "ttft_p99_s",
-    "tbt_p99_s",
     "goodput_rps",
     "reconfigurations",
     "mean_sm_clock_mhz",
+    "prefill_clock_frac",
 )
 
 

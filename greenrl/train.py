@@ -55,6 +55,7 @@ _AGENT_KEYS = {
     "warm_start_epochs",
     "dagger_rounds",
     "val_episodes",
+    "slo_reference",
 }
 VAL_SEED = 1_000_000
 """Validation episodes use training-split seeds ``VAL_SEED + i``, never drawn by the training envs' streams."""
@@ -261,6 +262,13 @@ def train(
         if key not in _AGENT_KEYS:
             raise InputError("train", key, "unknown hyperparameter", f"use {', '.join(sorted(_AGENT_KEYS))}")
         cfg[key] = value
+    if "slo_reference" in cfg:
+        # a training-time baseline for the SLO term (the scenario's default stays off: it halves env steps/s)
+        scenario = replace(scenario, reward=replace(scenario.reward, slo_reference=str(cfg["slo_reference"])))
+        if scenario.reward.slo_reference not in ("none", "static-max"):
+            raise InputError(
+                "agents", "slo_reference", f"unknown value {cfg['slo_reference']!r}", "use none or static-max"
+            )
     if cfg.get("warm_start") in ("none", ""):
         cfg["warm_start"] = None
     if cfg.get("warm_start"):

@@ -8,7 +8,8 @@ request produces them, mapped to wall time by ``--time-scale`` (simulated second
 See ``docs/twin.md`` for the protocol subset, the injection design and its limits.
 
 The node starts in the scenario's initial knobs, or in those given with ``--tp``, ``--replicas``,
-``--max-num-seqs`` and ``--sm-clock-mhz`` (so a launcher can start it like ``vllm serve`` at a given TP).
+``--max-num-seqs``, ``--sm-clock-mhz`` and ``--prefill-sm-clock-mhz`` (so a launcher can start it like
+``vllm serve`` at a given TP).
 
 Only the standard library, numpy, the simulator and ``greenrl.live.http`` are used (no optional dependency).
 
@@ -164,8 +165,8 @@ class LiveSim:
             scenario: scenario name or YAML path.
             capacity: request rows to preallocate.
             initial: knobs to start in instead of the scenario's initial ones (``tp``, ``replicas``,
-                ``max_num_seqs``, ``sm_clock_mhz``; any subset). A new ``tp`` without ``replicas`` gets
-                ``gpus // tp`` replicas.
+                ``max_num_seqs``, ``sm_clock_mhz``, ``prefill_sm_clock_mhz``; any subset). A new ``tp``
+                without ``replicas`` gets ``gpus // tp`` replicas.
 
         Raises:
             InputError: naming the flag (``--tp``, ...) when the knobs cannot run on the scenario's node.
@@ -722,6 +723,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--replicas", type=int, default=None, help="initial replicas (default: GPUs // tp)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="initial max_num_seqs (default: the scenario's)")
     p.add_argument("--sm-clock-mhz", type=int, default=None, help="initial SM clock, MHz (default: the scenario's)")
+    prefill_help = "initial prefill SM clock, MHz (0: none; default: the scenario's)"
+    p.add_argument("--prefill-sm-clock-mhz", type=int, default=None, help=prefill_help)
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return p
 
@@ -751,7 +754,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.port <= 65535:
         raise InputError("--port", "port", f"{args.port} is out of range", "use 0 to 65535")
     initial = {"tp": args.tp, "replicas": args.replicas, "max_num_seqs": args.max_num_seqs}
-    sim = LiveSim.from_scenario(args.scenario, args.capacity, initial | {"sm_clock_mhz": args.sm_clock_mhz})
+    clocks = {"sm_clock_mhz": args.sm_clock_mhz, "prefill_sm_clock_mhz": args.prefill_sm_clock_mhz}
+    sim = LiveSim.from_scenario(args.scenario, args.capacity, initial | clocks)
     sim.advance_to(1e-3)  # compile / load the numba kernel before serving
     server = TwinServer(
         sim,

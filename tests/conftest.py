@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,3 +29,84 @@ def twin(request: pytest.FixtureRequest) -> Iterator[str]:
         yield launcher.url
     finally:
         launcher.close()
+
+
+class GatedUpstream:
+    """A stand-in OpenAI server whose answer waits on ``release``: what the first token waits for.
+
+    ``mode``: ``"stream"`` sends SSE headers and an empty chunk at once, then (once ``release`` is set,
+    10 s at most) a token chunk, then (once ``finish`` is set: it is unless cleared) two more and
+    ``[DONE]``; ``"500"`` answers HTTP 500; ``"close"`` closes the connection without an answer.
+    ``GET /health`` answers 200. ``posts`` counts the POSTs received.
+    """
+
+    def __init__(self) -> None:
+        self.mode = "stream"
+        self.release = threading.Event()
+        self.finish = threading.Event()
+        self.finish.set()
+        self.posts = 0
+        gate = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                gate.posts += 1
+                if gate.mode == "close":
+                    self.close_connection = True
+                    return
+                if gate.mode == "500":
+                    body = json.dumps({"error": {"message": "boom", "code": 500}}).encode()
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                self.wfile.write(self._event({"choices": [{"index": 0, "text": ""}]}))  # no token yet
+                self.wfile.flush()
+                gate.release.wait(10.0)
+                for k in range(3):
+                    self.wfile.write(self._event({"choices": [{"index": 0, "text": "x"}]}))
+                    self.wfile.flush()
+                    if k == 0:
+                        gate.finish.wait(10.0)
+                self.wfile.write(b"data: [DONE]\n\n")
+
+            @staticmethod
+            def _event(obj: Any) -> bytes:
+                return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.finish.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout=5.0)
+
+
+@pytest.fixture
+def gated_upstream() -> Iterator[GatedUpstream]:
+    """A ``GatedUpstream`` on a free loopback port, shut down after the test."""
+    upstream = GatedUpstream()
+    try:
+        yield upstream
+    finally:
+        upstream.close()

@@ -8,7 +8,7 @@ import pytest
 from greenrl.baselines import BASELINES, baseline_names, decode_obs, make_baseline
 from greenrl.baselines.base import feasible_configs, run_fixed
 from greenrl.baselines.feedback import PidBaseline, ThresholdBaseline
-from greenrl.baselines.model_based import PlannerBaseline, ttft_quantile_s
+from greenrl.baselines.model_based import PhaseDvfsBaseline, PlannerBaseline, PredictiveDvfsBaseline, ttft_quantile_s
 from greenrl.baselines.oracle import OracleBaseline, Trial, choose
 from greenrl.baselines.static import FixedClock, StaticBest, sweep
 from greenrl.env import ServingEnv
@@ -46,6 +46,7 @@ def test_registry_lists_every_baseline_and_rejects_unknown_names() -> None:
         "threshold",
         "pid",
         "predictive-dvfs",
+        "phase-dvfs",
         "planner",
         "oracle",
         "random",
@@ -112,6 +113,46 @@ def test_planner_needs_a_faster_clock_for_more_load() -> None:
     assert light[0].power_w < heavy[0].power_w
     assert light[0].knobs.sm_clock_mhz <= heavy[0].knobs.sm_clock_mhz
     assert ttft_quantile_s(0.1, 20.0) == float("inf")  # overloaded queue
+
+
+def test_planner_boosts_prompts_when_the_decode_clock_alone_misses_ttft() -> None:
+    env = ServingEnv("default", "eval", 0)
+    env.reset(seed=0)
+    planner = PlannerBaseline(env)
+    options = planner.plan(4.0, 1000.0, 250.0)
+    boosted = [o for o in options if o.knobs.prefill_sm_clock_mhz]
+    assert boosted, "a prefill clock should make some low decode clock feasible"
+    for o in boosted:
+        assert o.knobs.prefill_sm_clock_mhz > o.knobs.sm_clock_mhz
+        # the same layout at the prefill clock alone is feasible and draws more power
+        same = [
+            p
+            for p in options
+            if (p.knobs.tp, p.knobs.replicas) == (o.knobs.tp, o.knobs.replicas)
+            and p.knobs.sm_clock_mhz == o.knobs.prefill_sm_clock_mhz
+            and not p.knobs.prefill_sm_clock_mhz
+        ]
+        assert all(p.power_w > o.power_w for p in same)
+    tiny = ServingEnv("tiny", "eval", 0)
+    tiny.reset(seed=0)
+    small = PlannerBaseline(tiny)
+    assert small._boosted(small.replica(1), 1005.0, 4.0, 1000.0, 250.0, 1.0, 1e-9) is None  # impossible TTFT limit
+
+
+def test_phase_dvfs_lowers_decode_and_runs_prompts_at_the_top_clock() -> None:
+    env = ServingEnv("default", "eval", 0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        obs, *_ = env.step(env.action_for(env.initial))
+    signals = decode_obs(obs)
+    phase, single = PhaseDvfsBaseline(env), PredictiveDvfsBaseline(env)
+    phase.bind(env)
+    single.bind(env)
+    phase.step_index = single.step_index = 1
+    chosen, plain = phase.decide(signals), single.decide(signals)
+    assert chosen.sm_clock_mhz < 1980 and chosen.prefill_sm_clock_mhz == 1980
+    assert chosen.sm_clock_mhz <= plain.sm_clock_mhz  # the TTFT check no longer holds the decode clock up
+    assert plain.prefill_sm_clock_mhz == 0
 
 
 def test_static_best_is_the_least_energy_config_at_static_max_attainment() -> None:

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from greenrl.controller import NvmlApplier, ServerApplier, ServingController, _parser, build_controller, main
-from greenrl.live.gpu import FakeGpu, GpuSet
+from greenrl.errors import InputError
+from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
 from greenrl.live.metrics import parse
 from greenrl.live.observe import LiveObserver, Observation
 from greenrl.policy import ControllerPolicy, load_controller
@@ -133,7 +134,7 @@ def test_normal_mode_applies_the_policy_knobs(twin: str) -> None:
         records = [r for r in _records(log) if r["mode"] != "priming"]
         assert [r["mode"] for r in records] == ["applied"] * 3
         for r in records:
-            assert len(r["action"]) == 3 and r["decision_latency_us"] < 50_000
+            assert len(r["action"]) == len(ctl.policy.knob_names) and r["decision_latency_us"] < 50_000
             assert set(r["observation"]) >= {"arrival_rate_rps", "power_frac", "sm_clock_frac"}
             assert 0.0 < r["observation"]["power_frac"] <= 1.5  # per simulated second, not per wall second
         state = _get_json(f"{twin}/greenrl/state")
@@ -313,7 +314,7 @@ def _offline(policy: ControllerPolicy, **kw: Any) -> tuple[ServingController, _R
 
 
 @pytest.mark.parametrize(
-    "bad", [np.array([7, 0, 0]), np.array([0, -1, 0]), np.array([0, 0]), np.array([0.5, 0.0, 1.0])]
+    "bad", [np.array([7, 0, 0, 0]), np.array([0, -1, 0, 0]), np.array([0, 0]), np.array([0.5, 0.0, 1.0, 0.0])]
 )
 def test_invalid_policy_output_falls_back(bad: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     policy = load_controller(CHECKPOINT)
@@ -321,11 +322,12 @@ def test_invalid_policy_output_falls_back(bad: np.ndarray, monkeypatch: pytest.M
     ctl, applier, _ = _offline(policy)
     record = ctl.run_interval()
     assert record["mode"] == "fallback" and record["fallback_reason"] == "policy_invalid"
-    assert applier.calls[-1] == {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
+    safe = {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980, "prefill_sm_clock_mhz": 0}
+    assert applier.calls[-1] == safe
 
 
 def test_nan_observation_falls_back() -> None:
-    vec = np.zeros(22, np.float32)
+    vec = np.zeros(len(load_controller(CHECKPOINT).observation_names), np.float32)
     vec[3] = np.nan
     ctl, _, _ = _offline(load_controller(CHECKPOINT), observer=_FixedObserver(vec))
     assert ctl.run_interval()["fallback_reason"] == "observation_invalid"
@@ -333,7 +335,7 @@ def test_nan_observation_falls_back() -> None:
 
 def test_tp_dwell_holds_tp_for_min_intervals(monkeypatch: pytest.MonkeyPatch) -> None:
     policy = load_controller(CHECKPOINT)
-    actions = iter([np.array([i % 2, 4, 5]) for i in range(30)])  # tp 2, 4, 2, 4, ... every interval
+    actions = iter([np.array([i % 2, 4, 5, 0]) for i in range(30)])  # tp 2, 4, 2, 4, ... every interval
     monkeypatch.setattr(policy, "predict", lambda obs, **kw: (next(actions), None))
     ctl, _, log = _offline(policy, min_dwell_intervals=10)
     tps = [ctl.run_interval()["knobs"]["tp"] for _ in range(25)]
@@ -408,7 +410,7 @@ def owned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def make(*extra: str, tp_index: int = 1) -> tuple[ServingController, io.StringIO]:
         policy = load_controller(CHECKPOINT)
         monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
-        monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([tp_index, 4, 5]), None))
+        monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([tp_index, 4, 5, 0]), None))
         argv = ["--launch", "--launch-command", LAUNCH, "--server-port", str(_free_port()), "--proxy-port", "0"]
         argv += ["--gpus", "fake", "--min-dwell-intervals", "1", "--launch-timeout-s", "30", "--timeout-s", "2"]
         argv += ["--server-log", str(tmp_path / "server.log"), *extra]
@@ -510,7 +512,7 @@ def test_owned_server_killed_falls_back_then_is_started_again(owned: Any) -> Non
 def test_attached_server_refuses_tp_change_but_caps_admissions(twin: str, monkeypatch: pytest.MonkeyPatch) -> None:
     policy = load_controller(CHECKPOINT)
     monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
-    monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([1, 2, 5]), None))  # tp 4, max_num_seqs 64
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([1, 2, 5, 0]), None))  # tp 4, max_num_seqs 64
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", twin, "--interval-s", "0.2", "--gpus", "fake"]
     ctl = build_controller(_parser().parse_args([*argv, "--proxy-port", "0", "--min-dwell-intervals", "1"]), None)
     try:
@@ -548,3 +550,119 @@ def test_observer_takes_arrivals_and_slo_from_the_front_end(twin: str) -> None:
     obs = observer.observe(knobs)
     assert obs is not None and obs.assumed == ("slo_attainment",) and obs.values["slo_attainment"] == 1.0
     assert obs.values["arrival_rate_rps"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ the prefill clock
+
+
+def _raw_policy(prefill: bool, action: list[int] | None = None) -> ControllerPolicy:
+    """The shipped policy read without the observation check (a fixed ``action`` stands in for ``predict``),
+    optionally with a fourth knob ``prefill_sm_clock_mhz`` in {0, 1980}."""
+    manifest = json.loads((CHECKPOINT / "controller.json").read_text())
+    mask = iter(manifest["action_mask"])
+    kept = [(k, [next(mask) for _ in k["values"]]) for k in manifest["knobs"]]
+    kept = [(k, m) for k, m in kept if k["name"] != "prefill_sm_clock_mhz"]
+    if prefill:
+        kept.append(({"name": "prefill_sm_clock_mhz", "values": [0, 1980]}, [True, True]))
+    manifest["knobs"] = [k for k, _ in kept]
+    manifest["action_mask"] = [v for _, m in kept for v in m]
+    with np.load(CHECKPOINT / manifest["policy"]["file"]) as data:
+        policy = ControllerPolicy(manifest, {k: data[k] for k in data.files}, CHECKPOINT)
+    if action is not None:
+        policy.predict = lambda obs, **kw: (np.array(action), None)  # type: ignore[method-assign]
+    return policy
+
+
+def _raw_offline(policy: ControllerPolicy) -> tuple[ServingController, _RecordingApplier]:
+    vector = np.zeros(len(policy.observation_names), np.float32)
+    ctl, applier, _ = _offline(policy, observer=_FixedObserver(vector))
+    return ctl, applier
+
+
+def test_a_policy_without_the_prefill_knob_never_sends_it() -> None:
+    ctl, applier = _raw_offline(_raw_policy(False, [2, 4, 0]))
+    assert ctl.safe == {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
+    assert "prefill_sm_clock_mhz" not in ctl._complete({"tp": 8, "sm_clock_mhz": 1980, "prefill_sm_clock_mhz": 1980})
+    assert ctl.run_interval()["mode"] == "applied"
+    assert applier.calls and all("prefill_sm_clock_mhz" not in call for call in applier.calls)
+
+
+def test_prefill_knob_safe_default_is_off_and_a_gpu_fault_still_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = _raw_policy(True, [2, 4, 0, 1])  # tp 8, prefill 1980
+    ctl, applier = _raw_offline(policy)
+    assert ctl.safe["prefill_sm_clock_mhz"] == 0 and ctl.safe["sm_clock_mhz"] == 1980
+    record = ctl.run_interval()
+    assert record["mode"] == "applied" and applier.calls[-1]["prefill_sm_clock_mhz"] == 1980
+    failing = [GpuError(0, "lock_sm_clock", "fell off the bus", "reboot")]
+
+    def apply(knobs: dict[str, int], changed: list[str]) -> list[str]:
+        if failing:
+            raise failing.pop()
+        applier.calls.append({k: knobs[k] for k in changed})
+        return changed
+
+    monkeypatch.setattr(applier, "apply", apply)
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([2, 4, 1, 1]), None))  # another clock
+    record = ctl.run_interval()
+    assert record["mode"] == "fallback" and record["fallback_reason"] == "gpu_error"
+    # the clock is not retried, but prefill 0 goes out: it stops the governor
+    assert applier.calls[-1] == {"tp": 8, "replicas": 1, "max_num_seqs": 256, "prefill_sm_clock_mhz": 0}
+    assert ctl.knobs["prefill_sm_clock_mhz"] == 0
+
+
+def test_controller_with_a_proxy_drives_the_prefill_clock_of_fake_gpus(
+    gated_upstream: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = _raw_policy(True, [2, 4, 0, 1])  # base clock: the lowest value; prefill 1980
+    monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", gated_upstream.url, "--gpus", "fake", "--proxy-port", "0"]
+    ctl = build_controller(_parser().parse_args(argv), None)
+    ctl.observer = _FixedObserver(np.zeros(len(policy.observation_names), np.float32))  # type: ignore[assignment]
+    applier = ctl.applier
+    assert isinstance(applier, ServerApplier) and applier.proxy is not None and applier.gpus is not None
+    gpu = applier.gpus[0]
+
+    def until(pred: Any) -> None:
+        deadline = time.monotonic() + 10.0
+        while not pred():
+            assert time.monotonic() < deadline, "condition not met in time"
+            time.sleep(0.02)
+
+    try:
+        assert ctl.run_interval()["mode"] == "applied" and applier.governor is not None
+        base = ctl.knobs["sm_clock_mhz"]
+        assert base < 1980 and ctl.knobs["prefill_sm_clock_mhz"] == 1980
+        until(lambda: gpu.locked_sm_clock_mhz == base)
+        body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()
+        req = urllib.request.Request(f"{applier.proxy.url}/v1/completions", data=body, method="POST")
+        client = threading.Thread(target=lambda: urllib.request.urlopen(req, timeout=20.0).read(), daemon=True)
+        client.start()
+        until(lambda: gpu.locked_sm_clock_mhz == 1980)  # awaiting its first token
+        gated_upstream.release.set()
+        client.join(timeout=10.0)
+        until(lambda: gpu.locked_sm_clock_mhz == base)
+    finally:
+        ctl.close()
+    assert applier.governor is None and gpu.locked_sm_clock_mhz is None  # stopped, then the clocks reset
+    assert gpu.min_interval_s == 0.05  # the simulator's switch time, for a policy with a prefill clock
+
+
+@pytest.mark.parametrize(("prefill", "flag", "expected"), [(False, None, 1.0), (True, None, 0.05), (True, "0.5", 0.5)])
+def test_clock_rate_limit_follows_the_policy_unless_given(
+    prefill: bool, flag: str | None, expected: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: _raw_policy(prefill))
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
+    argv += ["--clock-min-interval-s", flag] if flag else []
+    ctl = build_controller(_parser().parse_args(argv), None)
+    try:
+        assert isinstance(ctl.applier, ServerApplier) and ctl.applier.gpus is not None
+        assert all(g.min_interval_s == expected for g in ctl.applier.gpus)
+    finally:
+        ctl.close()
+
+
+def test_a_negative_clock_rate_limit_is_refused() -> None:
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
+    with pytest.raises(InputError, match="--clock-min-interval-s"):
+        build_controller(_parser().parse_args([*argv, "--clock-min-interval-s", "-1"]), None)

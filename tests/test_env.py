@@ -110,7 +110,7 @@ def test_infeasible_tp_is_masked_and_mapped(tmp_path: Path) -> None:
     env = ServingEnv(str(path))
     mask = env.action_masks()
     assert mask[:2].tolist() == [False, True]  # Llama-2-70B does not fit on one H100
-    assert env.knobs_for([0, 0, 0]).tp == 8  # unmasked infeasible choice -> nearest feasible
+    assert env.knobs_for([0] * len(env.knob_names)).tp == 8  # unmasked infeasible choice -> nearest feasible
 
 
 @pytest.mark.parametrize(
@@ -123,6 +123,8 @@ def test_infeasible_tp_is_masked_and_mapped(tmp_path: Path) -> None:
         ({"workload.eval_windows_s": [[100.0, 300.0]]}, "overlaps train_range_s"),
         ({"workload.eval_windows_s": []}, "no evaluation windows"),
         ({"control.knobs.sm_clock_mhz": [1000]}, "control.knobs.sm_clock_mhz"),
+        ({"control.knobs.prefill_sm_clock_mhz": [0, 1000]}, "control.knobs.prefill_sm_clock_mhz: value 1000"),
+        ({"control.knobs.prefill_sm_clock_mhz": [-1]}, "integers >= 0 (0: off)"),
         ({"node.initial.tp": 3}, "node.initial.tp"),
         ({"reward.slo_reference": "oracle"}, "reward.slo_reference: unknown value 'oracle'"),
     ],

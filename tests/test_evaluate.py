@@ -24,6 +24,7 @@ REQUIRED = (
     "energy_per_output_token_j",
     "saving_vs_static_max",
     "slo_attainment",
+    "slo_delta_vs_static_max",
     "ttft_p50_s",
     "ttft_p99_s",
     "tbt_p50_s",
@@ -59,6 +60,11 @@ def test_cli_writes_json_csv_markdown_and_plots(tmp_path: Path, capsys: pytest.C
     static_max, threshold = records[0], records[1]
     assert static_max["saving_vs_static_max"] == 0.0
     assert threshold["energy_j"] < static_max["energy_j"] and threshold["saving_vs_static_max"] > 0
+    # paired attainment difference: 0 for static-max itself; its mean is the difference of the means
+    assert static_max["slo_delta_vs_static_max"] == 0.0 and static_max["slo_delta_vs_static_max_ci95"] == 0.0
+    for r in records[1:]:
+        want = r["slo_attainment"] - static_max["slo_attainment"]
+        assert r["slo_delta_vs_static_max"] == pytest.approx(want, abs=1e-12)
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 4 and "energy_j_ci95" in csv_lines[0]
     md = (out / "results.md").read_text()

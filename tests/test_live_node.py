@@ -1,10 +1,11 @@
 """LiveNode: ServingEnv driving the digital twin, observation parity with the controller's LiveObserver,
-and the real-node backend (FakeGpus, admission proxy, a stub launcher)."""
+the real-node backend (FakeGpus, admission proxy, a stub launcher) and its prefill clock."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import socket
 import threading
 import time
@@ -18,8 +19,8 @@ import pytest
 
 from greenrl.core import Knobs, NodeSnapshot
 from greenrl.env.serving_env import OBS_FIELDS, ServingEnv
-from greenrl.live.gpu import FakeGpu, GpuSet
-from greenrl.live.node import GpuBackend, LiveNode
+from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
+from greenrl.live.node import BackendReading, GpuBackend, LiveNode, TwinBackend
 from greenrl.live.observe import LiveObserver
 from greenrl.live.proxy import AdmissionProxy
 from greenrl.workload import Trace
@@ -233,3 +234,159 @@ def test_gpu_backend_with_proxy_and_launcher(twin: str) -> None:
     assert all(("reset", None) in g.calls for g in gpus)  # close() reset the clocks
     assert not launcher.stopped  # not asked to stop a server it does not own
     assert not any(t.name == "greenrl-loadgen" and t.is_alive() for t in threading.enumerate())
+
+
+# ------------------------------------------------------------------------------------------ the prefill clock
+
+BASE, PREFILL = 1005, 1980
+PREFILL_KNOBS = Knobs(tp=2, replicas=1, max_num_seqs=8, sm_clock_mhz=BASE, prefill_sm_clock_mhz=PREFILL)
+
+
+def _wait(pred: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def _stream(url: str) -> threading.Thread:
+    """One streamed completion through ``url`` in a thread (it awaits the gated upstream's first token)."""
+
+    def run() -> None:
+        body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()
+        req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=20.0) as r:
+            r.read()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _locked(gpus: list[FakeGpu], mhz: int) -> bool:
+    return all(g.locked_sm_clock_mhz == mhz for g in gpus)
+
+
+def test_gpu_backend_locks_the_prefill_clock_until_the_first_token(gated_upstream: Any) -> None:
+    gpus = [FakeGpu(0, min_interval_s=0.0), FakeGpu(1, min_interval_s=0.0)]
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    backend = GpuBackend(GpuSet(gpus), dataclasses.replace(PREFILL_KNOBS, prefill_sm_clock_mhz=0), proxy=proxy)
+    try:
+        backend.apply(PREFILL_KNOBS)
+        r = backend.read()
+        assert r.knobs == PREFILL_KNOBS and r.prefill_clock_s == 0.0
+        _wait(lambda: _locked(gpus, BASE))  # idle: the base clock, by the governor
+        client = _stream(proxy.url)
+        _wait(lambda: _locked(gpus, PREFILL))  # a request awaits its first token
+        time.sleep(0.2)
+        assert _locked(gpus, PREFILL) and gated_upstream.posts == 1
+        gated_upstream.finish.clear()
+        gated_upstream.release.set()  # the first token; the stream then holds
+        _wait(lambda: _locked(gpus, BASE))
+        assert proxy.stats()["in_flight"] == 1  # the base clock while the request decodes
+        gated_upstream.finish.set()
+        client.join(timeout=10.0)
+        assert all(g.calls == [("lock", BASE), ("lock", PREFILL), ("lock", BASE)] for g in gpus)
+        held_s = backend.read().prefill_clock_s
+        assert held_s is not None and 0.2 <= held_s < 5.0
+        # back to 0: the governor stops, the time held stays counted, the knob is reported 0
+        backend.apply(dataclasses.replace(PREFILL_KNOBS, prefill_sm_clock_mhz=0))
+        r = backend.read()
+        assert backend.sm_clocks.governor is None and r.knobs is not None
+        assert r.knobs.prefill_sm_clock_mhz == 0 and r.knobs.sm_clock_mhz == BASE
+        assert r.prefill_clock_s == pytest.approx(held_s, abs=0.05) and len(gpus[0].calls) == 3
+        backend.apply(dataclasses.replace(PREFILL_KNOBS, prefill_sm_clock_mhz=0, sm_clock_mhz=1395))
+        assert _locked(gpus, 1395) and gpus[0].calls[-1] == ("lock", 1395)  # locked directly, at once
+    finally:
+        backend.close()
+        proxy.stop()
+
+
+def test_gpu_backend_without_a_proxy_reports_no_prefill_clock(caplog: pytest.LogCaptureFixture) -> None:
+    gpu = FakeGpu(0, min_interval_s=0.0)
+    backend = GpuBackend(GpuSet([gpu]), dataclasses.replace(PREFILL_KNOBS, sm_clock_mhz=1395, prefill_sm_clock_mhz=0))
+    try:
+        with caplog.at_level(logging.WARNING, logger="greenrl.live.clock"):
+            backend.apply(PREFILL_KNOBS)
+            backend.apply(PREFILL_KNOBS)
+        r = backend.read()
+        assert r.knobs == dataclasses.replace(PREFILL_KNOBS, prefill_sm_clock_mhz=0) and r.prefill_clock_s == 0.0
+        assert gpu.calls == [("lock", BASE)] and backend.sm_clocks.governor is None  # the base clock, directly
+        said = [rec.getMessage() for rec in caplog.records if "prefill_sm_clock_mhz" in rec.getMessage()]
+        assert said == [f"would apply prefill_sm_clock_mhz={PREFILL}: no admission proxy (pass GpuBackend a proxy)"]
+    finally:
+        backend.close()
+    assert gpu.calls[-1] == ("reset", None)
+
+
+def test_gpu_backend_close_stops_the_governor_and_resets_the_clocks(gated_upstream: Any) -> None:
+    gpus = [FakeGpu(0, min_interval_s=0.0), FakeGpu(1, min_interval_s=0.0)]
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    backend = GpuBackend(GpuSet(gpus), PREFILL_KNOBS, proxy=proxy)
+    try:
+        backend.apply(PREFILL_KNOBS)
+        governor = backend.sm_clocks.governor
+        assert governor is not None
+        client = _stream(proxy.url)
+        _wait(lambda: _locked(gpus, PREFILL))
+        backend.close()  # while the request still awaits its first token
+        assert backend.sm_clocks.governor is None and not governor._thread.is_alive()
+        assert all(g.calls[-1] == ("reset", None) and g.locked_sm_clock_mhz is None for g in gpus)
+        gated_upstream.release.set()
+        client.join(timeout=10.0)
+        assert all(g.calls[-1] == ("reset", None) for g in gpus)  # nothing locked after close
+        assert proxy._on_pending is None  # the proxy (the caller's) no longer feeds the governor
+    finally:
+        backend.close()
+        proxy.stop()
+
+
+def test_gpu_backend_raises_a_governor_fault_at_the_next_apply(gated_upstream: Any) -> None:
+    gpu = FakeGpu(0, min_interval_s=0.0)
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    backend = GpuBackend(GpuSet([gpu]), PREFILL_KNOBS, proxy=proxy)
+    try:
+        backend.apply(PREFILL_KNOBS)
+        _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
+        gpu.fail("lock", GpuError(0, "lock_sm_clock", "fell off the bus", "reboot"))
+        client = _stream(proxy.url)
+        governor = backend.sm_clocks.governor
+        assert governor is not None
+        _wait(lambda: governor.failures >= 1)
+        with pytest.raises(GpuError, match="fell off the bus"):
+            backend.apply(PREFILL_KNOBS)  # unchanged knobs: the fault still surfaces
+        gated_upstream.release.set()
+        client.join(timeout=10.0)
+    finally:
+        backend.close()
+        proxy.stop()
+
+
+class _PrefillTwinBackend(TwinBackend):
+    """The twin's backend, claiming a quarter of server time at the prefill clock."""
+
+    def read(self) -> BackendReading:
+        r = super().read()
+        return dataclasses.replace(r, prefill_clock_s=0.25 * r.server_time_s)
+
+
+def test_live_node_reports_the_share_of_time_at_the_prefill_clock(twin: str) -> None:
+    backend = _PrefillTwinBackend(twin)
+    node = LiveNode("tiny", backend, url=twin, workload=_workload, loadgen={"max_concurrency": 64})
+    backend.restore = node.initial
+    try:
+        assert node.reset(seed=3).prefill_clock_frac == 0.0
+        snap = node.advance(10.0)
+        assert snap.prefill_clock_frac == pytest.approx(0.25)
+    finally:
+        node.close()
+    plain = TwinBackend(twin)
+    node = LiveNode("tiny", plain, url=twin, workload=_workload)
+    try:
+        node.reset(seed=3)
+        assert node.advance(10.0).prefill_clock_frac == 0.0  # a backend that cannot tell: 0
+    finally:
+        node.close()

@@ -299,3 +299,66 @@ def test_bad_arguments() -> None:
         AdmissionProxy("http://127.0.0.1:8000", cap=0)
     with pytest.raises(InputError):
         ProxySlo(ttft_s=0.0, tbt_mean_s=0.1)
+
+
+# ------------------------------------------------------------------------------------------ pending first token
+
+
+def _send_async(url: str, body: dict[str, Any]) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.extend(_run_all(url, [body])), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_pending_first_token_rises_on_arrival_and_falls_at_the_first_token(
+    gated_upstream: Any, proxy_factory: Any
+) -> None:
+    heard: list[int] = []
+    proxy = proxy_factory(gated_upstream.url, cap=1)
+    proxy.set_on_pending(heard.append)  # called at once with the count now
+    proxy.pause()
+    sender, out = _send_async(proxy.url, {"prompt": "a", "max_tokens": 3, "stream": True})
+    _wait(lambda: proxy.stats()["queued"] == 1)
+    assert proxy.stats()["pending_first_token"] == 1 and heard == [0, 1]  # held in the proxy: pending
+    proxy.resume()
+    _wait(lambda: gated_upstream.posts == 1)
+    time.sleep(0.1)  # the upstream sent its headers and a chunk without a token: still pending
+    assert proxy.stats()["pending_first_token"] == 1 and proxy.stats()["in_flight"] == 1
+    gated_upstream.finish.clear()
+    gated_upstream.release.set()  # the first token, then the stream holds
+    _wait(lambda: proxy.stats()["pending_first_token"] == 0)
+    assert proxy.stats()["in_flight"] == 1 and heard == [0, 1, 0]  # down at the first token, not at the end
+    gated_upstream.finish.set()
+    sender.join(timeout=10.0)
+    _wait(lambda: proxy.stats()["finished"] == 1)
+    assert out[0]["status"] == 200 and out[0]["done"] and proxy.stats()["output_tokens"] == 3
+    assert heard == [0, 1, 0] and proxy.stats()["pending_first_token"] == 0  # down once, at the first token
+
+
+@pytest.mark.parametrize("mode", ["500", "close"])
+def test_pending_first_token_falls_once_when_the_upstream_fails(
+    mode: str, gated_upstream: Any, proxy_factory: Any
+) -> None:
+    gated_upstream.mode = mode
+    heard: list[int] = []
+    proxy = proxy_factory(gated_upstream.url, on_pending=heard.append, max_retries=1, retry_wait_s=0.5)
+    out = _complete(proxy.url, {"prompt": "a", "max_tokens": 3, "stream": True})
+    assert out["status"] == (500 if mode == "500" else 503)
+    _wait(lambda: proxy.stats()["errors"] == 1)  # counted just after the answer went out
+    assert heard == [1, 0] and proxy.stats()["pending_first_token"] == 0
+    assert gated_upstream.posts == (1 if mode == "500" else 2)  # "close": tried again once, then 503
+
+
+def test_pending_first_token_falls_when_the_client_leaves_before_it(gated_upstream: Any, proxy_factory: Any) -> None:
+    heard: list[int] = []
+    proxy = proxy_factory(gated_upstream.url, on_pending=heard.append)
+    body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5.0) as s:
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        s.sendall(head + body)
+        _wait(lambda: gated_upstream.posts == 1)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")  # the empty chunk came: no token yet
+    gated_upstream.release.set()  # the proxy writes the tokens to a closed socket: the client is gone
+    _wait(lambda: proxy.stats()["cancelled"] == 1)
+    assert heard == [1, 0] and proxy.stats()["pending_first_token"] == 0

@@ -198,3 +198,55 @@ def test_admission_cap_applies_to_new_admissions() -> None:
     for _ in range(10):
         node.advance(30.0)
     assert node.slot_i[:, K.SI_NRUN].max() <= 8
+
+
+BOOSTED = Knobs(4, 2, 256, 1005, prefill_sm_clock_mhz=1980)
+
+
+@pytest.mark.parametrize("name", ["azure-conv", "azure-code"])
+def test_prefill_clock_fast_agrees_with_exact(name: str) -> None:
+    trace = load_trace(name).window(1200, 600)
+    results = []
+    for mode in ("fast", "exact"):
+        node = _node(trace, mode=mode, initial=BOOSTED)
+        energy = sum(node.advance(60.0).energy_j for _ in range(20))
+        rec = node.requests()
+        done = rec["state"] == K.FINISHED
+        results.append(np.array([rec["ttft_s"][done].mean(), rec["tbt_mean_s"][done].mean(), energy]))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+
+
+def _run(knobs: Knobs, **kw) -> tuple[SimNode, float, float]:
+    """Five busy minutes plus drain at fixed knobs: the node, its energy (J) and mean TTFT (s)."""
+    node = _node(CONV.window(600, 300), initial=knobs, **kw)
+    energy = sum(node.advance(60.0).energy_j for _ in range(8))
+    rec = node.requests()
+    done = rec["state"] == K.FINISHED
+    return node, energy, float(rec["ttft_s"][done].mean())
+
+
+def test_prefill_clock_sits_between_its_two_clocks() -> None:
+    _, e_low, ttft_low = _run(Knobs(4, 2, 256, 1005))
+    _, e_boost, ttft_boost = _run(BOOSTED)
+    _, e_top, ttft_top = _run(Knobs(4, 2, 256, 1980))
+    assert e_low < e_boost < e_top
+    assert ttft_top <= ttft_boost < ttft_low
+
+
+def test_prefill_clock_equal_to_base_or_never_reached_changes_nothing() -> None:
+    _, e_off, ttft_off = _run(Knobs(4, 2, 256, 1005), mode="exact")
+    _, e_same, ttft_same = _run(Knobs(4, 2, 256, 1005, prefill_sm_clock_mhz=1005), mode="exact")
+    node, e_late, ttft_late = _run(BOOSTED, mode="exact", clock_latency_s=1e6)  # the switch never lands
+    assert (e_same, ttft_same) == (e_off, ttft_off)
+    assert (e_late, ttft_late) == (e_off, ttft_off)
+    assert node.cnt[K.K_PREFILL_CLOCK_S] == 0.0
+
+
+def test_prefill_clock_runs_only_part_of_the_busy_time() -> None:
+    node = _node(CONV.window(600, 300), initial=BOOSTED)
+    boosted_s = 0.0
+    for _ in range(8):
+        node.advance(60.0)
+        boosted_s += node.cnt[K.K_PREFILL_CLOCK_S]
+    busy_s = node.slot_f[:, K.SF_BUSY_S].sum()
+    assert 0.0 < boosted_s < 0.8 * busy_s

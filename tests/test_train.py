@@ -143,6 +143,7 @@ def warm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "warm_start_epochs": 60,
         "dagger_rounds": 1,
         "val_episodes": 2,
+        "slo_reference": "static-max",
     }
     return train("tiny", "maskable_ppo", seed=0, total_timesteps=512, out=out, progress_bar=False, overrides=overrides)
 
@@ -161,6 +162,17 @@ def test_warm_start_clones_the_teacher_before_ppo(warm_run: Path) -> None:
     expected = evaluate_policy_on(teacher, scenario)
     assert first["energy_kwh"] == pytest.approx(expected["energy_kwh"], rel=1e-5)
     assert first["missed"] == expected["missed"]
+
+
+def test_the_agent_file_can_train_against_the_static_max_reference(warm_run: Path) -> None:
+    import yaml
+
+    config = yaml.safe_load((warm_run / "config.yaml").read_text())
+    assert config["hyperparameters"]["slo_reference"] == "static-max"
+    assert config["scenario_config"]["reward"]["slo_reference"] == "static-max"
+    assert load_scenario("tiny").reward.slo_reference == "none"  # the scenario itself is unchanged
+    with pytest.raises(InputError, match="slo_reference"):
+        train("tiny", total_timesteps=64, out=warm_run / "x", progress_bar=False, overrides={"slo_reference": "oracle"})
 
 
 def test_model_selection_uses_validation_not_held_out(warm_run: Path) -> None:

@@ -8,6 +8,7 @@
 | threshold | rule-based | KV-cache usage -> SM clock table |
 | pid | feedback | TBT/TTFT slack -> SM clock, velocity-form PI |
 | predictive-dvfs | model-predictive | lowest clock the surrogate predicts meets the SLOs at the projected batch |
+| phase-dvfs | model-predictive | the same per phase: decode clock from TBT, prefill clock from TTFT (GreenLLM-style) |
 | planner | forecast + model | DynamoLLM-style: forecast load, least-power (tp, max_num_seqs, clock), TP hysteresis |
 | oracle | hindsight lookahead | forks the node, tries configurations on the true next requests, keeps the cheapest |
 | random | floor | seeded uniform feasible actions |
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from greenrl.baselines.base import Baseline, decode_obs
 from greenrl.baselines.feedback import PidBaseline, ThresholdBaseline
-from greenrl.baselines.model_based import PlannerBaseline, PredictiveDvfsBaseline
+from greenrl.baselines.model_based import PhaseDvfsBaseline, PlannerBaseline, PredictiveDvfsBaseline
 from greenrl.baselines.oracle import OracleBaseline
 from greenrl.baselines.static import FixedClock, RandomBaseline, StaticBest, StaticMax
 from greenrl.env.serving_env import ServingEnv
@@ -30,6 +31,7 @@ __all__ = [
     "Baseline",
     "FixedClock",
     "OracleBaseline",
+    "PhaseDvfsBaseline",
     "PidBaseline",
     "PlannerBaseline",
     "PredictiveDvfsBaseline",
@@ -51,6 +53,7 @@ BASELINES: dict[str, type[Baseline]] = {
         ThresholdBaseline,
         PidBaseline,
         PredictiveDvfsBaseline,
+        PhaseDvfsBaseline,
         PlannerBaseline,
         OracleBaseline,
         RandomBaseline,

@@ -111,6 +111,7 @@ def env_with_initial(env: ServingEnv, knobs: Knobs) -> ServingEnv:
         "max_num_seqs": knobs.max_num_seqs,
         "sm_clock_mhz": knobs.sm_clock_mhz,
         "max_num_batched_tokens": knobs.max_num_batched_tokens,
+        "prefill_sm_clock_mhz": knobs.prefill_sm_clock_mhz,
     }
     scenario = replace(env.scenario, node=replace(env.scenario.node, initial=initial))
     fresh = SimNode(replace(node.config, initial=knobs), trace)

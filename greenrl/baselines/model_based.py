@@ -1,10 +1,10 @@
-"""Model-based controllers that query the fitted surrogate: predictive DVFS and a DynamoLLM-style planner.
+"""Model-based controllers that query the fitted surrogate: predictive DVFS (one clock, or one per phase), a planner.
 
-Both read only what a serving node knows (its gauges, the arrival rate and prompt lengths seen at the
-front end, the output lengths of requests already finished) plus the surrogate of its own model and
-GPU. Neither sees the future.
+The planner is DynamoLLM-style. All read only what a serving node knows (its gauges, the arrival rate
+and prompt lengths seen at the front end, the output lengths of requests already finished) plus the
+surrogate of its own model and GPU. None sees the future.
 
-Public names: PredictiveDvfsBaseline, PlannerBaseline, PlanOption, ttft_quantile_s.
+Public names: PredictiveDvfsBaseline, PhaseDvfsBaseline, PlannerBaseline, PlanOption, ttft_quantile_s.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from greenrl.env.serving_env import ServingEnv
 from greenrl.sim import SimNode
 from greenrl.surrogate import ReplicaModel, StepBatch, Surrogate, steady_state
 
-__all__ = ["PlanOption", "PlannerBaseline", "PredictiveDvfsBaseline", "ttft_quantile_s"]
+__all__ = ["PhaseDvfsBaseline", "PlanOption", "PlannerBaseline", "PredictiveDvfsBaseline", "ttft_quantile_s"]
 
 DEFAULT_PROMPT_TOKENS = 1024.0
 """Prompt length assumed before any request has been seen (tokens)."""
@@ -135,6 +135,33 @@ class PredictiveDvfsBaseline(_SurrogateBaseline):
         ok = (tbt <= keep * self.env.scenario.slo.tbt_mean_s) & (ttft <= keep * self.ttft_slo_s(self.prompt_tokens))
         clock = int(clocks[np.flatnonzero(ok)[0]]) if ok.any() else int(clocks[-1])
         return self.with_knobs(self.current, sm_clock_mhz=clock)
+
+
+class PhaseDvfsBaseline(PredictiveDvfsBaseline):
+    """Predictive DVFS with one clock per phase: the lowest decode clock meeting the TBT SLO, top prefill clock.
+
+    The decode clock is the lowest whose predicted time between tokens meets the TBT SLO with headroom
+    (``PredictiveDvfsBaseline.predicted_s``); prompts run at the top allowed ``prefill_sm_clock_mhz``.
+    Prefill is compute-bound and TTFT breaks in bursts an interval average cannot see, so prompts run as
+    fast as allowed; decode is memory-bound, so its clock is lowered to what the TBT SLO needs. The
+    prefill clock runs while requests wait or prefill (see ``greenrl.core.Knobs``). Without a
+    ``prefill_sm_clock_mhz`` knob in the env it is ``predictive-dvfs``.
+    """
+
+    name = "phase-dvfs"
+    family = "model-predictive DVFS, per phase"
+    anchor = "GreenLLM (Liu et al., arXiv 2508.16449): separate SLO-aware prefill and decode frequency control"
+
+    def decide(self, signals: dict[str, float]) -> Knobs:
+        """Decode clock from the TBT check; prefill clock the top allowed (0 if that is not above it)."""
+        if self.step_index == 0 or "prefill_sm_clock_mhz" not in self.env.knob_names:
+            return super().decide(signals)
+        clocks = np.array(sorted(self.values("sm_clock_mhz")), dtype=float)
+        tbt, _ = self.predicted_s(signals, clocks)
+        ok = np.flatnonzero(tbt <= (1.0 - self.headroom_frac) * self.env.scenario.slo.tbt_mean_s)
+        base = int(clocks[ok[0]]) if len(ok) else int(clocks[-1])
+        top = max(self.values("prefill_sm_clock_mhz"))
+        return self.with_knobs(self.current, sm_clock_mhz=base, prefill_sm_clock_mhz=top if top > base else 0)
 
 
 def ttft_quantile_s(service_s: float, rate_rps: float, quantile: float = 0.99) -> float:
@@ -268,13 +295,57 @@ class PlannerBaseline(_SurrogateBaseline):
                 service_s = float(
                     rep.step(StepBatch(prompt_tokens, prompt_tokens**2 / 2.0, batch, batch * ctx), clock).latency_s
                 )
-                if ttft_quantile_s(service_s, rate_rps / r, self.ttft_quantile) > ttft_limit:
-                    continue
                 mns = seqs[-1]  # the steady state is the same under any cap >= B: keep the least restrictive
-                power = r * float(np.asarray(ss.power_w)[i, j]) + (gpus - tp * r) * idle_w
-                knobs = self.with_knobs(self.env.initial, tp=tp, replicas=r, sm_clock_mhz=int(clock), max_num_seqs=mns)
-                options.append(PlanOption(knobs, power, batch))
+                if ttft_quantile_s(service_s, rate_rps / r, self.ttft_quantile) <= ttft_limit:
+                    power = r * float(np.asarray(ss.power_w)[i, j]) + (gpus - tp * r) * idle_w
+                    knobs = self.with_knobs(
+                        self.env.initial, tp=tp, replicas=r, sm_clock_mhz=int(clock), max_num_seqs=mns
+                    )
+                    options.append(PlanOption(knobs, power, batch))
+                    continue
+                boosted = self._boosted(rep, clock, batch, prompt_tokens, output_tokens, rate_rps / r, ttft_limit)
+                if boosted is not None:
+                    boost, replica_w = boosted
+                    knobs = self.with_knobs(
+                        self.env.initial,
+                        tp=tp,
+                        replicas=r,
+                        sm_clock_mhz=int(clock),
+                        max_num_seqs=mns,
+                        prefill_sm_clock_mhz=boost,
+                    )
+                    options.append(PlanOption(knobs, r * replica_w + (gpus - tp * r) * idle_w, batch))
         return sorted(options, key=lambda o: o.power_w)
+
+    def _boosted(
+        self,
+        rep: ReplicaModel,
+        clock: float,
+        batch: float,
+        prompt_tokens: float,
+        output_tokens: float,
+        rate_rps: float,
+        ttft_limit: float,
+    ) -> tuple[int, float] | None:
+        """The lowest prefill clock above ``clock`` that meets the TTFT check, and the replica's power then.
+
+        Iterations carrying a prompt run at the prefill clock, the others at ``clock``; with Poisson
+        arrivals a share 1 - exp(-new) of iterations carries one (new = prompts entering per iteration).
+        None when the env has no prefill clock or none meets the check.
+        """
+        if "prefill_sm_clock_mhz" not in self.env.knob_names:
+            return None
+        ctx = prompt_tokens + output_tokens / 2.0
+        for boost in sorted(v for v in self.values("prefill_sm_clock_mhz") if v > clock):
+            mixed = rep.step(StepBatch(prompt_tokens, prompt_tokens**2 / 2.0, batch, batch * ctx), boost)
+            if ttft_quantile_s(float(mixed.latency_s), rate_rps, self.ttft_quantile) > ttft_limit:
+                continue
+            decode = rep.step(StepBatch.decode(batch, ctx), clock)
+            share = 1.0 - math.exp(-batch / output_tokens)
+            t_m, t_d = share * float(mixed.latency_s), (1.0 - share) * float(decode.latency_s)
+            power = (t_m * float(mixed.power_w) + t_d * float(decode.power_w)) / (t_m + t_d)
+            return boost, power
+        return None
 
     def decide(self, signals: dict[str, float]) -> Knobs:
         """Forecast, plan, and apply TP hysteresis (the first interval keeps the initial knobs)."""

@@ -6,6 +6,7 @@ Public names: OracleBaseline, OracleStep, Trial, choose, doomed_requests.
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,12 +123,15 @@ class OracleBaseline(Baseline):
         clocks = sorted(self.values("sm_clock_mhz"))
         seqs = sorted(self.values("max_num_seqs"), reverse=True)
         budgets = sorted(self.values("max_num_batched_tokens"), reverse=True)
+        boosts = sorted(self.values("prefill_sm_clock_mhz"))
         out: dict[Knobs, None] = {}
-        for clock in clocks:
-            for mns in seqs:
-                for budget in budgets:
-                    k = self.with_knobs(cur, sm_clock_mhz=clock, max_num_seqs=mns, max_num_batched_tokens=budget)
-                    out.setdefault(k, None)
+        for clock, mns, budget, boost in itertools.product(clocks, seqs, budgets, boosts):
+            if 0 < boost <= clock:
+                continue  # a prefill clock at or below the base clock never helps the SLO
+            k = self.with_knobs(
+                cur, sm_clock_mhz=clock, max_num_seqs=mns, max_num_batched_tokens=budget, prefill_sm_clock_mhz=boost
+            )
+            out.setdefault(k, None)
         dwell = max(self.env.scenario.control.min_dwell_steps.get(k, 0) for k in ("tp", "replicas"))
         if self.step_index - self.last_layout_change >= dwell:
             gpus = self.env.scenario.node.gpus
@@ -136,7 +140,9 @@ class OracleBaseline(Baseline):
                 for r in reps:
                     if (tp, r) == (cur.tp, cur.replicas) or tp * r > gpus:
                         continue
-                    k = self.with_knobs(cur, tp=tp, replicas=r, sm_clock_mhz=clocks[-1], max_num_seqs=seqs[0])
+                    k = self.with_knobs(
+                        cur, tp=tp, replicas=r, sm_clock_mhz=clocks[-1], max_num_seqs=seqs[0], prefill_sm_clock_mhz=0
+                    )
                     out.setdefault(k, None)
         return list(out)
 
@@ -145,7 +151,10 @@ class OracleBaseline(Baseline):
         _, _, _, done, info = sim.step(sim.action_for(knobs))
         energy_j = float(info["energy_j"])
         tail = self.with_knobs(
-            knobs, sm_clock_mhz=max(self.values("sm_clock_mhz")), max_num_seqs=max(self.values("max_num_seqs"))
+            knobs,
+            sm_clock_mhz=max(self.values("sm_clock_mhz")),
+            max_num_seqs=max(self.values("max_num_seqs")),
+            prefill_sm_clock_mhz=0,
         )
         for _ in range(self.tail_steps):
             if done:

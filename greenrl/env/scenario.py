@@ -121,7 +121,9 @@ class Scenario:
         return self.episode.steps or max(1, round(self.workload.window_s / self.control.interval_s))
 
 
-KNOB_NAMES = ("tp", "replicas", "max_num_seqs", "sm_clock_mhz", "max_num_batched_tokens")
+KNOB_NAMES = ("tp", "replicas", "max_num_seqs", "sm_clock_mhz", "max_num_batched_tokens", "prefill_sm_clock_mhz")
+ZERO_MEANS_OFF = ("prefill_sm_clock_mhz",)
+"""Knobs whose value 0 is allowed and switches them off."""
 
 
 def scenarios_dir() -> Path:
@@ -221,11 +223,13 @@ def _validate(s: Scenario, where: str) -> None:
     for key, values in knobs.items():
         if key not in KNOB_NAMES:
             raise InputError(where, f"control.knobs.{key}", "unknown knob", f"use {', '.join(KNOB_NAMES)}")
-        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        low = 0 if key in ZERO_MEANS_OFF else 1
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in values):
+            kind = "integers >= 0 (0: off)" if low == 0 else "positive integers"
             raise InputError(
                 where,
                 f"control.knobs.{key}",
-                f"needs a non-empty list of positive integers, got {values!r}",
+                f"needs a non-empty list of {kind}, got {values!r}",
                 "write e.g. [1605, 1980]",
             )
     for key, steps in s.control.min_dwell_steps.items():
@@ -236,7 +240,7 @@ def _validate(s: Scenario, where: str) -> None:
                 f"needs a knob name and steps >= 0, got {steps!r}",
                 "e.g. min_dwell_steps: {tp: 10}",
             )
-    for key in ("tp", "replicas", "max_num_seqs", "sm_clock_mhz"):
+    for key in ("tp", "replicas", "max_num_seqs", "sm_clock_mhz", "prefill_sm_clock_mhz"):
         if key in s.node.initial and not isinstance(s.node.initial[key], int):
             raise InputError(where, f"node.initial.{key}", "expected an integer", "write a whole number")
     for key in s.node.initial:

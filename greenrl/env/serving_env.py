@@ -54,6 +54,7 @@ OBS_FIELDS: tuple[ObsField, ...] = (
     ObsField("replicas", "replicas", 8.0, "current knob"),
     ObsField("max_num_seqs", "sequences", 1024.0, "current knob"),
     ObsField("sm_clock_frac", "fraction of top clock", 1.0, "NVML current SM clock / max"),
+    ObsField("prefill_sm_clock_frac", "fraction of top clock", 1.0, "current knob / max SM clock (0: off)"),
     ObsField("time_of_day_sin", "-", 1.0, "wall clock"),
     ObsField("time_of_day_cos", "-", 1.0, "wall clock"),
 )
@@ -125,6 +126,7 @@ def _initial_knobs(s: Scenario) -> Knobs:
         max_num_seqs=init.get("max_num_seqs", 256),
         sm_clock_mhz=init.get("sm_clock_mhz", load_gpu(s.node.gpu).max_sm_clock_mhz),
         max_num_batched_tokens=init.get("max_num_batched_tokens", 8192),
+        prefill_sm_clock_mhz=init.get("prefill_sm_clock_mhz", 0),
     )
 
 
@@ -137,14 +139,15 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
 
     ## Action Space
     ``MultiDiscrete``: one index per knob listed in the scenario's ``control.knobs``, in the order
-    tp, replicas, max_num_seqs, sm_clock_mhz, max_num_batched_tokens. Knobs not listed keep their initial
+    tp, replicas, max_num_seqs, sm_clock_mhz, max_num_batched_tokens, prefill_sm_clock_mhz (the clock while
+    requests wait or prefill, 0: off; see ``greenrl.core.Knobs``). Knobs not listed keep their initial
     value; without a ``replicas`` knob every GPU serves (replicas = GPUs / tp). ``action_masks()`` masks
     TP values whose weights do not fit (for MaskablePPO); an unmasked infeasible choice is mapped to the
     nearest feasible configuration (the smallest feasible TP above it, else the largest; replicas capped
     at GPUs / tp).
 
     ## Observation Space
-    ``Box(-10, 10, (22,), float32)``: each field of ``OBS_FIELDS`` divided by its scale, clipped:
+    ``Box(-10, 10, (23,), float32)``: each field of ``OBS_FIELDS`` divided by its scale, clipped:
 
     | field | unit | scale | live source |
     |---|---|---|---|
@@ -160,6 +163,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
     | slo_attainment | fraction | 1 | front end |
     | reconfiguring | 0/1 | 1 | controller |
     | tp, replicas, max_num_seqs, sm_clock_frac | knob | 8, 8, 1024, 1 | controller / NVML |
+    | prefill_sm_clock_frac | knob (0: off) | 1 | controller |
     | time_of_day_sin, time_of_day_cos | - | 1 | wall clock |
 
     Output lengths are never observed before a request finishes.
@@ -249,6 +253,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             "max_num_seqs": self.initial.max_num_seqs,
             "sm_clock_mhz": self.initial.sm_clock_mhz,
             "max_num_batched_tokens": self.initial.max_num_batched_tokens,
+            "prefill_sm_clock_mhz": self.initial.prefill_sm_clock_mhz,
         } | chosen
         gpus = self.scenario.node.gpus
         if clamp and values["tp"] not in getattr(self, "feasible_tp", [values["tp"]]):
@@ -351,6 +356,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             "missed": missed,
             "reference_missed": reference_missed,
             "knobs": snap.knobs,
+            "prefill_clock_frac": snap.prefill_clock_frac,
         }
         return self._observe(snap), reward, False, truncated, info
 
@@ -381,6 +387,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             k.replicas,
             k.max_num_seqs,
             k.sm_clock_mhz / self.gpu.max_sm_clock_mhz,
+            k.prefill_sm_clock_mhz / self.gpu.max_sm_clock_mhz,
             math.sin(2 * math.pi * hour / 24.0),
             math.cos(2 * math.pi * hour / 24.0),
         ]

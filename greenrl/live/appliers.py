@@ -2,13 +2,16 @@
 
 * ``TwinApplier``: every knob through the twin's ``POST /greenrl/knobs`` (the simulator drains and
   reloads on a TP change; the server stays up).
-* ``ServerApplier``: a real node. The SM clock through NVML (``GpuSet.lock_all``); ``max_num_seqs`` as the
-  admission proxy's cap (``max_num_seqs x replicas`` requests in flight upstream); a TP or replica
-  change as a restart: ``proxy.drain`` -> ``launcher.restart`` -> ``proxy.resume``, run in a background
-  thread (``reconfiguring()`` is True meanwhile). Without a proxy ``max_num_seqs`` is only logged as
-  "would apply"; without an owned launcher (``--launch``) a TP change is refused and logged, and the
-  controller keeps the TP in force. An owned server found dead is started again (at most once per
-  ``respawn_min_interval_s``).
+* ``ServerApplier``: a real node. The SM clock through NVML (``GpuSet.lock_all``); with a
+  ``prefill_sm_clock_mhz`` > 0 and a proxy, through a ``PrefillClockGovernor`` fed by the proxy's count
+  of requests pending their first token (both by ``greenrl.live.clock.SmClockControl``; without a proxy
+  it is only logged as "would apply" and the base clock stays); a fault the governor meets is raised by
+  the next ``apply``; ``max_num_seqs`` as the admission proxy's cap (``max_num_seqs x replicas``
+  requests in flight upstream); a TP or replica change as a restart: ``proxy.drain`` ->
+  ``launcher.restart`` -> ``proxy.resume``, run in a background thread (``reconfiguring()`` is True
+  meanwhile). Without a proxy ``max_num_seqs`` is only logged as "would apply"; without an owned
+  launcher (``--launch``) a TP change is refused and logged, and the controller keeps the TP in force.
+  An owned server found dead is started again (at most once per ``respawn_min_interval_s``).
 * ``NvmlApplier``: a ``ServerApplier`` with GPUs only.
 
 Public names: ApplyError, KNOB_ORDER, KnobApplier, NvmlApplier, ServerApplier, TwinApplier.
@@ -26,6 +29,8 @@ import urllib.error
 import urllib.request
 from typing import Protocol
 
+from greenrl.live.clock import ClockRestoreError, SmClockControl
+from greenrl.live.governor import PrefillClockGovernor
 from greenrl.live.gpu import GpuSet
 from greenrl.live.launcher import DrainTimeoutError, LaunchError, ServerLauncher
 from greenrl.live.observe import TwinGpu
@@ -35,7 +40,7 @@ __all__ = ["KNOB_ORDER", "ApplyError", "KnobApplier", "NvmlApplier", "ServerAppl
 
 logger = logging.getLogger(__name__)
 
-KNOB_ORDER = ("tp", "replicas", "max_num_seqs", "sm_clock_mhz")
+KNOB_ORDER = ("tp", "replicas", "max_num_seqs", "sm_clock_mhz", "prefill_sm_clock_mhz")
 """The knobs a controller sets, in the order they are applied and logged."""
 
 
@@ -80,8 +85,8 @@ class TwinApplier:
 
     def current(self) -> dict[str, int] | None:
         """The twin's requested knobs (those the simulator is running or moving to)."""
-        state = self.twin.state()
-        return {k: int(state["requested_knobs"][k]) for k in KNOB_ORDER}
+        requested = self.twin.state()["requested_knobs"]
+        return {k: int(requested[k]) for k in KNOB_ORDER if k in requested}
 
     def apply(self, knobs: dict[str, int], changed: list[str]) -> list[str]:
         """POST the changed knobs.
@@ -110,15 +115,19 @@ class TwinApplier:
         return bool(state.get("reconfiguring", False))
 
     def close(self, safe: dict[str, int] | None) -> None:
-        """Put the safe default clock back (the twin's stand-in for resetting clocks)."""
+        """Put the safe default clocks back (the twin's stand-in for resetting clocks)."""
         if safe is None:
             return
         with contextlib.suppress(Exception):
-            self.apply(safe, ["sm_clock_mhz"])
+            self.apply(safe, [k for k in ("sm_clock_mhz", "prefill_sm_clock_mhz") if k in safe])
 
 
 class ServerApplier:
     """A real node's knobs: SM clock by NVML, ``max_num_seqs`` by the proxy's cap, TP by a drained restart.
+
+    A ``prefill_sm_clock_mhz`` > 0 (with a proxy) hands the clock to a ``PrefillClockGovernor`` (the
+    ``governor`` attribute while it runs); back at 0 the governor restores the base clock and stops, and
+    the clock is locked directly again, as without the knob.
 
     Args:
         gpus: the node's GPUs (None: the clock is not controlled); clocks are reset by ``close``.
@@ -156,6 +165,13 @@ class ServerApplier:
         self._last_spawn_at_s = -math.inf
         self._closing = False
         self._logged: set[tuple[str, int]] = set()
+        hint = " (run the controller with --proxy-port)"
+        self._clock = SmClockControl(gpus, proxy, hint=hint) if gpus is not None else None
+
+    @property
+    def governor(self) -> PrefillClockGovernor | None:
+        """The prefill-clock governor while a prefill clock is applied."""
+        return self._clock.governor if self._clock is not None else None
 
     @property
     def owns_server(self) -> bool:
@@ -215,12 +231,10 @@ class ServerApplier:
 
         Raises:
             GpuPermissionError: NVML refused the clock for lack of privilege.
-            GpuError: another NVML failure.
+            GpuError: another NVML failure (also one the prefill-clock governor met since the last call).
+            ApplyError: the governor did not put the base clock back in time (at the previous call).
         """
-        applied: list[str] = []
-        if "sm_clock_mhz" in changed and self.gpus is not None:
-            self.gpus.lock_all(knobs["sm_clock_mhz"])
-            applied.append("sm_clock_mhz")
+        applied = self._apply_clock(knobs, changed)
         layout_applied = self._apply_layout(knobs, changed)
         if self.proxy is not None:
             # the cap covers the replicas in force (or being started), not a refused layout
@@ -233,6 +247,15 @@ class ServerApplier:
             msg = "would apply max_num_seqs=%d: no admission proxy (run the controller with --proxy-port)"
             self._once("max_num_seqs", knobs["max_num_seqs"], msg, knobs["max_num_seqs"])
         return applied + layout_applied
+
+    def _apply_clock(self, knobs: dict[str, int], changed: list[str]) -> list[str]:
+        """The SM clock: locked here, or by the governor when a prefill clock is asked for with a proxy."""
+        if self._clock is None:
+            return []
+        try:
+            return self._clock.apply(knobs["sm_clock_mhz"], knobs.get("prefill_sm_clock_mhz", 0), changed)
+        except ClockRestoreError as err:
+            raise ApplyError(str(err)) from err
 
     def _apply_layout(self, knobs: dict[str, int], changed: list[str]) -> list[str]:
         wanted = {"tp": knobs["tp"], "replicas": knobs.get("replicas", 1)}
@@ -314,6 +337,8 @@ class ServerApplier:
             if self._thread is not None:
                 self._thread.join(timeout=10.0)
         finally:
+            if self._clock is not None:
+                self._clock.close()
             if self.gpus is not None:
                 self.gpus.close(raise_errors=False)
 

@@ -20,8 +20,12 @@ how knobs are set. Two are provided, so the twin and a real node are two configu
 * ``TwinBackend``: the twin's ``GET /greenrl/state`` (simulated clock, per-GPU energy, knobs in force,
   ``reconfiguring``) and ``POST /greenrl/knobs`` for every knob;
 * ``GpuBackend``: wall clock, a ``GpuSet`` (NVML or ``FakeGpu``) for the energy counter and SM clock,
-  an optional admission proxy (``max_num_seqs`` as a cap, its queue counted as waiting) and an optional
+  an optional admission proxy (``max_num_seqs`` as a cap, its queue counted as waiting, its requests
+  pending a first token driving ``prefill_sm_clock_mhz``: ``greenrl.live.clock``) and an optional
   launcher (TP / replica changes by drain and restart, in a background thread).
+
+``prefill_clock_frac`` is the share of the interval's wall time the governor held the prefill clock (the
+simulator's is a share of busy time; see docs/live_node.md); 0 on the twin, whose state does not carry it.
 
 Public names: BackendReading, GpuBackend, LiveNode, LiveNodeError, NodeBackend, TwinBackend.
 """
@@ -44,6 +48,7 @@ from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSna
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import build_node, episode_workload
 from greenrl.errors import InputError
+from greenrl.live.clock import SmClockControl
 from greenrl.live.gpu import GpuSet
 from greenrl.live.loadgen import LoadGenerator, RequestSlo
 from greenrl.live.metrics import VllmMetrics, diff, scrape
@@ -68,6 +73,7 @@ class BackendReading:
         knobs: the configuration in force now (None if the backend cannot tell).
         reconfiguring: a TP / replica change is under way.
         queued: requests held in front of the server (admission proxy), not yet seen by it.
+        prefill_clock_s: cumulative server seconds at the prefill SM clock (None: the backend cannot tell).
     """
 
     server_time_s: float
@@ -75,6 +81,7 @@ class BackendReading:
     knobs: Knobs | None
     reconfiguring: bool
     queued: int = 0
+    prefill_clock_s: float | None = None
 
 
 class NodeBackend(Protocol):
@@ -119,6 +126,10 @@ class AdmissionControl(Protocol):
 
     def resume(self) -> None:
         """Admit again."""
+        ...
+
+    def set_on_pending(self, listener: Callable[[int], None] | None) -> None:
+        """Call ``listener(pending_first_token)`` now and on every change (None: no listener)."""
         ...
 
 
@@ -207,7 +218,9 @@ class GpuBackend:
     """A real node: wall clock, NVML energy and SM clock, optional admission proxy and launcher.
 
     ``max_num_seqs`` goes to the proxy as a cap of ``max_num_seqs x replicas`` requests in flight
-    (without a proxy it is logged and not applied). A TP or replica change runs ``launcher.restart`` in a
+    (without a proxy it is logged and not applied). A ``prefill_sm_clock_mhz`` > 0 goes to a governor fed
+    by the proxy (``SmClockControl``; without a proxy: logged, not applied, reported 0), whose time at the
+    prefill clock is ``prefill_clock_s``. A TP or replica change runs ``launcher.restart`` in a
     background thread (draining through the proxy when there is one, which is resumed afterwards);
     ``reconfiguring`` is true while it runs, and the new layout is reported in force once the server is
     healthy again (without a launcher the change is logged and not applied). The knobs reported in force
@@ -215,7 +228,7 @@ class GpuBackend:
 
     Args:
         gpus: the node's GPUs (``open_gpus(...)``, or ``FakeGpu``s); closed (clocks reset) by ``close``.
-        initial: the configuration the server was launched with.
+        initial: the configuration the server was launched with (a prefill clock starts at the first apply).
         proxy: the admission proxy in front of the server, if any.
         launcher: restarts the server in a new layout, if any.
         launch_overrides: knob values the restart command gets instead of the requested ones, e.g.
@@ -223,6 +236,9 @@ class GpuBackend:
         drain_timeout_s: longest proxy drain before a restart (s); on timeout the restart is not done.
         stop_server_on_close: ``close`` also stops the launcher's server (when this node started it).
         clock: monotonic wall clock (s).
+
+    Attributes:
+        sm_clocks: the ``SmClockControl`` (its ``governor`` while a prefill clock is applied).
     """
 
     time_scale = 1.0
@@ -247,7 +263,8 @@ class GpuBackend:
         self.drain_timeout_s = drain_timeout_s
         self.stop_server_on_close = stop_server_on_close
         self.clock = clock
-        self._knobs = initial
+        self._knobs = dataclasses.replace(initial, prefill_sm_clock_mhz=0)  # no governor runs yet
+        self.sm_clocks = SmClockControl(gpus, proxy, hint=" (pass GpuBackend a proxy)")
         self._restart: threading.Thread | None = None
         self.restart_error: BaseException | None = None
         if proxy is not None:
@@ -262,6 +279,7 @@ class GpuBackend:
             knobs=self._knobs,
             reconfiguring=self.restarting,
             queued=queued,
+            prefill_clock_s=self.sm_clocks.prefill_s,
         )
 
     @property
@@ -270,16 +288,19 @@ class GpuBackend:
         return self._restart is not None and self._restart.is_alive()
 
     def apply(self, knobs: Knobs) -> None:
-        """Lock the SM clock, set the proxy's cap, start a restart for a new layout (see the class doc).
+        """Set the SM clocks, the proxy's cap, start a restart for a new layout (see the class doc).
 
         Raises:
-            GpuError: NVML refused the clock (``GpuPermissionError``: root / CAP_SYS_ADMIN needed).
+            GpuError: NVML refused the clock (``GpuPermissionError``: root / CAP_SYS_ADMIN needed), here or
+                in the prefill-clock governor since the last call.
+            ClockRestoreError: the governor did not put the base clock back in time (at the last call).
         """
-        current = self._knobs
-        if knobs.sm_clock_mhz != current.sm_clock_mhz:
-            applied = self.gpus.lock_all(knobs.sm_clock_mhz)
-            if applied:
-                self._knobs = dataclasses.replace(self._knobs, sm_clock_mhz=int(applied[0]))
+        current, clock = self._knobs, self.sm_clocks
+        changed = [k for k in ("sm_clock_mhz", "prefill_sm_clock_mhz") if getattr(knobs, k) != getattr(current, k)]
+        clock.apply(knobs.sm_clock_mhz, knobs.prefill_sm_clock_mhz, changed)
+        base, prefill = clock.sm_clock_mhz, clock.prefill_sm_clock_mhz  # in force (base None: never locked)
+        base = current.sm_clock_mhz if base is None else base
+        self._knobs = dataclasses.replace(self._knobs, sm_clock_mhz=base, prefill_sm_clock_mhz=prefill)
         if (knobs.tp, knobs.replicas) != (current.tp, current.replicas):
             self._start_restart(knobs)
         if knobs.max_num_seqs != current.max_num_seqs or knobs.replicas != current.replicas:
@@ -316,9 +337,10 @@ class GpuBackend:
         self._restart.start()
 
     def close(self) -> None:
-        """Wait (bounded) for a restart under way, reset the clocks, close the GPUs; stop the server if owned."""
+        """Wait (bounded) for a restart, stop the clock governor, reset the clocks; stop the server if owned."""
         if self._restart is not None:
             self._restart.join(timeout=600.0)
+        self.sm_clocks.close()
         self.gpus.close(raise_errors=False)
         if self.stop_server_on_close and self.launcher is not None:
             self.launcher.stop()
@@ -637,11 +659,19 @@ class LiveNode:
             knobs=reading.knobs or self._requested,
             reconfiguring=reading.reconfiguring,
             reconfigurations=reconfigs,
+            prefill_clock_frac=_share(prev_r.prefill_clock_s, reading.prefill_clock_s, span_s),
         )
 
 
 def _count(value: float) -> int:
     return int(round(value)) if math.isfinite(value) else 0
+
+
+def _share(before_s: float | None, after_s: float | None, span_s: float) -> float:
+    """The share of ``span_s`` a cumulative time grew by, in [0, 1]; 0 if unknown."""
+    if before_s is None or after_s is None or span_s <= 0:
+        return 0.0
+    return min(max((after_s - before_s) / span_s, 0.0), 1.0)
 
 
 def _count_upto(times_s: Sequence[float], cut_s: float) -> int:

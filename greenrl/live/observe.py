@@ -261,6 +261,7 @@ class LiveObserver:
             "replicas": float(knobs["replicas"]),
             "max_num_seqs": float(knobs["max_num_seqs"]),
             "sm_clock_frac": knobs["sm_clock_mhz"] / self.max_sm_clock_mhz,
+            "prefill_sm_clock_frac": knobs.get("prefill_sm_clock_mhz", 0) / self.max_sm_clock_mhz,
             "time_of_day_sin": math.sin(2 * math.pi * hour / 24.0),
             "time_of_day_cos": math.cos(2 * math.pi * hour / 24.0),
         }

@@ -24,6 +24,12 @@ token per 4 characters of text, both counted at completion); per request, TTFT (
 the first token chunk sent on, proxy queueing included) and mean time between tokens; and, given a
 ``ProxySlo``, whether the request met it.
 
+``pending_first_token`` counts admission-controlled requests from arrival until their first token chunk
+is sent on (or they end without one): queued here, or upstream before the first token. A non-streamed
+request counts until its whole response, as the proxy cannot see its first token. A listener
+(``on_pending``, or ``set_on_pending``) hears every change, from the loop thread (keep it cheap): the
+signal of the prefill-clock governor (``greenrl.live.governor``).
+
 The proxy runs on its own asyncio loop in a background thread: ``start()`` returns its URL, ``stop()``
 ends it (open requests are cut). It binds 127.0.0.1 by default.
 
@@ -122,6 +128,7 @@ class _Track:
     token_events: int = 0
     usage: dict[str, Any] | None = None
     sent: bool = False  # a byte reached the client: no retry from here on
+    awaiting_first: bool = True  # counted in pending_first_token
 
 
 class _Retry(Exception):
@@ -219,6 +226,7 @@ class AdmissionProxy:
         connect_timeout_s: upstream connect timeout (s).
         read_timeout_s: longest silence from the upstream within a response (s); None: no limit.
         health_poll_s: time between two ``/health`` probes while waiting for the upstream (s).
+        on_pending: called with ``pending_first_token`` on every change, from the loop thread.
 
     Raises:
         InputError: on a cap below 1 or a non-http(s) URL.
@@ -237,6 +245,7 @@ class AdmissionProxy:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float | None = 3600.0,
         health_poll_s: float = 0.25,
+        on_pending: Callable[[int], None] | None = None,
     ) -> None:
         if not upstream_url.startswith(("http://", "https://")):
             raise InputError("AdmissionProxy", "upstream_url", f"{upstream_url!r} is not http(s)", "http://host:port")
@@ -250,6 +259,8 @@ class AdmissionProxy:
         self._c = _Counters()
         self._in_flight = 0
         self._waiting = 0
+        self._pending = 0  # requests pending their first token
+        self._on_pending = on_pending
         self._paused = False
         self._queue: deque[tuple[asyncio.Future[None], bool]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -408,6 +419,15 @@ class AdmissionProxy:
 
         return asyncio.run_coroutine_threadsafe(wait(), loop).result(timeout_s + 5.0)
 
+    def set_on_pending(self, listener: Callable[[int], None] | None) -> None:
+        """Call ``listener(pending_first_token)`` now and on every change (None: no listener)."""
+
+        def put() -> None:
+            self._on_pending = listener
+            self._pending_add(0)
+
+        self._on_loop(put)
+
     def stats(self) -> dict[str, Any]:
         """Cumulative counters since start, and the admission state now.
 
@@ -417,13 +437,14 @@ class AdmissionProxy:
         the SLO, plus requests failed by the upstream: a 5xx, a cut stream or retries used up),
         ``errors`` (upstream answered >= 400, or failed), ``cancelled`` (the client went away),
         ``retried``, ``output_tokens``, ``max_in_flight`` (high-water mark), ``cap``, ``paused``,
-        ``slo_judged`` (an SLO was given).
+        ``slo_judged`` (an SLO was given), ``pending_first_token`` (see the module docstring).
         ``arrived = queued + in_flight + finished + errors + cancelled`` at any instant.
         """
 
         def read() -> dict[str, Any]:
             out: dict[str, Any] = asdict(self._c)
             out.update(in_flight=self._in_flight, queued=self._waiting, cap=self._cap, paused=self._paused)
+            out["pending_first_token"] = self._pending
             out["slo_judged"] = self.slo is not None
             return out
 
@@ -448,6 +469,21 @@ class AdmissionProxy:
         if self._in_flight == 0 and self._idle is not None:
             self._idle.set()
         self._wake()
+
+    def _pending_add(self, delta: int) -> None:
+        self._pending += delta
+        listener = self._on_pending
+        if listener is not None:
+            try:
+                listener(self._pending)
+            except Exception:
+                logger.exception("the on_pending listener failed")
+
+    def _first_token_done(self, track: _Track) -> None:
+        """The request got its first token sent on, or ended: it leaves ``pending_first_token`` (once)."""
+        if track.awaiting_first:
+            track.awaiting_first = False
+            self._pending_add(-1)
 
     def _wake(self) -> None:
         while self._queue and self._room():
@@ -533,6 +569,7 @@ class AdmissionProxy:
         self._c.arrived += 1
         self._c.prompt_tokens += ids or 0
         self._waiting += 1
+        self._pending_add(1)
         outcome, status = "error", 0
         first_fail_at_s: float | None = None
         retries = 0
@@ -566,6 +603,7 @@ class AdmissionProxy:
             status = 502
             raise ConnectionError("response cut") from err
         finally:
+            self._first_token_done(track)
             self._account(track, outcome, status, body)
         return req.keep_alive
 
@@ -619,6 +657,7 @@ class AdmissionProxy:
                         now = loop.time()
                         if track.first_token_at_s is None:
                             track.first_token_at_s = now
+                            self._first_token_done(track)
                         track.last_token_at_s = now
                         track.token_events += tokens
                 track.usage = sse.usage

@@ -11,6 +11,10 @@ One call of ``run_until`` advances the whole node to ``t_end``:
   request is preempted, its blocks freed, and it is recomputed later from the front of the queue;
 * an iteration's latency and power come from ``step_scalar``, the compiled twin of
   ``greenrl.surrogate.model.step`` (a parity test keeps them equal);
+* with a prefill clock (``cfg[C_PREFILL_CLOCK_FRAC] > 0``) a replica runs at that clock while any of its
+  requests waits or prefills and at the base clock otherwise; each switch takes effect
+  ``cfg[C_SWITCH_S]`` after the iteration that asks for it (a governor watching the queue, as NVML
+  clock locking allows);
 * ``fast`` mode jumps over runs of pure-decode iterations whose batch does not change (no arrival,
   admission, prefill chunk, completion or KV-block shortage in between): their latency is exactly
   linear in the step index, so time and energy are summed in closed form.
@@ -56,17 +60,19 @@ N_SI = 9
 OFF, SERVING, DRAINING, LOADING = 0, 1, 2, 3
 # slot float columns
 SF_BUSY_UNTIL, SF_ACCOUNTED_TO, SF_READY_AT, SF_ENERGY_J, SF_BUSY_S, SF_RELOAD_W = range(6)
-N_SF = 6
+SF_CLOCK_NOW, SF_CLOCK_TARGET, SF_CLOCK_AT = 6, 7, 8  # the replica's clock under a prefill clock (fractions, s)
+N_SF = 9
 # node int state
 G_NEXT_ARRIVAL, G_PHEAD, G_PTAIL, G_PLEN = range(4)
 N_G = 4
 # config
-C_CLOCK_FRAC, C_MAX_SEQS, C_MAX_BATCHED, C_BLOCK, C_TBT_SLO = range(5)
-N_C = 5
+C_CLOCK_FRAC, C_MAX_SEQS, C_MAX_BATCHED, C_BLOCK, C_TBT_SLO, C_PREFILL_CLOCK_FRAC, C_SWITCH_S = range(7)
+N_C = 7
 # interval counters
 K_ARRIVED, K_PROMPT_IN, K_TOKENS_OUT, K_PREFILL_TOKENS, K_FINISHED, K_SLO_MET, K_PREEMPTIONS = range(7)
 K_ITERATIONS, K_TTFT_SUM, K_TBT_SUM, K_REJECTED, K_FIRST_TOKENS, K_SCHEDULES = 7, 8, 9, 10, 11, 12
-N_K = 13
+K_PREFILL_CLOCK_S, K_BUSY_S = 13, 14  # busy replica-seconds at the prefill clock, and in all
+N_K = 15
 # return codes of run_until
 DONE, SLOT_DRAINED = 0, 1
 
@@ -284,6 +290,39 @@ def _account_idle(s: int, until: float, slot_f: np.ndarray, slot_i: np.ndarray, 
 
 
 @njit(cache=True)
+def _replica_clock(s: int, t0: float, prefill_pending: bool, slot_f: np.ndarray, cfg: np.ndarray) -> tuple[float, bool]:
+    """The clock of an iteration starting at ``t0``, and whether the replica wants its base clock.
+
+    Without a prefill clock this is the base clock. With one, the replica wants the prefill clock
+    while a request waits or prefills and the base clock otherwise; a change of what it wants takes
+    effect ``C_SWITCH_S`` later, and until then the previous clock holds.
+    """
+    base = cfg[C_CLOCK_FRAC]
+    high = cfg[C_PREFILL_CLOCK_FRAC]
+    if high <= 0.0:
+        slot_f[s, SF_CLOCK_NOW] = base
+        slot_f[s, SF_CLOCK_TARGET] = base
+        slot_f[s, SF_CLOCK_AT] = -1.0
+        return base, True
+    if slot_f[s, SF_CLOCK_NOW] <= 0.0:
+        slot_f[s, SF_CLOCK_NOW] = base
+        slot_f[s, SF_CLOCK_TARGET] = base
+        slot_f[s, SF_CLOCK_AT] = -1.0
+    if slot_f[s, SF_CLOCK_AT] >= 0.0 and t0 >= slot_f[s, SF_CLOCK_AT]:
+        slot_f[s, SF_CLOCK_NOW] = slot_f[s, SF_CLOCK_TARGET]
+        slot_f[s, SF_CLOCK_AT] = -1.0
+    want = high if prefill_pending else base
+    if want != slot_f[s, SF_CLOCK_TARGET]:
+        slot_f[s, SF_CLOCK_TARGET] = want
+        if cfg[C_SWITCH_S] <= 0.0:
+            slot_f[s, SF_CLOCK_NOW] = want
+            slot_f[s, SF_CLOCK_AT] = -1.0
+        else:
+            slot_f[s, SF_CLOCK_AT] = t0 + cfg[C_SWITCH_S]
+    return slot_f[s, SF_CLOCK_NOW], not prefill_pending
+
+
+@njit(cache=True)
 def _iterate(
     s: int,
     t0: float,
@@ -383,7 +422,7 @@ def _iterate(
             slot_i[s, SI_OUTSTANDING] -= 1
             cnt[K_REJECTED] += 1.0
         return
-    clock = cfg[C_CLOCK_FRAC]
+    clock, want_base = _replica_clock(s, t0, prefill > 0.0 or slot_i[s, SI_QLEN] > 0, slot_f, cfg)
     lat0, pow0 = step_scalar(v, prefill, pairs, float(decodes), ctx, clock)
     steps = 1
     total_s = lat0
@@ -398,6 +437,13 @@ def _iterate(
     # changes first at a completion. Jumps stop one step before a completion, so the router sees the
     # same outstanding counts as in exact mode.
     bound = t_limit if full else min(t_limit, t_arrival)
+    if cfg[C_PREFILL_CLOCK_FRAC] > 0.0:
+        # The clock must hold over a jump: stop at a pending switch, and at an arrival that could
+        # raise it (an arrival queues even at a full replica).
+        if slot_f[s, SF_CLOCK_AT] > t0:
+            bound = min(bound, slot_f[s, SF_CLOCK_AT])
+        if want_base:
+            bound = min(bound, t_arrival)
     if can_jump:
         lat1, _ = step_scalar(v, 0.0, 0.0, float(decodes), ctx + decodes, clock)
         slope = lat1 - lat0
@@ -446,6 +492,9 @@ def _iterate(
     cnt[K_ITERATIONS] += steps
     cnt[K_SCHEDULES] += 1.0
     cnt[K_PREFILL_TOKENS] += prefill
+    cnt[K_BUSY_S] += total_s
+    if cfg[C_PREFILL_CLOCK_FRAC] > 0.0 and clock == cfg[C_PREFILL_CLOCK_FRAC] and clock != cfg[C_CLOCK_FRAC]:
+        cnt[K_PREFILL_CLOCK_S] += total_s
     for j in range(slot_i[s, SI_NRUN]):
         rid = run_ids[s, j]
         c = chunk[rid]

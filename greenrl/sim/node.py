@@ -6,6 +6,8 @@ configuration, what reconfiguring really costs, SLOs and per-interval reporting.
 Reconfiguration costs:
 
 * SM clock: takes effect ``clock_latency_s`` after ``apply`` (NVML clock locking), no interruption.
+* prefill SM clock: the governor's setting changes at once; each replica's switch between it and the
+  base clock (when requests start or stop waiting/prefilling) takes ``clock_latency_s``.
 * ``max_num_seqs`` / ``max_num_batched_tokens``: a restart-only flag in vLLM, modelled as an admission
   cap enforced in front of the server: instant for new admissions, running requests drain naturally.
 * ``tp`` or replica count: affected replicas stop admitting; their running requests either finish
@@ -162,6 +164,11 @@ class SimNode:
         if knobs.max_num_batched_tokens < 16:
             raise InputError(where, "max_num_batched_tokens", "below 16", "use 512 or more")
         self.gpu.check_clock(knobs.sm_clock_mhz, where)
+        if knobs.prefill_sm_clock_mhz:
+            try:
+                self.gpu.check_clock(knobs.prefill_sm_clock_mhz, where)
+            except InputError as err:
+                raise InputError(where, "prefill_sm_clock_mhz", err.problem, f"{err.fix}, or 0 for none") from None
 
     # ------------------------------------------------------------------------------------- state
 
@@ -233,6 +240,8 @@ class SimNode:
                 knobs.max_num_batched_tokens,
                 self.config.block_tokens,
                 self.config.slo.tbt_mean_s,
+                knobs.prefill_sm_clock_mhz / self.gpu.max_sm_clock_mhz,
+                self.config.clock_latency_s,
             ]
         )
 
@@ -257,7 +266,10 @@ class SimNode:
         if (knobs.tp, knobs.replicas) != (current.tp, current.replicas):
             self._reshape(knobs)
         self.knobs = replace(
-            self.knobs, max_num_seqs=knobs.max_num_seqs, max_num_batched_tokens=knobs.max_num_batched_tokens
+            self.knobs,
+            max_num_seqs=knobs.max_num_seqs,
+            max_num_batched_tokens=knobs.max_num_batched_tokens,
+            prefill_sm_clock_mhz=knobs.prefill_sm_clock_mhz,
         )
         self._reconfigs += int(changed)
 
@@ -409,6 +421,7 @@ class SimNode:
                 np.any(np.isin(self.slot_i[:, K.SI_STATUS], (K.LOADING, K.DRAINING))) or self._target is not None
             ),
             reconfigurations=0,
+            prefill_clock_frac=float(c[K.K_PREFILL_CLOCK_S] / c[K.K_BUSY_S]) if c[K.K_BUSY_S] > 0 else 0.0,
         )
 
     # ---------------------------------------------------------------------------------- requests

@@ -1,0 +1,233 @@
+"""Phase-aware SM clock on a real node: the prefill clock while any request waits for its first token.
+
+Why: prefill is compute-bound and sets TTFT, decode is memory-bound and loses little at a lower SM clock.
+The ``prefill_sm_clock_mhz`` knob asks for one clock while any request waits or prefills and the base
+clock (``sm_clock_mhz``) otherwise. The simulator decides that per replica; on a real node the only signal
+is the admission proxy's count of requests pending their first token (node-wide: one clock for all GPUs).
+
+The proxy reports every change of that count from its asyncio loop, where nothing may block, and an NVML
+clock lock takes milliseconds. So ``on_pending`` only records the count and wakes one worker thread, which:
+
+* applies only the latest wanted clock (a burst of changes coalesces into at most one lock);
+* never locks the clock it already locked;
+* waits ``min_interval_s`` between two locks (``Gpu.lock_sm_clock`` silently ignores faster changes, so
+  the governor defers instead of losing a switch);
+* survives a failing lock: the error is logged once per error type, kept in ``last_error`` (and handed
+  to ``pop_error`` for the caller's fallback logic) and the lock is tried again after ``retry_s``.
+
+Public names: PrefillClockGovernor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["PrefillClockGovernor"]
+
+logger = logging.getLogger(__name__)
+
+
+class PrefillClockGovernor:
+    """Lock ``prefill_mhz`` while requests are pending their first token, ``base_mhz`` otherwise.
+
+    Wanted clock: ``prefill_mhz`` if ``prefill_mhz > 0`` and the pending count > 0, else ``base_mhz``.
+    Nothing is locked before the first ``configure``.
+
+    Args:
+        lock: ``lock(clock_mhz)`` locks every GPU's SM clock (``GpuSet.lock_all``); called from the
+            worker thread only, never twice at once.
+        min_interval_s: fewest seconds between two locks (the GPUs' own rate limit).
+        retry_s: wait before a failed lock is tried again (s); a new ``configure`` tries at once.
+        locked_mhz: the clock already locked when the governor starts (None: unknown); when given, the
+            first switch away from it also waits ``min_interval_s`` (the caller may just have locked it).
+        clock: monotonic time source (s), for the rate limit and ``prefill_s``.
+
+    Attributes:
+        switches: locks applied (every one changed the clock).
+        last_error: the last exception ``lock`` raised (kept after a later success; see ``pop_error``).
+    """
+
+    def __init__(
+        self,
+        lock: Callable[[int], object],
+        *,
+        min_interval_s: float = 0.0,
+        retry_s: float = 1.0,
+        locked_mhz: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lock_fn = lock
+        self.min_interval_s, self.retry_s = float(min_interval_s), float(retry_s)
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._base_mhz = 0
+        self._prefill_mhz = 0
+        self._configured = False
+        self._pending = 0
+        self._locked_mhz = locked_mhz
+        now_s = clock()
+        self._switch_gate_s = now_s + self.min_interval_s if locked_mhz is not None else -float("inf")
+        self._retry_gate_s = -float("inf")
+        self._busy = False
+        self._closed = False
+        self.switches = 0
+        self.failures = 0
+        self.last_error: Exception | None = None
+        self._fresh_error: Exception | None = None
+        self._logged_types: set[type[Exception]] = set()
+        self._at_prefill = False
+        self._since_s = now_s
+        self._prefill_total_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="greenrl-prefill-clock", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------ inputs
+
+    def configure(self, base_mhz: int, prefill_mhz: int) -> None:
+        """Set the base clock and the prefill clock (0: off, always ``base_mhz``), MHz."""
+        with self._cond:
+            self._base_mhz, self._prefill_mhz = int(base_mhz), int(prefill_mhz)
+            self._configured = True
+            self._retry_gate_s = -float("inf")
+            self._tally(self._clock())
+            self._cond.notify_all()
+
+    def on_pending(self, count: int) -> None:
+        """Record the number of requests pending their first token; cheap, never blocks on NVML."""
+        with self._cond:
+            self._pending = count
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------------------------ state
+
+    @property
+    def pending(self) -> int:
+        """The last pending count reported."""
+        return self._pending
+
+    @property
+    def locked_mhz(self) -> int | None:
+        """The clock the governor last locked (or was told is locked), MHz; None if unknown."""
+        return self._locked_mhz
+
+    @property
+    def wanted_mhz(self) -> int | None:
+        """The clock wanted now, MHz; None before ``configure``."""
+        with self._cond:
+            return self._wanted_mhz()
+
+    @property
+    def prefill_s(self) -> float:
+        """Seconds spent at the prefill clock (locked, and different from the base clock)."""
+        with self._cond:
+            extra_s = self._clock() - self._since_s if self._at_prefill else 0.0
+            return self._prefill_total_s + extra_s
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for logs: ``switches``, ``failures``, ``prefill_s``, ``locked_mhz``, ``pending``, ``last_error``."""
+        err = self.last_error
+        return {
+            "switches": self.switches,
+            "failures": self.failures,
+            "prefill_s": self.prefill_s,
+            "locked_mhz": self._locked_mhz,
+            "pending": self._pending,
+            "last_error": None if err is None else f"{type(err).__name__}: {err}",
+        }
+
+    def pop_error(self) -> Exception | None:
+        """The error of the last lock attempt if it failed and was not popped yet (then cleared)."""
+        with self._cond:
+            err, self._fresh_error = self._fresh_error, None
+            return err
+
+    def settle(self, timeout_s: float) -> bool:
+        """Wait until the wanted clock is locked; False on a failed lock, on close or after ``timeout_s``."""
+        deadline_s = time.monotonic() + timeout_s
+        with self._cond:
+            failures = self.failures
+            while True:
+                want = self._wanted_mhz()
+                if want is None or (want == self._locked_mhz and not self._busy):
+                    return True
+                left_s = deadline_s - time.monotonic()
+                if self.failures != failures or self._closed or left_s <= 0:
+                    return False
+                self._cond.wait(left_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the worker (a lock under way finishes first); the clock stays as it is. Idempotent."""
+        with self._cond:
+            if not self._closed:
+                self._closed = True
+                self._tally(self._clock())
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+
+    # ------------------------------------------------------------------------------------ worker
+
+    def _wanted_mhz(self) -> int | None:
+        if not self._configured:
+            return None
+        return self._prefill_mhz if self._prefill_mhz > 0 and self._pending > 0 else self._base_mhz
+
+    def _tally(self, now_s: float) -> None:
+        """Close the time segment at the clock in force and start the next one (under the lock)."""
+        if self._at_prefill:
+            self._prefill_total_s += now_s - self._since_s
+        self._since_s = now_s
+        prefill = self._prefill_mhz
+        self._at_prefill = not self._closed and prefill > 0 and self._locked_mhz == prefill != self._base_mhz
+
+    def _next_clock(self) -> int | None:
+        """Wait (under the lock) until a clock must be locked now; None once closed."""
+        while not self._closed:
+            want = self._wanted_mhz()
+            if want is None or want == self._locked_mhz:
+                self._cond.wait()
+                continue
+            delay_s = max(self._switch_gate_s, self._retry_gate_s) - self._clock()
+            if delay_s > 0:
+                self._cond.wait(delay_s)
+                continue
+            return want
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                want = self._next_clock()
+                if want is None:
+                    return
+                self._busy = True
+            try:
+                self._lock_fn(want)
+            except Exception as err:  # noqa: BLE001 - kept for the caller; the worker goes on
+                self._failed(want, err)
+            else:
+                with self._cond:
+                    now_s = self._clock()
+                    self._locked_mhz = want
+                    self._switch_gate_s = now_s + self.min_interval_s
+                    self._fresh_error = None
+                    self.switches += 1
+                    self._tally(now_s)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _failed(self, want_mhz: int, err: Exception) -> None:
+        with self._cond:
+            self.failures += 1
+            self.last_error = self._fresh_error = err
+            self._retry_gate_s = self._clock() + self.retry_s
+            first = type(err) not in self._logged_types
+            self._logged_types.add(type(err))
+        msg = "prefill clock governor: locking %d MHz failed (%s: %s); retrying every %.1f s"
+        (logger.warning if first else logger.debug)(msg, want_mhz, type(err).__name__, err, self.retry_s)

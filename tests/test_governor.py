@@ -1,0 +1,304 @@
+"""The prefill-clock governor, and ``ServerApplier`` honouring ``prefill_sm_clock_mhz`` through the proxy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenrl.live.appliers import ServerApplier, TwinApplier
+from greenrl.live.governor import PrefillClockGovernor
+from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
+from greenrl.live.launcher import ServerLauncher
+from greenrl.live.observe import TwinGpu
+from greenrl.live.proxy import AdmissionProxy
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE, PREFILL = 1005, 1980
+
+
+class _Locks:
+    """A ``lock`` callable that records the clocks, optionally slow or failing."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.clocks: list[int] = []
+        self.times_s: list[float] = []
+        self.delay_s = delay_s
+        self.errors: list[Exception] = []
+
+    def __call__(self, clock_mhz: int) -> None:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.errors:
+            raise self.errors.pop(0)
+        self.clocks.append(clock_mhz)
+        self.times_s.append(time.monotonic())
+
+
+@pytest.fixture
+def governors() -> Iterator[Any]:
+    made: list[PrefillClockGovernor] = []
+
+    def make(lock: Any, **kw: Any) -> PrefillClockGovernor:
+        gov = PrefillClockGovernor(lock, **kw)
+        made.append(gov)
+        return gov
+
+    try:
+        yield make
+    finally:
+        for gov in made:
+            gov.close()
+
+
+def _wait(pred: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------------------------ the governor
+
+
+def test_prefill_clock_while_pending_and_base_clock_at_zero(governors: Any) -> None:
+    t = [0.0]
+    locks = _Locks()
+    gov = governors(locks, clock=lambda: t[0])
+    gov.on_pending(3)
+    time.sleep(0.05)
+    assert locks.clocks == []  # nothing before configure
+    gov.configure(BASE, PREFILL)
+    assert gov.settle(5.0) and locks.clocks == [PREFILL]
+    t[0] = 4.0
+    gov.on_pending(0)
+    assert gov.settle(5.0) and locks.clocks == [PREFILL, BASE]
+    t[0] = 10.0
+    gov.on_pending(1)
+    assert gov.settle(5.0) and locks.clocks == [PREFILL, BASE, PREFILL]
+    t[0] = 11.5
+    assert gov.switches == 3 and gov.locked_mhz == PREFILL
+    assert gov.prefill_s == pytest.approx(4.0 + 1.5)  # 0 -> 4 s, then 10 -> 11.5 s at the prefill clock
+    gov.configure(1395, PREFILL)  # a new base clock while pending: the prefill clock stays
+    gov.on_pending(0)
+    assert gov.settle(5.0) and locks.clocks[-1] == 1395 and gov.stats()["switches"] == 4
+
+
+def test_a_burst_coalesces_and_never_blocks_the_caller(governors: Any) -> None:
+    locks = _Locks(delay_s=0.02)  # NVML takes milliseconds
+    gov = governors(locks)
+    gov.configure(BASE, PREFILL)
+    assert gov.settle(5.0)
+    t0 = time.perf_counter()
+    for k in range(1000):
+        gov.on_pending(k % 3)  # 0, 1, 2, 0, 1, 2, ...: the wanted clock flips 667 times
+    elapsed_s = time.perf_counter() - t0
+    gov.on_pending(2)
+    assert gov.settle(5.0)
+    assert elapsed_s < 0.5  # 1000 reports never waited on a 20 ms lock
+    assert len(locks.clocks) <= 10 and locks.clocks[-1] == PREFILL == gov.locked_mhz
+    assert all(a != b for a, b in zip(locks.clocks, locks.clocks[1:], strict=False))  # no re-lock
+
+
+def test_the_clock_already_locked_is_never_locked_again(governors: Any) -> None:
+    locks = _Locks()
+    gov = governors(locks)
+    gov.configure(BASE, PREFILL)
+    assert gov.settle(5.0)
+    for count in (1, 2, 5, 1):
+        gov.on_pending(count)
+        assert gov.settle(5.0)
+    gov.configure(BASE, PREFILL)
+    time.sleep(0.05)
+    assert gov.settle(5.0) and locks.clocks == [BASE, PREFILL]
+
+
+def test_off_never_switches(governors: Any) -> None:
+    locks = _Locks()
+    gov = governors(locks)
+    gov.configure(1395, 0)
+    for count in (4, 0, 7, 1):
+        gov.on_pending(count)
+        time.sleep(0.01)
+    assert gov.settle(5.0) and locks.clocks == [1395] and gov.prefill_s == 0.0
+
+
+def test_a_failing_lock_is_kept_logged_once_and_retried(governors: Any, caplog: pytest.LogCaptureFixture) -> None:
+    locks = _Locks()
+    boom = GpuError(0, "lock_sm_clock", "NVML said no", "check the driver")
+    locks.errors = [boom, GpuError(0, "lock_sm_clock", "again", "-"), RuntimeError("other")]
+    gov = governors(locks, retry_s=0.3)
+    with caplog.at_level(logging.DEBUG, logger="greenrl.live.governor"):
+        gov.configure(BASE, PREFILL)
+        _wait(lambda: gov.failures == 1)
+        assert gov.pop_error() is boom and gov.pop_error() is None
+        assert not gov.settle(5.0)  # the next try, 0.3 s later, fails too
+        _wait(lambda: locks.clocks == [BASE])  # tried again until it worked: the worker lives on
+    assert gov.failures == 3 and isinstance(gov.last_error, RuntimeError) and gov.pop_error() is None
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2  # once per error type (GpuError, RuntimeError)
+    gov.on_pending(1)
+    assert gov.settle(5.0) and locks.clocks == [BASE, PREFILL]
+
+
+def test_switches_wait_for_the_gpus_rate_limit(governors: Any) -> None:
+    locks = _Locks()
+    t0 = time.monotonic()
+    gov = governors(locks, min_interval_s=0.2, locked_mhz=BASE)  # the caller just locked BASE
+    gov.configure(BASE, PREFILL)
+    gov.on_pending(1)
+    assert gov.settle(5.0) and locks.clocks == [PREFILL] and locks.times_s[0] - t0 >= 0.2
+    gov.on_pending(0)
+    gov.on_pending(1)
+    gov.on_pending(0)
+    assert gov.settle(5.0) and locks.clocks == [PREFILL, BASE]
+    assert locks.times_s[1] - locks.times_s[0] >= 0.2  # deferred, not dropped
+
+
+def test_close_stops_the_worker(governors: Any) -> None:
+    locks = _Locks()
+    gov = governors(locks)
+    gov.configure(BASE, PREFILL)
+    assert gov.settle(5.0)
+    gov.close()
+    gov.close()
+    gov.on_pending(5)
+    time.sleep(0.05)
+    assert locks.clocks == [BASE] and not gov._thread.is_alive()
+
+
+# ------------------------------------------------------------------------------------------ ServerApplier
+
+
+KNOBS = {"tp": 1, "replicas": 1, "max_num_seqs": 8, "sm_clock_mhz": BASE, "prefill_sm_clock_mhz": PREFILL}
+
+
+def _stream(url: str) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def run() -> None:
+        body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()
+        req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=20.0) as r:
+            out.append(r.read())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_server_applier_locks_the_prefill_clock_until_the_first_token(gated_upstream: Any) -> None:
+    gpu = FakeGpu(0, min_interval_s=0.0)
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    applier = ServerApplier(GpuSet([gpu]), proxy=proxy)
+    try:
+        assert applier.apply(KNOBS, list(KNOBS)) == ["sm_clock_mhz", "prefill_sm_clock_mhz", "max_num_seqs"]
+        assert applier.governor is not None
+        _wait(lambda: gpu.locked_sm_clock_mhz == BASE)  # idle: the base clock
+        client, out = _stream(proxy.url)
+        _wait(lambda: gpu.locked_sm_clock_mhz == PREFILL)  # a request awaits its first token
+        time.sleep(0.1)
+        assert gpu.locked_sm_clock_mhz == PREFILL and gated_upstream.posts == 1
+        gated_upstream.finish.clear()
+        gated_upstream.release.set()  # the first token; the stream then holds
+        _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
+        assert proxy.stats()["in_flight"] == 1  # the base clock while the request decodes
+        gated_upstream.finish.set()
+        client.join(timeout=10.0)
+        assert out and b"[DONE]" in out[0]
+        assert gpu.calls == [("lock", BASE), ("lock", PREFILL), ("lock", BASE)]
+        assert applier.governor.switches == 3 and applier.governor.prefill_s > 0.1
+        # back to 0: the governor stops and the clock is locked directly again, at once
+        off = {**KNOBS, "prefill_sm_clock_mhz": 0}
+        assert applier.apply(off, ["prefill_sm_clock_mhz"]) == ["prefill_sm_clock_mhz"]
+        assert applier.governor is None and len(gpu.calls) == 3
+        assert applier.apply({**off, "sm_clock_mhz": 1395}, ["sm_clock_mhz"]) == ["sm_clock_mhz"]
+        assert gpu.calls[-1] == ("lock", 1395)
+        applier.apply(KNOBS, ["sm_clock_mhz", "prefill_sm_clock_mhz"])  # a governor again, closed by close()
+        _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
+    finally:
+        applier.close(None)
+    assert applier.governor is None and gpu.calls[-1] == ("reset", None)
+
+
+def test_server_applier_leaving_the_prefill_clock_restores_the_base_clock(gated_upstream: Any) -> None:
+    gpu = FakeGpu(0, min_interval_s=0.0)
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    applier = ServerApplier(GpuSet([gpu]), proxy=proxy)
+    try:
+        applier.apply(KNOBS, list(KNOBS))
+        client, _ = _stream(proxy.url)
+        _wait(lambda: gpu.locked_sm_clock_mhz == PREFILL)
+        applier.apply({**KNOBS, "prefill_sm_clock_mhz": 0}, ["prefill_sm_clock_mhz"])  # while still pending
+        assert gpu.locked_sm_clock_mhz == BASE and applier.governor is None
+        gated_upstream.release.set()
+        client.join(timeout=10.0)
+    finally:
+        applier.close(None)
+
+
+def test_server_applier_raises_a_governor_fault_at_the_next_apply(gated_upstream: Any) -> None:
+    gpu = FakeGpu(0, min_interval_s=0.0)
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    applier = ServerApplier(GpuSet([gpu]), proxy=proxy)
+    try:
+        applier.apply(KNOBS, list(KNOBS))
+        _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
+        gpu.fail("lock", GpuError(0, "lock_sm_clock", "fell off the bus", "reboot"))
+        client, _ = _stream(proxy.url)
+        assert applier.governor is not None
+        _wait(lambda: applier.governor is not None and applier.governor.failures >= 1)
+        with pytest.raises(GpuError, match="fell off the bus"):
+            applier.apply(KNOBS, [])
+        gated_upstream.release.set()
+        client.join(timeout=10.0)
+    finally:
+        applier.close(None)
+
+
+def test_server_applier_without_a_proxy_keeps_the_base_clock(caplog: pytest.LogCaptureFixture) -> None:
+    gpu = FakeGpu(0, min_interval_s=0.0)
+    applier = ServerApplier(GpuSet([gpu]))
+    try:
+        with caplog.at_level(logging.WARNING, logger="greenrl.live.appliers"):
+            assert applier.apply(KNOBS, list(KNOBS)) == ["sm_clock_mhz"]
+            assert applier.apply(KNOBS, ["prefill_sm_clock_mhz"]) == []
+        assert applier.governor is None and gpu.calls == [("lock", BASE)]  # at once, no governor
+        said = [r.getMessage() for r in caplog.records if "prefill_sm_clock_mhz" in r.getMessage()]
+        assert said == [
+            f"would apply prefill_sm_clock_mhz={PREFILL}: no admission proxy (run the controller with --proxy-port)"
+        ]
+    finally:
+        applier.close(None)
+
+
+# ------------------------------------------------------------------------------------------ the twin
+
+
+def test_the_twin_takes_the_knob_at_start_and_over_http(tmp_path: Path) -> None:
+    command = "{python} -m greenrl.twin --port {port} --scenario tiny --prefill-sm-clock-mhz 1980 --log-level WARNING"
+    launcher = ServerLauncher(command, port=0, log_path=tmp_path / "twin.log", health_timeout_s=30.0)
+    launcher.start({})
+    try:
+        applier = TwinApplier(TwinGpu(launcher.url))
+        current = applier.current()
+        assert current is not None and current["prefill_sm_clock_mhz"] == 1980
+        assert applier.apply({"prefill_sm_clock_mhz": 0}, ["prefill_sm_clock_mhz"]) == ["prefill_sm_clock_mhz"]
+        assert (applier.current() or {})["prefill_sm_clock_mhz"] == 0
+    finally:
+        launcher.close()
+    bad = [sys.executable, "-m", "greenrl.twin", "--scenario", "tiny", "--prefill-sm-clock-mhz", "1234"]
+    proc = subprocess.run(bad, cwd=ROOT, capture_output=True, text=True, timeout=60.0, check=False)
+    assert proc.returncode == 2 and "--prefill-sm-clock-mhz" in proc.stderr
