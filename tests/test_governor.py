@@ -196,6 +196,19 @@ def _stream(url: str) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
+@pytest.fixture
+def proxied(gated_upstream: Any) -> Iterator[tuple[FakeGpu, ServerApplier, AdmissionProxy]]:
+    """A ServerApplier over one FakeGpu (no rate limit) and a real proxy before the gated stand-in."""
+    gpu = FakeGpu(0, min_interval_s=0.0)
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    applier = ServerApplier(GpuSet([gpu]), proxy=proxy)
+    try:
+        yield gpu, applier, proxy
+    finally:
+        applier.close(None)
+
+
 def test_server_applier_locks_the_prefill_clock_until_the_first_token(gated_upstream: Any) -> None:
     gpu = FakeGpu(0, min_interval_s=0.0)
     proxy = AdmissionProxy(gated_upstream.url)
@@ -231,41 +244,29 @@ def test_server_applier_locks_the_prefill_clock_until_the_first_token(gated_upst
     assert applier.governor is None and gpu.calls[-1] == ("reset", None)
 
 
-def test_server_applier_leaving_the_prefill_clock_restores_the_base_clock(gated_upstream: Any) -> None:
-    gpu = FakeGpu(0, min_interval_s=0.0)
-    proxy = AdmissionProxy(gated_upstream.url)
-    proxy.start()
-    applier = ServerApplier(GpuSet([gpu]), proxy=proxy)
-    try:
-        applier.apply(KNOBS, list(KNOBS))
-        client, _ = _stream(proxy.url)
-        _wait(lambda: gpu.locked_sm_clock_mhz == PREFILL)
-        applier.apply({**KNOBS, "prefill_sm_clock_mhz": 0}, ["prefill_sm_clock_mhz"])  # while still pending
-        assert gpu.locked_sm_clock_mhz == BASE and applier.governor is None
-        gated_upstream.release.set()
-        client.join(timeout=10.0)
-    finally:
-        applier.close(None)
+def test_server_applier_leaving_the_prefill_clock_restores_the_base_clock(proxied: Any, gated_upstream: Any) -> None:
+    gpu, applier, proxy = proxied
+    applier.apply(KNOBS, list(KNOBS))
+    client, _ = _stream(proxy.url)
+    _wait(lambda: gpu.locked_sm_clock_mhz == PREFILL)
+    applier.apply({**KNOBS, "prefill_sm_clock_mhz": 0}, ["prefill_sm_clock_mhz"])  # while still pending
+    assert gpu.locked_sm_clock_mhz == BASE and applier.governor is None
+    gated_upstream.release.set()
+    client.join(timeout=10.0)
 
 
-def test_server_applier_raises_a_governor_fault_at_the_next_apply(gated_upstream: Any) -> None:
-    gpu = FakeGpu(0, min_interval_s=0.0)
-    proxy = AdmissionProxy(gated_upstream.url)
-    proxy.start()
-    applier = ServerApplier(GpuSet([gpu]), proxy=proxy)
-    try:
-        applier.apply(KNOBS, list(KNOBS))
-        _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
-        gpu.fail("lock", GpuError(0, "lock_sm_clock", "fell off the bus", "reboot"))
-        client, _ = _stream(proxy.url)
-        assert applier.governor is not None
-        _wait(lambda: applier.governor is not None and applier.governor.failures >= 1)
-        with pytest.raises(GpuError, match="fell off the bus"):
-            applier.apply(KNOBS, [])
-        gated_upstream.release.set()
-        client.join(timeout=10.0)
-    finally:
-        applier.close(None)
+def test_server_applier_raises_a_governor_fault_at_the_next_apply(proxied: Any, gated_upstream: Any) -> None:
+    gpu, applier, proxy = proxied
+    applier.apply(KNOBS, list(KNOBS))
+    _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
+    gpu.fail("lock", GpuError(0, "lock_sm_clock", "fell off the bus", "reboot"))
+    client, _ = _stream(proxy.url)
+    assert applier.governor is not None
+    _wait(lambda: applier.governor is not None and applier.governor.failures >= 1)
+    with pytest.raises(GpuError, match="fell off the bus"):
+        applier.apply(KNOBS, [])
+    gated_upstream.release.set()
+    client.join(timeout=10.0)
 
 
 def test_server_applier_without_a_proxy_keeps_the_base_clock(caplog: pytest.LogCaptureFixture) -> None:
