@@ -463,7 +463,7 @@ def build_controller(
     """The controller the CLI's arguments describe (``sleep``: see ``ServingController``)."""
     from greenrl.catalog import load_gpu
     from greenrl.env.scenario import load_scenario
-    from greenrl.live.gpu import open_gpus
+    from greenrl.live.gpu import DEFAULT_MIN_INTERVAL_S, open_gpus
     from greenrl.policy import load_controller
 
     if not args.interval_s > 0 or not math.isfinite(args.interval_s):
@@ -517,7 +517,8 @@ def build_controller(
         min_interval_s = args.clock_min_interval_s
         if min_interval_s is None:
             # a phase-aware policy was trained with 50 ms clock switches; a plain one changes the clock per interval
-            min_interval_s = PREFILL_CLOCK_MIN_INTERVAL_S if "prefill_sm_clock_mhz" in policy.knob_names else 1.0
+            phase_aware = "prefill_sm_clock_mhz" in policy.knob_names
+            min_interval_s = PREFILL_CLOCK_MIN_INTERVAL_S if phase_aware else DEFAULT_MIN_INTERVAL_S
         if not (math.isfinite(min_interval_s) and min_interval_s >= 0):
             raise InputError("--clock-min-interval-s", "min_interval_s", f"{min_interval_s} is not >= 0", "e.g. 0.05")
         gpu_set = open_gpus(indices, backend, min_interval_s=min_interval_s)  # type: ignore[arg-type]
