@@ -295,26 +295,23 @@ class PlannerBaseline(_SurrogateBaseline):
                 service_s = float(
                     rep.step(StepBatch(prompt_tokens, prompt_tokens**2 / 2.0, batch, batch * ctx), clock).latency_s
                 )
-                mns = seqs[-1]  # the steady state is the same under any cap >= B: keep the least restrictive
                 if ttft_quantile_s(service_s, rate_rps / r, self.ttft_quantile) <= ttft_limit:
-                    power = r * float(np.asarray(ss.power_w)[i, j]) + (gpus - tp * r) * idle_w
-                    knobs = self.with_knobs(
-                        self.env.initial, tp=tp, replicas=r, sm_clock_mhz=int(clock), max_num_seqs=mns
-                    )
-                    options.append(PlanOption(knobs, power, batch))
-                    continue
-                boosted = self._boosted(rep, clock, batch, prompt_tokens, output_tokens, rate_rps / r, ttft_limit)
-                if boosted is not None:
+                    boost, replica_w = 0, float(np.asarray(ss.power_w)[i, j])
+                else:
+                    boosted = self._boosted(rep, clock, batch, prompt_tokens, output_tokens, rate_rps / r, ttft_limit)
+                    if boosted is None:
+                        continue
                     boost, replica_w = boosted
-                    knobs = self.with_knobs(
-                        self.env.initial,
-                        tp=tp,
-                        replicas=r,
-                        sm_clock_mhz=int(clock),
-                        max_num_seqs=mns,
-                        prefill_sm_clock_mhz=boost,
-                    )
-                    options.append(PlanOption(knobs, r * replica_w + (gpus - tp * r) * idle_w, batch))
+                mns = seqs[-1]  # the steady state is the same under any cap >= B: keep the least restrictive
+                knobs = self.with_knobs(
+                    self.env.initial,
+                    tp=tp,
+                    replicas=r,
+                    sm_clock_mhz=int(clock),
+                    max_num_seqs=mns,
+                    prefill_sm_clock_mhz=boost,
+                )
+                options.append(PlanOption(knobs, r * replica_w + (gpus - tp * r) * idle_w, batch))
         return sorted(options, key=lambda o: o.power_w)
 
     def _boosted(

@@ -299,15 +299,12 @@ def _replica_clock(s: int, t0: float, prefill_pending: bool, slot_f: np.ndarray,
     """
     base = cfg[C_CLOCK_FRAC]
     high = cfg[C_PREFILL_CLOCK_FRAC]
-    if high <= 0.0:
+    if high <= 0.0 or slot_f[s, SF_CLOCK_NOW] <= 0.0:  # off, or a fresh replica: at the base clock
         slot_f[s, SF_CLOCK_NOW] = base
         slot_f[s, SF_CLOCK_TARGET] = base
         slot_f[s, SF_CLOCK_AT] = -1.0
-        return base, True
-    if slot_f[s, SF_CLOCK_NOW] <= 0.0:
-        slot_f[s, SF_CLOCK_NOW] = base
-        slot_f[s, SF_CLOCK_TARGET] = base
-        slot_f[s, SF_CLOCK_AT] = -1.0
+        if high <= 0.0:
+            return base, True
     if slot_f[s, SF_CLOCK_AT] >= 0.0 and t0 >= slot_f[s, SF_CLOCK_AT]:
         slot_f[s, SF_CLOCK_NOW] = slot_f[s, SF_CLOCK_TARGET]
         slot_f[s, SF_CLOCK_AT] = -1.0
