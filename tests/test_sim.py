@@ -11,7 +11,7 @@ from greenrl.sim import SimConfig, SimNode
 from greenrl.sim import kernel as K
 from greenrl.surrogate import StepBatch, Surrogate
 from greenrl.surrogate.model import pack
-from greenrl.workload import load_trace
+from greenrl.workload import Trace, load_trace
 
 CONV = load_trace("azure-conv")
 WINDOW = CONV.window(600, 600)  # ten busy minutes
@@ -240,6 +240,40 @@ def test_prefill_clock_equal_to_base_or_never_reached_changes_nothing() -> None:
     assert (e_same, ttft_same) == (e_off, ttft_off)
     assert (e_late, ttft_late) == (e_off, ttft_off)
     assert node.cnt[K.K_PREFILL_CLOCK_S] == 0.0
+
+
+def test_prefill_clock_switch_up_counts_from_the_arrival() -> None:
+    """The governor sees the arrival: the switch lands clock_latency_s after it, not after the next iteration."""
+    cfg = np.zeros(K.N_C)
+    cfg[K.C_CLOCK_FRAC], cfg[K.C_PREFILL_CLOCK_FRAC], cfg[K.C_SWITCH_S] = 0.5, 1.0, 0.05
+    slot_f = np.zeros((1, K.N_SF))
+    slot_f[0, [K.SF_CLOCK_NOW, K.SF_CLOCK_TARGET, K.SF_CLOCK_AT, K.SF_PENDING_SINCE]] = 0.5, 0.5, -1.0, 2.0
+    clock, want_base = K._replica_clock(0, 2.03, True, slot_f.copy(), cfg)  # 30 ms after the arrival
+    assert (clock, want_base) == (0.5, False)
+    late = slot_f.copy()
+    clock, _ = K._replica_clock(0, 2.06, True, late, cfg)  # the switch landed while the replica was busy
+    assert clock == 1.0 and late[0, K.SF_CLOCK_AT] == -1.0
+    pending = slot_f.copy()
+    K._replica_clock(0, 2.03, True, pending, cfg)
+    assert pending[0, K.SF_CLOCK_AT] == pytest.approx(2.05)
+    K._replica_clock(0, 2.2, False, pending, cfg)  # nothing pending: down from now, and no arrival held
+    assert pending[0, K.SF_CLOCK_AT] == pytest.approx(2.25) and pending[0, K.SF_PENDING_SINCE] == -1.0
+
+
+def test_prefill_clock_switch_lands_inside_the_iteration() -> None:
+    """A lone prompt on an idle replica: 50 ms at the base clock, the rest of its prefill at the prefill clock."""
+    prompt = 6000
+    trace = Trace("one", np.array([1.0]), np.array([prompt]), np.array([2]), 60.0)
+    ttft = {}
+    for name, latency_s in (("split", 0.05), ("instant", 0.0), ("never", 1e6)):
+        node = _node(
+            trace, mode="exact", initial=Knobs(8, 1, 256, 1005, prefill_sm_clock_mhz=1980), clock_latency_s=latency_s
+        )
+        node.advance(10.0)
+        ttft[name] = float(node.requests()["ttft_s"][0])
+    lat_high, lat_base = ttft["instant"], ttft["never"]
+    assert 0.05 < lat_high < lat_base  # the case under test: a prefill longer than the switch
+    assert ttft["split"] == pytest.approx(0.05 + (1.0 - 0.05 / lat_base) * lat_high, rel=1e-12)
 
 
 def test_prefill_clock_runs_only_part_of_the_busy_time() -> None:

@@ -12,9 +12,11 @@ One call of ``run_until`` advances the whole node to ``t_end``:
 * an iteration's latency and power come from ``step_scalar``, the compiled twin of
   ``greenrl.surrogate.model.step`` (a parity test keeps them equal);
 * with a prefill clock (``cfg[C_PREFILL_CLOCK_FRAC] > 0``) a replica runs at that clock while any of its
-  requests waits or prefills and at the base clock otherwise; each switch takes effect
-  ``cfg[C_SWITCH_S]`` after the iteration that asks for it (a governor watching the queue, as NVML
-  clock locking allows);
+  requests waits or prefills and at the base clock otherwise. A switch up is asked for when the
+  first such request reaches the replica (a governor watching the front end sees the arrival), a
+  switch down at the first iteration with none; each takes effect ``cfg[C_SWITCH_S]`` later, also in
+  the middle of an iteration (the GPU changes clock under a running kernel), whose remaining work then
+  runs at the new clock;
 * ``fast`` mode jumps over runs of pure-decode iterations whose batch does not change (no arrival,
   admission, prefill chunk, completion or KV-block shortage in between): their latency is exactly
   linear in the step index, so time and energy are summed in closed form.
@@ -61,7 +63,8 @@ OFF, SERVING, DRAINING, LOADING = 0, 1, 2, 3
 # slot float columns
 SF_BUSY_UNTIL, SF_ACCOUNTED_TO, SF_READY_AT, SF_ENERGY_J, SF_BUSY_S, SF_RELOAD_W = range(6)
 SF_CLOCK_NOW, SF_CLOCK_TARGET, SF_CLOCK_AT = 6, 7, 8  # the replica's clock under a prefill clock (fractions, s)
-N_SF = 9
+SF_PENDING_SINCE = 9  # when a request first waited or prefilled since the replica last had none (s; -1: none)
+N_SF = 10
 # node int state
 G_NEXT_ARRIVAL, G_PHEAD, G_PTAIL, G_PLEN = range(4)
 N_G = 4
@@ -186,6 +189,8 @@ def _route(
     req_i[rid, RI_SLOT] = best
     slot_i[best, SI_OUTSTANDING] += 1
     _push_back(req_i, slot_i, best, rid)
+    if slot_f[best, SF_PENDING_SINCE] < 0.0:
+        slot_f[best, SF_PENDING_SINCE] = now  # what a prefill clock governor reacts to
     if slot_i[best, SI_NRUN] == 0 and slot_i[best, SI_QLEN] == 1 and slot_f[best, SF_BUSY_UNTIL] < now:
         slot_f[best, SF_BUSY_UNTIL] = now  # an idle replica starts when the request arrives
     return True
@@ -294,8 +299,10 @@ def _replica_clock(s: int, t0: float, prefill_pending: bool, slot_f: np.ndarray,
     """The clock of an iteration starting at ``t0``, and whether the replica wants its base clock.
 
     Without a prefill clock this is the base clock. With one, the replica wants the prefill clock
-    while a request waits or prefills and the base clock otherwise; a change of what it wants takes
-    effect ``C_SWITCH_S`` later, and until then the previous clock holds.
+    while a request waits or prefills and the base clock otherwise. A change of what it wants takes
+    effect ``C_SWITCH_S`` after it was asked for: a switch up from the arrival that made a request
+    pending (``SF_PENDING_SINCE``), a switch down from ``t0``. Until then the previous clock holds; a
+    switch that lands inside the iteration is split there by ``_iterate``.
     """
     base = cfg[C_CLOCK_FRAC]
     high = cfg[C_PREFILL_CLOCK_FRAC]
@@ -308,14 +315,19 @@ def _replica_clock(s: int, t0: float, prefill_pending: bool, slot_f: np.ndarray,
     if slot_f[s, SF_CLOCK_AT] >= 0.0 and t0 >= slot_f[s, SF_CLOCK_AT]:
         slot_f[s, SF_CLOCK_NOW] = slot_f[s, SF_CLOCK_TARGET]
         slot_f[s, SF_CLOCK_AT] = -1.0
+    if not prefill_pending:
+        slot_f[s, SF_PENDING_SINCE] = -1.0
+    elif slot_f[s, SF_PENDING_SINCE] < 0.0:
+        slot_f[s, SF_PENDING_SINCE] = t0  # pending without an arrival: a preempted request queued again
     want = high if prefill_pending else base
     if want != slot_f[s, SF_CLOCK_TARGET]:
         slot_f[s, SF_CLOCK_TARGET] = want
-        if cfg[C_SWITCH_S] <= 0.0:
+        lands = (slot_f[s, SF_PENDING_SINCE] if prefill_pending else t0) + cfg[C_SWITCH_S]
+        if lands <= t0:
             slot_f[s, SF_CLOCK_NOW] = want
             slot_f[s, SF_CLOCK_AT] = -1.0
         else:
-            slot_f[s, SF_CLOCK_AT] = t0 + cfg[C_SWITCH_S]
+            slot_f[s, SF_CLOCK_AT] = lands
     return slot_f[s, SF_CLOCK_NOW], not prefill_pending
 
 
@@ -421,12 +433,25 @@ def _iterate(
         return
     clock, want_base = _replica_clock(s, t0, prefill > 0.0 or slot_i[s, SI_QLEN] > 0, slot_f, cfg)
     lat0, pow0 = step_scalar(v, prefill, pairs, float(decodes), ctx, clock)
+    high = cfg[C_PREFILL_CLOCK_FRAC]
+    high_s = lat0 if high > 0.0 and clock == high and clock != cfg[C_CLOCK_FRAC] else 0.0
+    switch_at = slot_f[s, SF_CLOCK_AT]
+    if t0 < switch_at < t0 + lat0:
+        # The clock changes under the running iteration: the work left after the switch runs at the new clock.
+        after = slot_f[s, SF_CLOCK_TARGET]
+        lat_new, pow_new = step_scalar(v, prefill, pairs, float(decodes), ctx, after)
+        head_s = switch_at - t0
+        tail_s = (1.0 - head_s / lat0) * lat_new
+        high_s = (head_s if high_s > 0.0 else 0.0) + (tail_s if after == high and after != cfg[C_CLOCK_FRAC] else 0.0)
+        pow0 = (head_s * pow0 + tail_s * pow_new) / (head_s + tail_s)
+        lat0 = head_s + tail_s
     steps = 1
     total_s = lat0
     energy = lat0 * pow0
     lat_last = lat0
     slope = 0.0
-    can_jump = fast and prefill == 0.0 and decodes > 0 and not admitted and not preempted
+    # no jump while a clock switch is pending: exact steps until it lands (at most C_SWITCH_S)
+    can_jump = fast and prefill == 0.0 and decodes > 0 and not admitted and not preempted and not switch_at > t0
     full = blocked_head or slot_i[s, SI_NRUN] >= seats
     if can_jump and slot_i[s, SI_QLEN] > 0 and not full:
         can_jump = False  # a queued request could be admitted next iteration
@@ -434,13 +459,10 @@ def _iterate(
     # changes first at a completion. Jumps stop one step before a completion, so the router sees the
     # same outstanding counts as in exact mode.
     bound = t_limit if full else min(t_limit, t_arrival)
-    if cfg[C_PREFILL_CLOCK_FRAC] > 0.0:
-        # The clock must hold over a jump: stop at a pending switch, and at an arrival that could
-        # raise it (an arrival queues even at a full replica).
-        if slot_f[s, SF_CLOCK_AT] > t0:
-            bound = min(bound, slot_f[s, SF_CLOCK_AT])
-        if want_base:
-            bound = min(bound, t_arrival)
+    if high > 0.0 and want_base:
+        # The clock must hold over a jump: stop at an arrival that could raise it (an arrival queues
+        # even at a full replica).
+        bound = min(bound, t_arrival)
     if can_jump:
         lat1, _ = step_scalar(v, 0.0, 0.0, float(decodes), ctx + decodes, clock)
         slope = lat1 - lat0
@@ -490,8 +512,8 @@ def _iterate(
     cnt[K_SCHEDULES] += 1.0
     cnt[K_PREFILL_TOKENS] += prefill
     cnt[K_BUSY_S] += total_s
-    if cfg[C_PREFILL_CLOCK_FRAC] > 0.0 and clock == cfg[C_PREFILL_CLOCK_FRAC] and clock != cfg[C_CLOCK_FRAC]:
-        cnt[K_PREFILL_CLOCK_S] += total_s
+    if high_s > 0.0:
+        cnt[K_PREFILL_CLOCK_S] += high_s if steps == 1 else total_s
     for j in range(slot_i[s, SI_NRUN]):
         rid = run_ids[s, j]
         c = chunk[rid]

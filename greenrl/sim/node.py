@@ -7,7 +7,8 @@ Reconfiguration costs:
 
 * SM clock: takes effect ``clock_latency_s`` after ``apply`` (NVML clock locking), no interruption.
 * prefill SM clock: the governor's setting changes at once; each replica's switch between it and the
-  base clock (when requests start or stop waiting/prefilling) takes ``clock_latency_s``.
+  base clock takes ``clock_latency_s`` from the arrival that makes a request wait (up) or from the
+  first iteration with none waiting or prefilling (down), and may land mid-iteration.
 * ``max_num_seqs`` / ``max_num_batched_tokens``: a restart-only flag in vLLM, modelled as an admission
   cap enforced in front of the server: instant for new admissions, running requests drain naturally.
 * ``tp`` or replica count: affected replicas stop admitting; their running requests either finish
@@ -220,6 +221,7 @@ class SimNode:
         self.slot_f = np.zeros((n_slots, K.N_SF))
         self.slot_f[:, [K.SF_BUSY_UNTIL, K.SF_ACCOUNTED_TO]] = self.now_s
         self.slot_f[:, K.SF_RELOAD_W] = self._feasible[tp][3]
+        self.slot_f[:, K.SF_PENDING_SINCE] = -1.0
         self.run_ids = np.full((n_slots, MAX_RUNNING), -1, dtype=np.int64)
         self._slot_tp = tp
         for s in range(replicas):
