@@ -1,0 +1,97 @@
+"""Return on the training objective for controllers, baselines and fixed configurations.
+
+Runs each policy deterministically on the validation episodes that model selection uses (training
+split, seeds ``VAL_SEED + i``) with the default scenario's reward against the static-max SLO
+reference (what ``greenrl.train`` optimizes), and prints one JSON object per policy: mean return
+per episode and its standard error, energy (kWh) and misses per episode. It answers whether a
+learned controller optimizes its objective as well as the alternatives do.
+
+Run: ``.venv/bin/python benchmarks/training_objective.py [--episodes 16] [--policies NAME ...]``
+(names: baselines, controller folders, or ``fixed:<sm_clock_mhz>/<prefill_sm_clock_mhz>``).
+The oracle takes 20-30 s per episode on one core; the rest under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from greenrl.baselines import make_baseline
+from greenrl.env.scenario import Scenario, load_scenario
+from greenrl.env.serving_env import ServingEnv
+from greenrl.policy import load_controller
+from greenrl.train import VAL_SEED, StaticPolicy
+
+DEFAULT_POLICIES = [
+    "oracle",
+    "checkpoints/default/maskable_ppo_s0",
+    "checkpoints/default/maskable_ppo_w30_s0",
+    "fixed:1005/1980",
+    "fixed:1200/1980",
+    "phase-dvfs",
+    "planner",
+    "static-max",
+]
+
+
+def make_policy(name: str, env: ServingEnv) -> Any:
+    """A policy by name for this episode's env."""
+    if name.startswith("fixed:"):
+        clock, prefill = (int(v) for v in name.removeprefix("fixed:").split("/"))
+        knobs = replace(env.initial, sm_clock_mhz=clock, prefill_sm_clock_mhz=prefill)
+        return StaticPolicy(env.action_for(knobs))
+    if "/" in name:
+        return load_controller(name, expect_env=env)
+    policy = make_baseline(name, env)
+    policy.bind(env)
+    return policy
+
+
+def episode_return(scenario: Scenario, name: str, seed: int) -> tuple[float, float, float]:
+    """One validation episode: return, energy (kWh) and misses."""
+    env = ServingEnv(scenario, "train")
+    obs, _ = env.reset(seed=seed)
+    policy = make_policy(name, env)
+    ret = energy_j = missed = 0.0
+    done = False
+    while not done:
+        action, _ = policy.predict(obs, deterministic=True)
+        obs, reward, _, done, info = env.step(action)
+        ret += reward
+        energy_j += info["energy_j"]
+        missed += info["missed"]
+    env.close()
+    return ret, energy_j / 3.6e6, missed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--episodes", type=int, default=16)
+    parser.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES)
+    args = parser.parse_args()
+    scenario = load_scenario("default")
+    scenario = replace(scenario, reward=replace(scenario.reward, slo_reference="static-max"))
+    for name in args.policies:
+        runs = np.array([episode_return(scenario, name, VAL_SEED + i) for i in range(args.episodes)])
+        print(
+            json.dumps(
+                {
+                    "policy": name,
+                    "episodes": args.episodes,
+                    "slo_weight": scenario.reward.slo_weight,
+                    "return_mean": round(float(runs[:, 0].mean()), 3),
+                    "return_se": round(float(runs[:, 0].std() / np.sqrt(len(runs))), 3),
+                    "energy_kwh_mean": round(float(runs[:, 1].mean()), 4),
+                    "missed_mean": round(float(runs[:, 2].mean()), 2),
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
