@@ -332,9 +332,18 @@ class ServingController:
             record["fallback_apply_error"] = str(apply_err)[:300]
 
     def _believe(self, wanted: dict[str, int], changed: list[str], applied: list[str]) -> None:
-        """Update the knobs believed in force; a refused TP/replica change leaves the layout as it was."""
+        """Update the knobs believed in force to ``wanted``, keeping the old belief where a change was not applied.
+
+        A refused TP/replica change (``changed`` but not ``applied``) leaves the layout as it was; so does an
+        SM clock lock that the GPUs' rate limit ignored (a ``ServerApplier`` with GPUs), so that the next
+        interval asks for it again. Other knobs missing from ``applied`` (logged "would apply") are believed.
+        """
         new = dict(wanted)
-        for k in ("tp", "replicas"):
+        kept = ["tp", "replicas"]
+        # only a ServerApplier with GPUs leaves out a clock it was asked for: when their rate limit ignored it
+        if isinstance(self.applier, ServerApplier) and self.applier.gpus is not None:
+            kept.append("sm_clock_mhz")
+        for k in kept:
             if k in changed and k not in applied and k in self.knobs:
                 new[k] = self.knobs[k]
         if new.get("tp") != self.knobs.get("tp") or new.get("replicas") != self.knobs.get("replicas"):

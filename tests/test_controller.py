@@ -344,6 +344,28 @@ def test_tp_dwell_holds_tp_for_min_intervals(monkeypatch: pytest.MonkeyPatch) ->
     assert all(ctl_r["knobs"]["replicas"] == 8 // ctl_r["knobs"]["tp"] for ctl_r in _records(log))
 
 
+def test_a_clock_the_rate_limit_ignored_is_retried_at_the_next_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    t = [0.0]
+    gpu = FakeGpu(0, min_interval_s=10.0, clock=lambda: t[0])
+    policy = load_controller(CHECKPOINT)
+    clocks = iter([0, 1, 1])  # sm_clock_mhz 1005, then 1200 at the next two intervals
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([2, 4, next(clocks), 0]), None))
+    applier = NvmlApplier(GpuSet([gpu]))
+    ctl = ServingController(policy, _FixedObserver(), applier, gpus=8, decision_log=io.StringIO(), metrics=False)
+    try:
+        assert "sm_clock_mhz" in ctl.run_interval()["applied"] and gpu.locked_sm_clock_mhz == 1005
+        t[0] = 1.0  # inside the GPU's rate limit: the lock is ignored, and the clock in force still believed
+        record = ctl.run_interval()
+        assert record["mode"] == "applied" and "sm_clock_mhz" not in record["applied"]
+        assert gpu.locked_sm_clock_mhz == 1005 and ctl.knobs["sm_clock_mhz"] == 1005
+        t[0] = 11.0  # the same policy clock: asked for again, now applied
+        record = ctl.run_interval()
+        assert "sm_clock_mhz" in record["applied"] and gpu.locked_sm_clock_mhz == 1200
+        assert ctl.knobs["sm_clock_mhz"] == 1200
+    finally:
+        ctl.close()
+
+
 # ------------------------------------------------------------------------------------------ CLI
 
 

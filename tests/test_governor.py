@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from greenrl.live.appliers import ServerApplier, TwinApplier
+from greenrl.live.clock import SmClockControl
 from greenrl.live.governor import PrefillClockGovernor
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
 from greenrl.live.launcher import ServerLauncher
@@ -283,6 +284,24 @@ def test_server_applier_without_a_proxy_keeps_the_base_clock(caplog: pytest.LogC
         ]
     finally:
         applier.close(None)
+
+
+def test_a_direct_lock_the_rate_limit_ignored_is_not_applied_until_the_interval_passed() -> None:
+    t = [0.0]
+    # GPU 0 is rate-limited, GPU 1 is not: one GPU keeping its clock is enough to count as not applied
+    gpus = GpuSet([FakeGpu(0, min_interval_s=10.0, clock=lambda: t[0]), FakeGpu(1, min_interval_s=0.0)])
+    control = SmClockControl(gpus)
+    try:
+        assert control.apply(BASE, 0, ["sm_clock_mhz"]) == ["sm_clock_mhz"] and control.locked_mhz == BASE
+        t[0] = 1.0
+        assert control.apply(1500, 0, ["sm_clock_mhz", "prefill_sm_clock_mhz"]) == ["prefill_sm_clock_mhz"]
+        assert control.locked_mhz == BASE and control.sm_clock_mhz == BASE
+        assert [g.locked_sm_clock_mhz for g in gpus] == [BASE, 1500]
+        t[0] = 10.0  # the interval has passed: the same request goes through
+        assert control.apply(1500, 0, ["sm_clock_mhz"]) == ["sm_clock_mhz"]
+        assert control.locked_mhz == 1500 and [g.locked_sm_clock_mhz for g in gpus] == [1500, 1500]
+    finally:
+        gpus.close()
 
 
 # ------------------------------------------------------------------------------------------ the twin

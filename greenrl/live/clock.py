@@ -3,7 +3,8 @@
 Shared by the serving controller's ``ServerApplier`` and ``LiveNode``'s ``GpuBackend``.
 ``SmClockControl.apply(base, prefill, changed)``:
 
-* prefill 0: locks the base clock on every GPU (``GpuSet.lock_all``) when ``sm_clock_mhz`` changed;
+* prefill 0: locks the base clock on every GPU (``GpuSet.lock_all``) when ``sm_clock_mhz`` changed; a
+  lock the GPUs' rate limit ignored on any GPU is not reported applied (the caller asks again later);
 * prefill > 0 with an admission proxy: hands the clock to a ``PrefillClockGovernor`` fed by the proxy's
   count of requests pending their first token (``set_on_pending``), started on first need;
 * prefill > 0 without a proxy: logged once per value as "would apply"; the base clock stays;
@@ -23,7 +24,7 @@ from collections.abc import Callable, Collection
 from typing import Protocol
 
 from greenrl.live.governor import PrefillClockGovernor
-from greenrl.live.gpu import GpuSet
+from greenrl.live.gpu import GpuSet, snap_clock_mhz
 
 __all__ = ["ClockRestoreError", "PendingSource", "SmClockControl"]
 
@@ -52,7 +53,8 @@ class SmClockControl:
 
     Attributes:
         governor: the running ``PrefillClockGovernor``, if any.
-        locked_mhz: the clock last locked here (as asked) or by a governor now stopped; None: none yet.
+        locked_mhz: the clock last locked here (as asked; a request the rate limit ignored leaves it) or by
+            a governor now stopped; None: none yet.
     """
 
     def __init__(self, gpus: GpuSet, proxy: PendingSource | None = None, *, hint: str = "") -> None:
@@ -88,6 +90,8 @@ class SmClockControl:
     def apply(self, base_mhz: int, prefill_mhz: int, changed: Collection[str]) -> list[str]:
         """Set the clocks (``changed``: the knob names that differ from the last call); returns those applied.
 
+        A direct lock of ``sm_clock_mhz`` that the GPUs' rate limit ignored is left out of the result.
+
         Raises:
             GpuPermissionError: NVML refused the clock for lack of privilege.
             GpuError: another NVML failure (also one the governor met since the last call).
@@ -114,8 +118,14 @@ class SmClockControl:
             self._stop_governor(base_mhz)
         elif "sm_clock_mhz" in changed:
             applied = self.gpus.lock_all(base_mhz)
-            self.locked_mhz = base_mhz
             self._in_force_mhz = int(applied[0]) if applied else base_mhz
+            wanted = [snap_clock_mhz(base_mhz, g.supported_sm_clocks_mhz()) for g in self.gpus]
+            if applied != wanted:
+                # a GPU's rate limit kept its previous clock: not applied, so that the caller asks again
+                msg = "sm_clock_mhz=%d ignored by the GPUs' rate limit (in force: %s): will be retried"
+                logger.info(msg, base_mhz, applied)
+                return [k for k in names if k != "sm_clock_mhz"]
+            self.locked_mhz = base_mhz
         return names
 
     def _start_governor(self) -> PrefillClockGovernor:
