@@ -7,7 +7,7 @@ per episode and its standard error, energy (kWh) and misses per episode. It answ
 learned controller optimizes its objective as well as the alternatives do.
 
 Run: ``.venv/bin/python benchmarks/training_objective.py [--episodes 16] [--policies NAME ...]``
-(names: baselines, controller folders, or ``fixed:<sm_clock_mhz>/<prefill_sm_clock_mhz>``).
+(names: what ``greenrl.evaluate --policies`` takes, or ``fixed:<sm_clock_mhz>/<prefill_sm_clock_mhz>``).
 The oracle takes 20-30 s per episode on one core; the rest under a second.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from greenrl.baselines import make_baseline
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import ServingEnv
-from greenrl.policy import load_controller
+from greenrl.errors import exit_on_input_error
+from greenrl.evaluate import load_policy, resolve_policies
 from greenrl.train import VAL_SEED, StaticPolicy
 
 DEFAULT_POLICIES = [
@@ -39,15 +39,14 @@ DEFAULT_POLICIES = [
 
 
 def make_policy(name: str, env: ServingEnv) -> Any:
-    """A policy by name for this episode's env."""
+    """A policy by name for this episode's env (bound to it, for baselines)."""
     if name.startswith("fixed:"):
         clock, prefill = (int(v) for v in name.removeprefix("fixed:").split("/"))
         knobs = replace(env.initial, sm_clock_mhz=clock, prefill_sm_clock_mhz=prefill)
         return StaticPolicy(env.action_for(knobs))
-    if "/" in name:
-        return load_controller(name, expect_env=env)
-    policy = make_baseline(name, env)
-    policy.bind(env)
+    policy = load_policy(resolve_policies([name])[0], env, seed=0)
+    if hasattr(policy, "bind"):
+        policy.bind(env)
     return policy
 
 
@@ -68,6 +67,7 @@ def episode_return(scenario: Scenario, name: str, seed: int) -> tuple[float, flo
     return ret, energy_j / 3.6e6, missed
 
 
+@exit_on_input_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=16)

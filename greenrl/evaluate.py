@@ -66,6 +66,7 @@ __all__ = [
     "case_env",
     "default_policies",
     "evaluate",
+    "load_policy",
     "main",
     "markdown_report",
     "mean_ci95",
@@ -226,7 +227,8 @@ def _load_sb3(path: Path, env: ServingEnv) -> Sb3Policy:
     return Sb3Policy(model, maskable)
 
 
-def _load_policy(spec: PolicySpec, env: ServingEnv, seed: int) -> Any:
+def load_policy(spec: PolicySpec, env: ServingEnv, seed: int) -> Any:
+    """The policy object of ``spec`` for ``env`` (a baseline still needs ``bind(env)`` after ``reset``)."""
     if spec.kind == "baseline":
         return make_baseline(spec.source, env, seed)
     if spec.kind == "controller":
@@ -533,7 +535,7 @@ def evaluate(
         probe = case_env(cases[0])
         for spec in specs:
             if spec.kind != "baseline" and (spec.label, name) not in loaded:
-                loaded[(spec.label, name)] = _load_policy(spec, probe, 0)
+                loaded[(spec.label, name)] = load_policy(spec, probe, 0)
     reference = PolicySpec("static-max", "baseline", "static-max")
     run_specs = specs if any(s.label == "static-max" for s in specs) else [*specs, reference]
     total = sum(len(cases) for _, _, cases in grid) * len(run_specs)
@@ -561,7 +563,7 @@ def evaluate(
                         runs.append(replace(copy_of, seed=case.seed, kpis=dict(copy_of.kpis), wall_s=0.0))
                     else:
                         if policy_obj is None or spec.kind == "baseline":
-                            policy_obj = _load_policy(spec, case_env(case), case.seed)
+                            policy_obj = load_policy(spec, case_env(case), case.seed)
                         runs.append(run_episode(policy_obj, case, spec.label))
                         done_once.setdefault(case.window, runs[-1])
                     bar.advance(task)
