@@ -87,6 +87,8 @@ def export_controller(model: Any, env: Any, folder: str | Path, extra: dict[str,
         "normalization": "each field divided by its scale, then clipped to +-obs_clip (done by ServingEnv)",
         "knobs": [{"name": n, "values": v} for n, v in zip(env.knob_names, env.knob_values, strict=True)],
         "action_mask": env.action_masks().astype(int).tolist(),
+        # the prefill clock governor the policy was trained with (the live node's governor mirrors it)
+        "prefill_clock": {"ttft_target_s": env.scenario.control.prefill_clock_ttft_s},
         "policy": {
             "file": "policy.npz",
             "sha256": _sha256(tmp / "policy.npz"),

@@ -127,6 +127,8 @@ def test_infeasible_tp_is_masked_and_mapped(tmp_path: Path) -> None:
         ({"control.knobs.prefill_sm_clock_mhz": [-1]}, "integers >= 0 (0: off)"),
         ({"node.initial.tp": 3}, "node.initial.tp"),
         ({"reward.slo_reference": "oracle"}, "reward.slo_reference: unknown value 'oracle'"),
+        ({"control.prefill_clock_ttft_s": 0.6}, "control.prefill_clock_ttft_s: needs 0 <= target < slo.ttft_floor_s"),
+        ({"control.prefill_clock_ttft_s": "soon"}, "control.prefill_clock_ttft_s: expected a number"),
     ],
 )
 def test_bad_scenarios_name_file_key_and_fix(tmp_path: Path, change: dict, expected: str) -> None:

@@ -242,21 +242,27 @@ def test_prefill_clock_equal_to_base_or_never_reached_changes_nothing() -> None:
     assert node.cnt[K.K_PREFILL_CLOCK_S] == 0.0
 
 
-def test_prefill_clock_switch_up_counts_from_the_arrival() -> None:
-    """The governor sees the arrival: the switch lands clock_latency_s after it, not after the next iteration."""
+def _clock_cfg(ttft_target_s: float) -> np.ndarray:
     cfg = np.zeros(K.N_C)
     cfg[K.C_CLOCK_FRAC], cfg[K.C_PREFILL_CLOCK_FRAC], cfg[K.C_SWITCH_S] = 0.5, 1.0, 0.05
+    cfg[K.C_MAX_SEQS], cfg[K.C_MAX_BATCHED], cfg[K.C_BOOST_TTFT_S] = 256, 8192, ttft_target_s
+    return cfg
+
+
+def test_prefill_clock_switch_up_counts_from_the_arrival() -> None:
+    """The governor sees the arrival: the switch lands clock_latency_s after it, not after the next iteration."""
+    cfg = _clock_cfg(ttft_target_s=-1.0)
     slot_f = np.zeros((1, K.N_SF))
     slot_f[0, [K.SF_CLOCK_NOW, K.SF_CLOCK_TARGET, K.SF_CLOCK_AT, K.SF_PENDING_SINCE]] = 0.5, 0.5, -1.0, 2.0
-    clock, want_base = K._replica_clock(0, 2.03, True, slot_f.copy(), cfg)  # 30 ms after the arrival
+    clock, want_base = K._replica_clock(0, 2.03, True, np.inf, slot_f.copy(), cfg)  # 30 ms after the arrival
     assert (clock, want_base) == (0.5, False)
     late = slot_f.copy()
-    clock, _ = K._replica_clock(0, 2.06, True, late, cfg)  # the switch landed while the replica was busy
+    clock, _ = K._replica_clock(0, 2.06, True, np.inf, late, cfg)  # the switch landed while the replica was busy
     assert clock == 1.0 and late[0, K.SF_CLOCK_AT] == -1.0
     pending = slot_f.copy()
-    K._replica_clock(0, 2.03, True, pending, cfg)
+    K._replica_clock(0, 2.03, True, np.inf, pending, cfg)
     assert pending[0, K.SF_CLOCK_AT] == pytest.approx(2.05)
-    K._replica_clock(0, 2.2, False, pending, cfg)  # nothing pending: down from now, and no arrival held
+    K._replica_clock(0, 2.2, False, np.inf, pending, cfg)  # nothing pending: down from now, and no arrival held
     assert pending[0, K.SF_CLOCK_AT] == pytest.approx(2.25) and pending[0, K.SF_PENDING_SINCE] == -1.0
 
 
@@ -284,3 +290,102 @@ def test_prefill_clock_runs_only_part_of_the_busy_time() -> None:
         boosted_s += node.cnt[K.K_PREFILL_CLOCK_S]
     busy_s = node.slot_f[:, K.SF_BUSY_S].sum()
     assert 0.0 < boosted_s < 0.8 * busy_s
+
+
+DEADLINE_TTFT_S = 0.2
+
+
+def test_deadline_governor_switches_up_at_the_earliest_boost_time() -> None:
+    """A boost time in the future holds the base clock; a newly routed request that needs it sooner moves it up."""
+    cfg = _clock_cfg(DEADLINE_TTFT_S)
+    slot_f = np.zeros((1, K.N_SF))
+    slot_f[0, [K.SF_CLOCK_NOW, K.SF_CLOCK_TARGET, K.SF_CLOCK_AT, K.SF_PENDING_SINCE]] = 0.5, 0.5, -1.0, 2.0
+    clock, want_base = K._replica_clock(0, 2.01, True, 2.3, slot_f, cfg)
+    assert (clock, want_base) == (0.5, False) and slot_f[0, K.SF_CLOCK_AT] == pytest.approx(2.35)
+    clock, _ = K._replica_clock(0, 2.05, True, 2.02, slot_f, cfg)  # an arrival at risk: asked at 2.02
+    assert clock == 0.5 and slot_f[0, K.SF_CLOCK_AT] == pytest.approx(2.07)
+    clock, _ = K._replica_clock(0, 2.08, True, 2.02, slot_f, cfg)
+    assert clock == 1.0
+    clock, want_base = K._replica_clock(0, 2.5, True, np.inf, _fresh_slot(), cfg)  # nothing needs it
+    assert (clock, want_base) == (0.5, True)
+
+
+def _fresh_slot() -> np.ndarray:
+    slot_f = np.zeros((1, K.N_SF))
+    slot_f[0, [K.SF_CLOCK_NOW, K.SF_CLOCK_TARGET, K.SF_CLOCK_AT, K.SF_PENDING_SINCE]] = 0.5, 0.5, -1.0, 2.0
+    return slot_f
+
+
+def _boost_delay_s(prompts: list[int], target_s: float, busy_s: float = 0.0) -> float:
+    """Queue ``prompts`` on an idle TP8 replica at 1005 MHz; the last one's boost time minus its arrival."""
+    trace = Trace("q", np.zeros(len(prompts)), np.array(prompts), np.full(len(prompts), 4), 60.0)
+    node = _node(trace, initial=Knobs(8, 1, 256, 1005, prefill_sm_clock_mhz=1980), prefill_clock_ttft_s=target_s)
+    now = 0.0
+    node.slot_f[0, K.SF_BUSY_UNTIL] = now + busy_s
+    for rid in range(len(prompts)):
+        node.req_i[rid, K.RI_STATE] = K.WAITING
+        K._push_back(node.req_i, node.slot_i, 0, rid)
+    last = len(prompts) - 1
+    args = (node.req_f, node.req_i, node.slot_i, node.slot_f, node.run_ids, node._packed, node.cfg)
+    return K._boost_at(0, last, now, *args) - node.req_f[last, K.RF_ARRIVAL]
+
+
+def test_deadline_boost_time_follows_the_work_ahead() -> None:
+    v = SimNode(SimConfig(), WINDOW)._packed[-1]  # TP8
+    alone_s = K.base_clock_prefill_s(v, 400.0, 400.0 * 400.0 / 2, 0.0, 0.0, 8192.0, 1005 / 1980)
+    assert 0.0 < alone_s < DEADLINE_TTFT_S  # the case under test: a short prompt alone meets the target
+    assert _boost_delay_s([400], DEADLINE_TTFT_S) == pytest.approx(DEADLINE_TTFT_S - alone_s, rel=1e-9)
+    assert _boost_delay_s([400], DEADLINE_TTFT_S, busy_s=0.05) == pytest.approx(DEADLINE_TTFT_S - alone_s - 0.05)
+    assert _boost_delay_s([8000, 400], DEADLINE_TTFT_S) == 0.0  # behind a long prompt: at once
+    # more than one chunk of work is predicted as equal chunks, each next to the decodes
+    two = K.base_clock_prefill_s(v, 10000.0, 0.0, 8.0, 8000.0, 8192.0, 0.5)
+    one, _ = K.step_scalar(v, 5000.0, 0.0, 8.0, 8000.0, 0.5)
+    assert two == pytest.approx(2 * one, rel=1e-12)
+
+
+def test_deadline_boost_asks_at_once_without_a_seat() -> None:
+    trace = Trace("q", np.zeros(3), np.array([100, 100, 100]), np.full(3, 4), 60.0)
+    node = _node(trace, initial=Knobs(8, 1, 2, 1005, prefill_sm_clock_mhz=1980), prefill_clock_ttft_s=DEADLINE_TTFT_S)
+    for rid in range(3):
+        K._push_back(node.req_i, node.slot_i, 0, rid)
+    args = (node.req_f, node.req_i, node.slot_i, node.slot_f, node.run_ids, node._packed, node.cfg)
+    assert K._boost_at(0, 2, 0.0, *args) == 0.0  # three queued for two seats
+    node.cfg[K.C_MAX_SEQS] = 3
+    assert K._boost_at(0, 2, 0.0, *args) > 0.0
+
+
+@pytest.mark.parametrize("name", ["azure-conv", "azure-code"])
+def test_deadline_governor_fast_agrees_with_exact(name: str) -> None:
+    trace = load_trace(name).window(1200, 600)
+    results = []
+    for mode in ("fast", "exact"):
+        node = _node(trace, mode=mode, initial=BOOSTED, prefill_clock_ttft_s=DEADLINE_TTFT_S)
+        energy = sum(node.advance(60.0).energy_j for _ in range(20))
+        rec = node.requests()
+        done = rec["state"] == K.FINISHED
+        results.append(np.array([rec["ttft_s"][done].mean(), rec["tbt_mean_s"][done].mean(), energy]))
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
+
+
+def _boosted(knobs: Knobs, **kw) -> tuple[float, float, float]:
+    """As ``_run``: energy (J), mean TTFT (s) and seconds at the prefill clock."""
+    node = _node(CONV.window(600, 300), initial=knobs, **kw)
+    energy = boosted_s = 0.0
+    for _ in range(8):
+        energy += node.advance(60.0).energy_j
+        boosted_s += node.cnt[K.K_PREFILL_CLOCK_S]
+    rec = node.requests()
+    return energy, float(rec["ttft_s"][rec["state"] == K.FINISHED].mean()), boosted_s
+
+
+def test_deadline_governor_boosts_less_and_spends_less() -> None:
+    """Against the prefill clock whenever a prompt waits: less time at the prefill clock, less energy."""
+    e_always, _, boosted_always = _boosted(BOOSTED)
+    e_deadline, ttft_deadline, boosted_deadline = _boosted(BOOSTED, prefill_clock_ttft_s=DEADLINE_TTFT_S)
+    e_low, ttft_low, _ = _boosted(Knobs(4, 2, 256, 1005))
+    assert 0.0 < boosted_deadline < 0.9 * boosted_always
+    assert e_low < e_deadline < e_always
+    assert ttft_deadline < ttft_low
+    # a target no prompt can miss at the base clock never raises the clock
+    e_never, _, boosted_never = _boosted(BOOSTED, prefill_clock_ttft_s=1e6)
+    assert boosted_never == 0.0 and e_never == pytest.approx(e_low, rel=1e-9)

@@ -70,12 +70,14 @@ class ControlSpec:
 
     ``knobs`` lists the values each knob may take (``replicas`` omitted: all GPUs serve);
     ``min_dwell_steps`` is the fewest intervals between two changes of a costly knob (a change asked
-    for sooner is ignored).
+    for sooner is ignored); ``prefill_clock_ttft_s`` is the prefill clock governor's TTFT target (see
+    ``greenrl.sim.SimConfig``; None: the prefill clock whenever a prompt waits).
     """
 
     interval_s: float = 30.0
     knobs: dict[str, list[int]] = field(default_factory=dict)
     min_dwell_steps: dict[str, int] = field(default_factory=lambda: {"tp": 10, "replicas": 10})
+    prefill_clock_ttft_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +262,14 @@ def _validate(s: Scenario, where: str) -> None:
             "control.interval_s",
             "must be positive and no longer than workload.window_s",
             "e.g. interval_s: 30.0 with window_s: 900.0",
+        )
+    target = s.control.prefill_clock_ttft_s
+    if target is not None and not 0.0 <= target < s.slo.ttft_floor_s:
+        raise InputError(
+            where,
+            "control.prefill_clock_ttft_s",
+            f"needs 0 <= target < slo.ttft_floor_s ({s.slo.ttft_floor_s}), got {target}",
+            "e.g. 0.2, or null for the prefill clock whenever a prompt waits",
         )
     lo, hi = s.workload.rate_scale
     if not 0 < lo <= hi:

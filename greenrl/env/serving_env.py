@@ -107,6 +107,7 @@ def build_node(s: Scenario, split: str = "train", eval_index: int = 0) -> SimNod
         mode=n.mode,  # type: ignore[arg-type]
         initial=initial,
         clock_latency_s=n.clock_latency_s,
+        prefill_clock_ttft_s=s.control.prefill_clock_ttft_s,
         load_bandwidth_bps=n.load_bandwidth_gbps * 1e9,
         inflight=n.inflight,  # type: ignore[arg-type]
         slo=SloSpec(s.slo.ttft_floor_s, s.slo.ttft_prefill_multiple, s.slo.tbt_mean_s),

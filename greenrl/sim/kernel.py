@@ -16,7 +16,9 @@ One call of ``run_until`` advances the whole node to ``t_end``:
   first such request reaches the replica (a governor watching the front end sees the arrival), a
   switch down at the first iteration with none; each takes effect ``cfg[C_SWITCH_S]`` later, also in
   the middle of an iteration (the GPU changes clock under a running kernel), whose remaining work then
-  runs at the new clock;
+  runs at the new clock. With a TTFT target (``cfg[C_BOOST_TTFT_S] >= 0``, the deadline governor) each
+  request gets a boost time when it reaches the replica (``_boost_at``) and the switch up is asked for
+  at the earliest boost time of the pending requests instead;
 * ``fast`` mode jumps over runs of pure-decode iterations whose batch does not change (no arrival,
   admission, prefill chunk, completion or KV-block shortage in between): their latency is exactly
   linear in the step index, so time and energy are summed in closed form.
@@ -25,7 +27,7 @@ An iteration is accounted when it starts (its tokens carry its end time), so a r
 finished up to one iteration before its finish time. Idle replicas draw idle power; loading ones
 ``reload_power``.
 
-Public names: step_scalar, run_until, plus the column constants.
+Public names: step_scalar, base_clock_prefill_s, run_until, plus the column constants.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ V_MIN_FRAC = 0.7
 
 # request float columns
 RF_ARRIVAL, RF_FIRST_TOKEN, RF_FINISH, RF_LAST_TOKEN, RF_TBT_SUM, RF_TBT_MAX, RF_ADMIT, RF_TTFT_SLO = range(8)
-N_RF = 8
+RF_BOOST_AT = 8  # deadline governor: when this request needs the prefill clock (s), set when it reaches a replica
+N_RF = 9
 # request int columns
 RI_PROMPT, RI_OUTPUT, RI_STATE, RI_SLOT, RI_CTX, RI_GENERATED, RI_PREEMPT, RI_BLOCKS, RI_NEXT, RI_PHASE = range(10)
 N_RI = 10
@@ -70,7 +73,8 @@ G_NEXT_ARRIVAL, G_PHEAD, G_PTAIL, G_PLEN = range(4)
 N_G = 4
 # config
 C_CLOCK_FRAC, C_MAX_SEQS, C_MAX_BATCHED, C_BLOCK, C_TBT_SLO, C_PREFILL_CLOCK_FRAC, C_SWITCH_S = range(7)
-N_C = 7
+C_BOOST_TTFT_S = 7  # < 0: the prefill clock whenever a request is pending; else the deadline governor's TTFT target (s)
+N_C = 8
 # interval counters
 K_ARRIVED, K_PROMPT_IN, K_TOKENS_OUT, K_PREFILL_TOKENS, K_FINISHED, K_SLO_MET, K_PREEMPTIONS = range(7)
 K_ITERATIONS, K_TTFT_SUM, K_TBT_SUM, K_REJECTED, K_FIRST_TOKENS, K_SCHEDULES = 7, 8, 9, 10, 11, 12
@@ -167,6 +171,8 @@ def _route(
     req_i: np.ndarray,
     slot_i: np.ndarray,
     slot_f: np.ndarray,
+    run_ids: np.ndarray,
+    packed: np.ndarray,
     cap_blocks: np.ndarray,
     cfg: np.ndarray,
     cnt: np.ndarray,
@@ -189,11 +195,77 @@ def _route(
     req_i[rid, RI_SLOT] = best
     slot_i[best, SI_OUTSTANDING] += 1
     _push_back(req_i, slot_i, best, rid)
+    if cfg[C_BOOST_TTFT_S] >= 0.0:
+        req_f[rid, RF_BOOST_AT] = _boost_at(best, rid, now, req_f, req_i, slot_i, slot_f, run_ids, packed, cfg)
     if slot_f[best, SF_PENDING_SINCE] < 0.0:
         slot_f[best, SF_PENDING_SINCE] = now  # what a prefill clock governor reacts to
     if slot_i[best, SI_NRUN] == 0 and slot_i[best, SI_QLEN] == 1 and slot_f[best, SF_BUSY_UNTIL] < now:
         slot_f[best, SF_BUSY_UNTIL] = now  # an idle replica starts when the request arrives
     return True
+
+
+@njit(cache=True)
+def base_clock_prefill_s(
+    v: np.ndarray, tokens: float, pairs: float, decodes: float, ctx: float, max_batched: float, clock_frac: float
+) -> float:
+    """Seconds to prefill ``tokens`` (attention ``pairs``) next to a decode batch at one clock.
+
+    Chunked prefill: ``ceil(tokens / max_batched)`` equal iterations, each with every running decode
+    (``decodes`` sequences, ``ctx`` context tokens in all). What the deadline governor predicts, in the
+    simulator and (with the same function) on a live node.
+    """
+    n_iter = max(1.0, math.ceil(tokens / max_batched))
+    lat, _ = step_scalar(v, tokens / n_iter, pairs / n_iter, decodes, ctx, clock_frac)
+    return n_iter * lat
+
+
+@njit(cache=True)
+def _boost_at(
+    s: int,
+    rid: int,
+    now: float,
+    req_f: np.ndarray,
+    req_i: np.ndarray,
+    slot_i: np.ndarray,
+    slot_f: np.ndarray,
+    run_ids: np.ndarray,
+    packed: np.ndarray,
+    cfg: np.ndarray,
+) -> float:
+    """When the deadline governor asks for the prefill clock for ``rid``, just queued on replica ``s``.
+
+    At the base clock from ``now``, ``rid`` would get its first token after the iteration under way and
+    the prefill of everything waiting or prefilling ahead of it and of its own prompt, next to the
+    running decodes. It asks for the prefill clock at the latest time (not before ``now``) that leaves
+    that first token within ``C_BOOST_TTFT_S`` of its arrival. The target is one for all requests, not
+    each one's own TTFT SLO: a long prompt prefilling at the base clock also delays the prompts that
+    arrive behind it. A request that must wait for a seat asks at once: its wait depends on completions.
+    """
+    if slot_i[s, SI_NRUN] + slot_i[s, SI_QLEN] > int(cfg[C_MAX_SEQS]):
+        return now
+    tokens = 0.0
+    pairs = 0.0
+    decodes = 0
+    ctx = 0.0
+    for j in range(slot_i[s, SI_NRUN]):
+        r = run_ids[s, j]
+        if req_i[r, RI_PHASE] == 1:
+            decodes += 1
+            ctx += req_i[r, RI_CTX]
+        else:
+            left = req_i[r, RI_PROMPT] + req_i[r, RI_GENERATED] - req_i[r, RI_CTX]
+            tokens += left
+            pairs += left * (req_i[r, RI_CTX] + left / 2.0)
+    q = slot_i[s, SI_QHEAD]
+    while q >= 0:  # rid is the tail
+        left = req_i[q, RI_PROMPT] + req_i[q, RI_GENERATED]
+        tokens += left
+        pairs += left * left / 2.0
+        q = req_i[q, RI_NEXT]
+    v = packed[slot_i[s, SI_TP_IDX]]
+    busy = max(0.0, slot_f[s, SF_BUSY_UNTIL] - now)  # the iteration under way (its tokens are booked)
+    work = base_clock_prefill_s(v, tokens, pairs, float(decodes), ctx, cfg[C_MAX_BATCHED], cfg[C_CLOCK_FRAC])
+    return max(now, req_f[rid, RF_ARRIVAL] + cfg[C_BOOST_TTFT_S] - busy - work)
 
 
 @njit(cache=True)
@@ -295,14 +367,33 @@ def _account_idle(s: int, until: float, slot_f: np.ndarray, slot_i: np.ndarray, 
 
 
 @njit(cache=True)
-def _replica_clock(s: int, t0: float, prefill_pending: bool, slot_f: np.ndarray, cfg: np.ndarray) -> tuple[float, bool]:
+def _pending_boost_at(s: int, req_f: np.ndarray, req_i: np.ndarray, slot_i: np.ndarray, run_ids: np.ndarray) -> float:
+    """The earliest ``RF_BOOST_AT`` of the requests waiting or prefilling on replica ``s`` (inf: none)."""
+    at = np.inf
+    for j in range(slot_i[s, SI_NRUN]):
+        r = run_ids[s, j]
+        if req_i[r, RI_PHASE] == 0:
+            at = min(at, req_f[r, RF_BOOST_AT])
+    q = slot_i[s, SI_QHEAD]
+    while q >= 0:
+        at = min(at, req_f[q, RF_BOOST_AT])
+        q = req_i[q, RI_NEXT]
+    return at
+
+
+@njit(cache=True)
+def _replica_clock(
+    s: int, t0: float, prefill_pending: bool, boost_at: float, slot_f: np.ndarray, cfg: np.ndarray
+) -> tuple[float, bool]:
     """The clock of an iteration starting at ``t0``, and whether the replica wants its base clock.
 
     Without a prefill clock this is the base clock. With one, the replica wants the prefill clock
-    while a request waits or prefills and the base clock otherwise. A change of what it wants takes
-    effect ``C_SWITCH_S`` after it was asked for: a switch up from the arrival that made a request
-    pending (``SF_PENDING_SINCE``), a switch down from ``t0``. Until then the previous clock holds; a
-    switch that lands inside the iteration is split there by ``_iterate``.
+    while a request waits or prefills (or, under the deadline governor, from ``boost_at``, the
+    earliest time a pending request needs it) and the base clock otherwise. A change of what it
+    wants takes effect ``C_SWITCH_S`` after it was asked for: a switch up from the arrival that made a
+    request pending (``SF_PENDING_SINCE``) or from ``boost_at`` if later, a switch down from ``t0``.
+    Until then the previous clock holds; a switch that lands inside the iteration is split there by
+    ``_iterate``.
     """
     base = cfg[C_CLOCK_FRAC]
     high = cfg[C_PREFILL_CLOCK_FRAC]
@@ -319,16 +410,21 @@ def _replica_clock(s: int, t0: float, prefill_pending: bool, slot_f: np.ndarray,
         slot_f[s, SF_PENDING_SINCE] = -1.0
     elif slot_f[s, SF_PENDING_SINCE] < 0.0:
         slot_f[s, SF_PENDING_SINCE] = t0  # pending without an arrival: a preempted request queued again
-    want = high if prefill_pending else base
-    if want != slot_f[s, SF_CLOCK_TARGET]:
+    asked = slot_f[s, SF_PENDING_SINCE]
+    if cfg[C_BOOST_TTFT_S] >= 0.0:
+        asked = max(asked, boost_at)
+    up = prefill_pending and asked < np.inf
+    want = high if up else base
+    lands = (asked if up else t0) + cfg[C_SWITCH_S]
+    if want != slot_f[s, SF_CLOCK_TARGET] or (up and slot_f[s, SF_CLOCK_AT] > lands):
+        # a new target, or (deadline governor) a newly routed request needs the pending switch sooner
         slot_f[s, SF_CLOCK_TARGET] = want
-        lands = (slot_f[s, SF_PENDING_SINCE] if prefill_pending else t0) + cfg[C_SWITCH_S]
         if lands <= t0:
             slot_f[s, SF_CLOCK_NOW] = want
             slot_f[s, SF_CLOCK_AT] = -1.0
         else:
             slot_f[s, SF_CLOCK_AT] = lands
-    return slot_f[s, SF_CLOCK_NOW], not prefill_pending
+    return slot_f[s, SF_CLOCK_NOW], not up
 
 
 @njit(cache=True)
@@ -431,7 +527,11 @@ def _iterate(
             slot_i[s, SI_OUTSTANDING] -= 1
             cnt[K_REJECTED] += 1.0
         return
-    clock, want_base = _replica_clock(s, t0, prefill > 0.0 or slot_i[s, SI_QLEN] > 0, slot_f, cfg)
+    pending = prefill > 0.0 or slot_i[s, SI_QLEN] > 0
+    boost_at = np.inf
+    if pending and cfg[C_BOOST_TTFT_S] >= 0.0 and cfg[C_PREFILL_CLOCK_FRAC] > 0.0:
+        boost_at = _pending_boost_at(s, req_f, req_i, slot_i, run_ids)
+    clock, want_base = _replica_clock(s, t0, pending, boost_at, slot_f, cfg)
     lat0, pow0 = step_scalar(v, prefill, pairs, float(decodes), ctx, clock)
     high = cfg[C_PREFILL_CLOCK_FRAC]
     high_s = lat0 if high > 0.0 and clock == high and clock != cfg[C_CLOCK_FRAC] else 0.0
@@ -575,7 +675,7 @@ def run_until(
     n_req = req_f.shape[0]
     n_slots = slot_i.shape[0]
     inf = np.inf
-    _route_pending(t_now, req_f, req_i, slot_i, slot_f, cap_blocks, cfg, g, cnt)
+    _route_pending(t_now, req_f, req_i, slot_i, slot_f, run_ids, packed, cap_blocks, cfg, g, cnt)
     while True:
         # next replica event: an iteration to start, a load to finish
         t_rep = inf
@@ -603,7 +703,7 @@ def run_until(
             cnt[K_ARRIVED] += 1.0
             cnt[K_PROMPT_IN] += req_i[nxt_i, RI_PROMPT]
             g[G_NEXT_ARRIVAL] = nxt_i + 1
-            if not _route(nxt_i, t_arr, req_f, req_i, slot_i, slot_f, cap_blocks, cfg, cnt):
+            if not _route(nxt_i, t_arr, req_f, req_i, slot_i, slot_f, run_ids, packed, cap_blocks, cfg, cnt):
                 push_pending(req_i, g, nxt_i)
             continue
         s = r
@@ -611,7 +711,7 @@ def run_until(
             _account_idle(s, t_rep, slot_f, slot_i, packed)
             slot_i[s, SI_STATUS] = SERVING
             slot_f[s, SF_BUSY_UNTIL] = t_rep
-            _route_pending(t_rep, req_f, req_i, slot_i, slot_f, cap_blocks, cfg, g, cnt)
+            _route_pending(t_rep, req_f, req_i, slot_i, slot_f, run_ids, packed, cap_blocks, cfg, g, cnt)
             continue
         _account_idle(s, t_rep, slot_f, slot_i, packed)
         limit = t_end
@@ -660,6 +760,8 @@ def _route_pending(
     req_i: np.ndarray,
     slot_i: np.ndarray,
     slot_f: np.ndarray,
+    run_ids: np.ndarray,
+    packed: np.ndarray,
     cap_blocks: np.ndarray,
     cfg: np.ndarray,
     g: np.ndarray,
@@ -669,7 +771,7 @@ def _route_pending(
     while g[G_PLEN] > 0:
         rid = g[G_PHEAD]
         nxt = req_i[rid, RI_NEXT]
-        if not _route(rid, now, req_f, req_i, slot_i, slot_f, cap_blocks, cfg, cnt):
+        if not _route(rid, now, req_f, req_i, slot_i, slot_f, run_ids, packed, cap_blocks, cfg, cnt):
             return
         g[G_PHEAD] = nxt
         g[G_PLEN] -= 1

@@ -8,7 +8,9 @@ Reconfiguration costs:
 * SM clock: takes effect ``clock_latency_s`` after ``apply`` (NVML clock locking), no interruption.
 * prefill SM clock: the governor's setting changes at once; each replica's switch between it and the
   base clock takes ``clock_latency_s`` from the arrival that makes a request wait (up) or from the
-  first iteration with none waiting or prefilling (down), and may land mid-iteration.
+  first iteration with none waiting or prefilling (down), and may land mid-iteration. With
+  ``prefill_clock_ttft_s`` (the deadline governor) a switch up is asked for only once a pending prompt
+  would, at the base clock, get its first token later than that after its arrival.
 * ``max_num_seqs`` / ``max_num_batched_tokens``: a restart-only flag in vLLM, modelled as an admission
   cap enforced in front of the server: instant for new admissions, running requests drain naturally.
 * ``tp`` or replica count: affected replicas stop admitting; their running requests either finish
@@ -68,6 +70,9 @@ class SimConfig:
         mode: ``fast`` (event jumps) or ``exact`` (every iteration).
         initial: the configuration at reset.
         clock_latency_s: delay before a new SM clock takes effect (s).
+        prefill_clock_ttft_s: the prefill clock governor's TTFT target (s): a replica raises its clock
+            for a prompt only when, at the base clock, its first token would come later than this
+            after its arrival. None: whenever a prompt waits or prefills.
         load_bandwidth_bps: weight loading speed of a replica (B/s); 2.5 GB/s loads 138 GB in 55 s.
         reload_power_frac: extra power of a reloading GPU above idle, as a share of TDP (assumption).
         inflight: what happens to running requests of a replica being reconfigured.
@@ -82,6 +87,7 @@ class SimConfig:
     mode: Literal["fast", "exact"] = "fast"
     initial: Knobs = field(default_factory=lambda: Knobs(tp=4, replicas=2, max_num_seqs=256, sm_clock_mhz=1980))
     clock_latency_s: float = 0.05
+    prefill_clock_ttft_s: float | None = None
     load_bandwidth_bps: float = 2.5e9
     reload_power_frac: float = 0.1
     inflight: Literal["drain", "requeue"] = "drain"
@@ -244,6 +250,7 @@ class SimNode:
                 self.config.slo.tbt_mean_s,
                 knobs.prefill_sm_clock_mhz / self.gpu.max_sm_clock_mhz,
                 self.config.clock_latency_s,
+                -1.0 if self.config.prefill_clock_ttft_s is None else self.config.prefill_clock_ttft_s,
             ]
         )
 
