@@ -7,7 +7,10 @@ NVML (``GpuSet.lock_all``); ``max_num_seqs`` as the cap of the admission proxy (
 ``greenrl.live.proxy``), which clients then send to and which also counts arrivals and SLO outcomes; and
 a TP change as a drained restart of a server the controller started itself (``--launch``,
 ``greenrl.live.launcher``). A policy with a ``prefill_sm_clock_mhz`` knob gets a phase-aware clock
-(``greenrl.live.governor``) driven by the proxy's count of requests pending their first token. Without
+(``greenrl.live.governor``) driven by the proxy's count of requests pending their first token; with the
+TTFT target the policy was trained with (``prefill_clock.ttft_target_s`` in controller.json, or
+``--prefill-clock-ttft-s``) only once a pending request would, at the base clock, miss it
+(``greenrl.live.deadline``, the simulator's deadline governor). Without
 the proxy ``max_num_seqs`` and ``prefill_sm_clock_mhz`` are logged as "would apply"; without
 ``--launch`` a TP change is refused and logged. ``--shadow`` decides and logs but changes nothing.
 
@@ -43,6 +46,7 @@ import numpy as np
 
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.live.appliers import KNOB_ORDER, ApplyError, KnobApplier, NvmlApplier, ServerApplier, TwinApplier
+from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.gpu import GpuError, GpuPermissionError
 from greenrl.live.launcher import DEFAULT_COMMAND, LaunchError, ServerLauncher
 from greenrl.live.metrics import MetricsError
@@ -451,8 +455,31 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--server-log", default=None, help="file for the launched server's output (default: temp dir)")
     g.add_argument("--launch-timeout-s", type=float, default=900.0, help="longest server start-up (s; 900)")
     g.add_argument("--drain-timeout-s", type=float, default=120.0, help="longest drain before a restart (s; 120)")
+    g.add_argument(
+        "--prefill-clock-ttft-s",
+        default=None,
+        help="TTFT target of the prefill clock governor (s), or 'none' for the prefill clock whenever a "
+        "request is pending (default: the policy's prefill_clock.ttft_target_s)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return p
+
+
+def _prefill_target(policy: ControllerPolicy, flag: str | None) -> float | None:
+    """The deadline governor's TTFT target: ``--prefill-clock-ttft-s``, else the policy's (None: off)."""
+    if flag is None:
+        return policy.prefill_clock_ttft_s
+    if flag.strip().lower() == "none":
+        return None
+    try:
+        target = float(flag)
+    except ValueError:
+        target = math.nan
+    if not (math.isfinite(target) and target >= 0):
+        raise InputError(
+            "--prefill-clock-ttft-s", "ttft_target_s", f"{flag!r} is not a time >= 0 s", "e.g. 0.2 or none"
+        )
+    return target
 
 
 def _parse_gpus(spec: str | None) -> tuple[list[int] | None, str]:
@@ -486,6 +513,7 @@ def build_controller(
     if not folder.is_dir():
         raise InputError("--checkpoint", "checkpoint", f"{folder} is not a folder", "give an exported controller")
     policy = load_controller(folder)
+    target = _prefill_target(policy, args.prefill_clock_ttft_s)
     scenario = load_scenario(args.scenario or policy.manifest["scenario"])
     gpu = load_gpu(scenario.node.gpu)
     applier: KnobApplier
@@ -534,12 +562,18 @@ def build_controller(
         gpu_set.install_sigterm_handler()
         energy = gpu_set
         values = dict(zip(policy.knob_names, policy.knob_values, strict=True))
+        deadline = None
+        if target is not None and proxy is not None and "prefill_sm_clock_mhz" in policy.knob_names:
+            n = scenario.node
+            deadline = PrefillDeadline(n.model, n.gpu, target, stack=n.stack)
+            logger.info("prefill clock: the deadline governor, TTFT target %.3f s", target)
         applier = ServerApplier(
             gpu_set,
             proxy=proxy,
             launcher=launcher,
             drain_timeout_s=args.drain_timeout_s,
             launch_max_num_seqs=max(values.get("max_num_seqs", [256])),
+            deadline=deadline,
         )
     observer = LiveObserver(
         base,

@@ -131,6 +131,17 @@ class ControllerPolicy:
         self._mask_splits = np.split(mask, np.cumsum(self.nvec)[:-1]) if self.nvec else []
         self.observation_names = [f["name"] for f in manifest["observation"]]
 
+    @property
+    def prefill_clock_ttft_s(self) -> float | None:
+        """The prefill clock governor's TTFT target the policy was trained with (s).
+
+        None: the prefill clock whenever a prompt waits (also for controllers exported before the
+        manifest recorded it).
+        """
+        section = self.manifest.get("prefill_clock") or {}
+        target = section.get("ttft_target_s")
+        return None if target is None else float(target)
+
     def predict(
         self,
         observation: npt.ArrayLike,

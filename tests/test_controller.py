@@ -654,6 +654,7 @@ def test_controller_with_a_proxy_drives_the_prefill_clock_of_fake_gpus(
         assert ctl.run_interval()["mode"] == "applied" and applier.governor is not None
         base = ctl.knobs["sm_clock_mhz"]
         assert base < 1980 and ctl.knobs["prefill_sm_clock_mhz"] == 1980
+        assert applier.deadline is not None and applier.deadline.ttft_target_s == policy.prefill_clock_ttft_s
         until(lambda: gpu.locked_sm_clock_mhz == base)
         body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()
         req = urllib.request.Request(f"{applier.proxy.url}/v1/completions", data=body, method="POST")
@@ -688,3 +689,62 @@ def test_a_negative_clock_rate_limit_is_refused() -> None:
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
     with pytest.raises(InputError, match="--clock-min-interval-s"):
         build_controller(_parser().parse_args([*argv, "--clock-min-interval-s", "-1"]), None)
+
+
+# ------------------------------------------------------------------------------------------ the deadline governor
+
+
+def test_the_policy_carries_its_prefill_clock_target() -> None:
+    manifest = json.loads((CHECKPOINT / "controller.json").read_text())
+    shipped = load_controller(CHECKPOINT).prefill_clock_ttft_s
+    assert shipped is not None and shipped == manifest["prefill_clock"]["ttft_target_s"]
+    policy = _raw_policy(True)
+    policy.manifest["prefill_clock"] = {"ttft_target_s": None}
+    assert policy.prefill_clock_ttft_s is None
+    del policy.manifest["prefill_clock"]  # exported before the manifest recorded it
+    assert policy.prefill_clock_ttft_s is None
+    policy.manifest["prefill_clock"] = {"ttft_target_s": 1}
+    assert policy.prefill_clock_ttft_s == 1.0 and isinstance(policy.prefill_clock_ttft_s, float)
+
+
+@pytest.mark.parametrize(
+    ("extra", "prefill_knob", "expected"),
+    [
+        (["--proxy-port", "0"], True, "policy"),
+        (["--proxy-port", "0", "--prefill-clock-ttft-s", "0.35"], True, 0.35),
+        (["--proxy-port", "0", "--prefill-clock-ttft-s", "none"], True, None),
+        ([], True, None),  # no proxy: no governor, nothing to predict for
+        (["--proxy-port", "0"], False, None),  # no prefill clock knob
+    ],
+)
+def test_the_controller_hands_the_target_to_the_proxy(
+    extra: list[str], prefill_knob: bool, expected: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = _raw_policy(prefill_knob, [2, 4, 0, 1] if prefill_knob else [2, 4, 0])  # tp 8, prefill 1980
+    monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake", *extra]
+    ctl = build_controller(_parser().parse_args(argv), None)
+    try:
+        applier = ctl.applier
+        assert isinstance(applier, ServerApplier)
+        deadline = applier.deadline
+        if expected is None:
+            assert deadline is None
+            return
+        target = policy.prefill_clock_ttft_s if expected == "policy" else expected
+        assert deadline is not None and target is not None and deadline.ttft_target_s == target
+        assert deadline.model == "llama-2-70b" and deadline.gpu.name.lower().startswith("h100")  # the scenario's
+        ctl.observer = _FixedObserver(np.zeros(len(policy.observation_names), np.float32))  # type: ignore[assignment]
+        assert ctl.run_interval()["mode"] == "applied" and applier.governor is not None
+        assert applier.proxy is not None and applier.proxy._deadline is deadline
+        base = ctl.knobs["sm_clock_mhz"]
+        assert deadline.serving == {"tp": 8, "replicas": 1, "base_clock_mhz": base, "max_num_batched_tokens": 8192}
+    finally:
+        ctl.close()
+
+
+@pytest.mark.parametrize("bad", ["-0.1", "soon", "inf", "nan"])
+def test_a_bad_prefill_clock_target_is_refused(bad: str) -> None:
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
+    with pytest.raises(InputError, match="--prefill-clock-ttft-s"):
+        build_controller(_parser().parse_args([*argv, "--prefill-clock-ttft-s", bad]), None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import pytest
 
 from greenrl.live.appliers import ServerApplier, TwinApplier
 from greenrl.live.clock import SmClockControl
+from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.governor import PrefillClockGovernor
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
 from greenrl.live.launcher import ServerLauncher
@@ -177,6 +179,66 @@ def test_close_stops_the_worker(governors: Any) -> None:
     assert locks.clocks == [BASE] and not gov._thread.is_alive()
 
 
+def test_the_deadline_holds_the_base_clock_until_the_boost_time(governors: Any) -> None:
+    t = [100.0]
+    locks = _Locks()
+    gov = governors(locks, clock=lambda: t[0])
+    gov.configure(BASE, PREFILL)
+    assert gov.settle(5.0) and locks.clocks == [BASE]
+    gov.on_pending(2, 105.0)  # pending, but their first tokens come in time at the base clock until 105 s
+    time.sleep(0.1)
+    assert gov.settle(5.0) and locks.clocks == [BASE] and gov.wanted_mhz == BASE and gov.boost_at_s == 105.0
+    t[0] = 104.99
+    assert gov.wanted_mhz == BASE
+    t[0] = 105.0
+    assert gov.wanted_mhz == PREFILL  # the boost time has come (the worker wakes by itself: next test)
+    gov.on_pending(2, 105.0)
+    assert gov.settle(5.0) and locks.clocks == [BASE, PREFILL]
+    gov.on_pending(1, 109.0)  # the early one got its first token; the other one can wait: back to base
+    assert gov.settle(5.0) and locks.clocks == [BASE, PREFILL, BASE]
+    gov.on_pending(0, math.inf)
+    time.sleep(0.05)
+    assert gov.settle(5.0) and locks.clocks == [BASE, PREFILL, BASE]
+    assert gov.stats()["boosts"] == 1 and gov.switches == 3
+    assert gov.prefill_s == pytest.approx(0.0)  # the fake clock did not move while at the prefill clock
+
+
+def test_the_worker_wakes_at_the_boost_time_by_itself(governors: Any) -> None:
+    locks = _Locks()
+    gov = governors(locks)  # time.monotonic, the proxy's loop clock
+    gov.configure(BASE, PREFILL)
+    assert gov.settle(5.0)
+    boost_at_s = time.monotonic() + 0.3
+    gov.on_pending(1, boost_at_s)  # no other report follows
+    time.sleep(0.15)
+    assert locks.clocks == [BASE]
+    _wait(lambda: locks.clocks == [BASE, PREFILL], timeout_s=5.0)
+    assert boost_at_s <= locks.times_s[-1] < boost_at_s + 1.0 and gov.boosts == 1
+
+
+def test_a_boost_time_past_or_unset_switches_at_once(governors: Any) -> None:
+    locks = _Locks()
+    gov = governors(locks)
+    gov.configure(BASE, PREFILL)
+    assert gov.settle(5.0)
+    gov.on_pending(1, time.monotonic() - 1.0)
+    assert gov.settle(5.0) and locks.clocks == [BASE, PREFILL]
+    gov.on_pending(0, math.inf)
+    assert gov.settle(5.0) and locks.clocks == [BASE, PREFILL, BASE]
+    gov.on_pending(1)  # no boost time: at once (the governor without a deadline)
+    assert gov.settle(5.0) and locks.clocks == [BASE, PREFILL, BASE, PREFILL] and gov.boosts == 2
+
+
+def test_a_boost_waits_for_the_rate_limit_too(governors: Any) -> None:
+    locks = _Locks()
+    t0 = time.monotonic()
+    gov = governors(locks, min_interval_s=0.4, locked_mhz=BASE)  # the caller just locked BASE
+    gov.configure(BASE, PREFILL)
+    gov.on_pending(1, t0 + 0.1)  # the boost time comes before the GPUs allow a switch
+    _wait(lambda: locks.clocks == [PREFILL])
+    assert locks.times_s[0] - t0 >= 0.4
+
+
 # ------------------------------------------------------------------------------------------ ServerApplier
 
 
@@ -268,6 +330,36 @@ def test_server_applier_raises_a_governor_fault_at_the_next_apply(proxied: Any, 
         applier.apply(KNOBS, [])
     gated_upstream.release.set()
     client.join(timeout=10.0)
+
+
+def test_server_applier_with_a_deadline_defers_the_prefill_clock(gated_upstream: Any) -> None:
+    deadline = PrefillDeadline("llama-3.1-8b", "h100-sxm-80gb", 0.6)
+    gpu = FakeGpu(0, min_interval_s=0.0)
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    applier = ServerApplier(GpuSet([gpu]), proxy=proxy, deadline=deadline)
+    try:
+        applier.apply(KNOBS, list(KNOBS))
+        assert applier.deadline is deadline and proxy._deadline is deadline
+        assert deadline.serving == {"tp": 1, "replicas": 1, "base_clock_mhz": BASE, "max_num_batched_tokens": 8192}
+        _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
+        t0 = time.monotonic()
+        client, out = _stream(proxy.url)  # a one-token prompt: its prefill takes milliseconds at the base clock
+        _wait(lambda: proxy.stats()["pending_first_token"] == 1)
+        time.sleep(0.3)
+        assert gpu.locked_sm_clock_mhz == BASE  # its boost time, about 0.6 s after its arrival, is not there yet
+        governor = applier.governor
+        assert governor is not None and t0 + 0.5 < governor.boost_at_s < time.monotonic() + 0.6
+        _wait(lambda: gpu.locked_sm_clock_mhz == PREFILL)  # no first token by then: the prefill clock
+        assert time.monotonic() - t0 >= 0.5 and governor.boosts == 1
+        gated_upstream.release.set()
+        client.join(timeout=10.0)
+        _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
+        assert out and gpu.calls == [("lock", BASE), ("lock", PREFILL), ("lock", BASE)]
+        applier.apply({**KNOBS, "prefill_sm_clock_mhz": 0}, ["prefill_sm_clock_mhz"])
+        assert proxy._deadline is None and proxy._on_pending is None  # no governor: no predictions
+    finally:
+        applier.close(None)
 
 
 def test_server_applier_without_a_proxy_keeps_the_base_clock(caplog: pytest.LogCaptureFixture) -> None:

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from greenrl.core import Knobs, NodeSnapshot
+from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import OBS_FIELDS, ServingEnv
+from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
 from greenrl.live.node import BackendReading, GpuBackend, LiveNode, TwinBackend
 from greenrl.live.observe import LiveObserver
@@ -390,3 +392,97 @@ def test_live_node_reports_the_share_of_time_at_the_prefill_clock(twin: str) -> 
         assert node.advance(10.0).prefill_clock_frac == 0.0  # a backend that cannot tell: 0
     finally:
         node.close()
+
+
+# ------------------------------------------------------------------------------------------ the deadline governor
+
+
+def _with_target(target_s: float | None) -> Scenario:
+    """The tiny scenario with the deadline governor's TTFT target (None: without one)."""
+    s = load_scenario("tiny")
+    return dataclasses.replace(s, control=dataclasses.replace(s.control, prefill_clock_ttft_s=target_s))
+
+
+def test_live_node_gives_a_gpu_backend_the_scenarios_deadline(gated_upstream: Any) -> None:
+    proxy = AdmissionProxy(gated_upstream.url)
+    proxy.start()
+    initial = dataclasses.replace(PREFILL_KNOBS, prefill_sm_clock_mhz=0)
+    backend = GpuBackend(GpuSet([FakeGpu(0, min_interval_s=0.0), FakeGpu(1, min_interval_s=0.0)]), initial, proxy=proxy)
+    try:
+        LiveNode(_with_target(0.3), backend, url=proxy.url)
+        deadline = backend.sm_clocks.deadline
+        assert deadline is not None and deadline.ttft_target_s == 0.3 and deadline.model == "llama-3.1-8b"
+        backend.apply(PREFILL_KNOBS)
+        assert proxy._deadline is deadline  # handed to the proxy with the governor
+        assert deadline.serving == {"tp": 2, "replicas": 1, "base_clock_mhz": BASE, "max_num_batched_tokens": 8192}
+        backend.apply(dataclasses.replace(PREFILL_KNOBS, sm_clock_mhz=1395))
+        assert deadline.serving is not None and deadline.serving["base_clock_mhz"] == 1395  # kept current
+        own = PrefillDeadline("llama-3.1-8b", "h100-sxm-80gb", 0.1)
+        backend.sm_clocks.set_deadline(own)
+        LiveNode(_with_target(0.3), backend, url=proxy.url)
+        assert backend.sm_clocks.deadline is own and proxy._deadline is own  # a backend's own one stays
+    finally:
+        backend.close()
+        proxy.stop()
+    plain = GpuBackend(GpuSet([FakeGpu(0, min_interval_s=0.0), FakeGpu(1, min_interval_s=0.0)]), initial)
+    try:
+        LiveNode(_with_target(None), plain, url=gated_upstream.url)
+        assert plain.sm_clocks.deadline is None  # no target: the prefill clock whenever a request is pending
+    finally:
+        plain.close()
+
+
+def test_the_deadline_governor_on_the_twin(twin: str) -> None:
+    """End to end on loopback: FakeGpus, the proxy in front of the twin, the scenario's deadline."""
+    gpus = [FakeGpu(0, min_interval_s=0.0), FakeGpu(1, min_interval_s=0.0)]
+    proxy = AdmissionProxy(twin)
+    url = proxy.start()
+    backend = GpuBackend(GpuSet(gpus), dataclasses.replace(PREFILL_KNOBS, max_num_seqs=256), proxy=proxy)
+    # a generous target: the twin serves a first token in milliseconds of wall time
+    LiveNode(_with_target(2.0), backend, url=url, metrics_url=twin)
+    deadline = backend.sm_clocks.deadline
+    assert deadline is not None
+
+    def send(n: int, max_tokens: int) -> None:
+        body = {"prompt": list(range(1, 65)), "max_tokens": max_tokens, "stream": True}
+        statuses: list[int] = []
+
+        def one() -> None:
+            req = urllib.request.Request(
+                f"{url}/v1/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(req, timeout=30.0) as r:
+                r.read()
+                statuses.append(r.status)
+
+        threads = [threading.Thread(target=one, daemon=True) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30.0)
+        assert statuses == [200] * n
+
+    try:
+        backend.apply(dataclasses.replace(PREFILL_KNOBS, max_num_seqs=256))
+        governor = backend.sm_clocks.governor
+        assert governor is not None
+        _wait(lambda: _locked(gpus, BASE))
+        backend.sm_clocks.set_deadline(None)  # first without a deadline: every request raises the clock
+        for _ in range(2):
+            send(1, 10)
+        _wait(lambda: _locked(gpus, BASE))
+        assert governor.boosts >= 1
+        boosts = governor.boosts
+        backend.sm_clocks.set_deadline(deadline)
+        for _ in range(3):
+            send(1, 10)  # one at a time: each first token comes well within the target at the base clock
+        assert governor.boosts == boosts and _locked(gpus, BASE)
+        backend.apply(dataclasses.replace(PREFILL_KNOBS, max_num_seqs=1))  # a cap of one: the others must wait
+        send(3, 150)
+        _wait(lambda: _locked(gpus, BASE))
+        assert governor.boosts > boosts  # a request waiting for a seat boosts at once
+        _wait(lambda: proxy.stats()["pending_first_token"] == 0 == proxy.stats()["decoding"])  # the load is gone
+    finally:
+        backend.close()
+        proxy.stop()
+    assert all(g.calls[-1] == ("reset", None) for g in gpus)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from greenrl.errors import InputError
+from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.launcher import ServerLauncher
 from greenrl.live.proxy import AdmissionProxy, ProxySlo, approx_prompt_tokens
 
@@ -311,16 +313,27 @@ def _send_async(url: str, body: dict[str, Any]) -> tuple[threading.Thread, list[
     return thread, out
 
 
+class _Heard(list[tuple[int, float]]):
+    """A pending listener recording ``(count, boost_at_s)``; ``counts`` lists the counts alone."""
+
+    def __call__(self, count: int, boost_at_s: float) -> None:
+        self.append((count, boost_at_s))
+
+    @property
+    def counts(self) -> list[int]:
+        return [c for c, _ in self]
+
+
 def test_pending_first_token_rises_on_arrival_and_falls_at_the_first_token(
     gated_upstream: Any, proxy_factory: Any
 ) -> None:
-    heard: list[int] = []
+    heard = _Heard()
     proxy = proxy_factory(gated_upstream.url, cap=1)
-    proxy.set_on_pending(heard.append)  # called at once with the count now
+    proxy.set_on_pending(heard)  # called at once with the count now
     proxy.pause()
     sender, out = _send_async(proxy.url, {"prompt": "a", "max_tokens": 3, "stream": True})
     _wait(lambda: proxy.stats()["queued"] == 1)
-    assert proxy.stats()["pending_first_token"] == 1 and heard == [0, 1]  # held in the proxy: pending
+    assert proxy.stats()["pending_first_token"] == 1 and heard.counts == [0, 1]  # held in the proxy: pending
     proxy.resume()
     _wait(lambda: gated_upstream.posts == 1)
     time.sleep(0.1)  # the upstream sent its headers and a chunk without a token: still pending
@@ -328,12 +341,15 @@ def test_pending_first_token_rises_on_arrival_and_falls_at_the_first_token(
     gated_upstream.finish.clear()
     gated_upstream.release.set()  # the first token, then the stream holds
     _wait(lambda: proxy.stats()["pending_first_token"] == 0)
-    assert proxy.stats()["in_flight"] == 1 and heard == [0, 1, 0]  # down at the first token, not at the end
+    assert proxy.stats()["in_flight"] == 1 and heard.counts == [0, 1, 0]  # down at the first token, not at the end
+    assert proxy.stats()["decoding"] == 1
     gated_upstream.finish.set()
     sender.join(timeout=10.0)
     _wait(lambda: proxy.stats()["finished"] == 1)
     assert out[0]["status"] == 200 and out[0]["done"] and proxy.stats()["output_tokens"] == 3
-    assert heard == [0, 1, 0] and proxy.stats()["pending_first_token"] == 0  # down once, at the first token
+    assert heard.counts == [0, 1, 0] and proxy.stats()["pending_first_token"] == 0  # down once, at the first token
+    # no predictor: "at once" while pending, "never" with none pending (the prefill clock whenever pending)
+    assert heard == [(0, math.inf), (1, -math.inf), (0, math.inf)] and proxy.stats()["decoding"] == 0
 
 
 @pytest.mark.parametrize("mode", ["500", "close"])
@@ -341,18 +357,18 @@ def test_pending_first_token_falls_once_when_the_upstream_fails(
     mode: str, gated_upstream: Any, proxy_factory: Any
 ) -> None:
     gated_upstream.mode = mode
-    heard: list[int] = []
-    proxy = proxy_factory(gated_upstream.url, on_pending=heard.append, max_retries=1, retry_wait_s=0.5)
+    heard = _Heard()
+    proxy = proxy_factory(gated_upstream.url, on_pending=heard, max_retries=1, retry_wait_s=0.5)
     out = _complete(proxy.url, {"prompt": "a", "max_tokens": 3, "stream": True})
     assert out["status"] == (500 if mode == "500" else 503)
     _wait(lambda: proxy.stats()["errors"] == 1)  # counted just after the answer went out
-    assert heard == [1, 0] and proxy.stats()["pending_first_token"] == 0
+    assert heard.counts == [1, 0] and proxy.stats()["pending_first_token"] == 0
     assert gated_upstream.posts == (1 if mode == "500" else 2)  # "close": tried again once, then 503
 
 
 def test_pending_first_token_falls_when_the_client_leaves_before_it(gated_upstream: Any, proxy_factory: Any) -> None:
-    heard: list[int] = []
-    proxy = proxy_factory(gated_upstream.url, on_pending=heard.append)
+    heard = _Heard()
+    proxy = proxy_factory(gated_upstream.url, on_pending=heard)
     body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=5.0) as s:
         head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
@@ -361,4 +377,109 @@ def test_pending_first_token_falls_when_the_client_leaves_before_it(gated_upstre
         assert s.recv(100).startswith(b"HTTP/1.1 200")  # the empty chunk came: no token yet
     gated_upstream.release.set()  # the proxy writes the tokens to a closed socket: the client is gone
     _wait(lambda: proxy.stats()["cancelled"] == 1)
-    assert heard == [1, 0] and proxy.stats()["pending_first_token"] == 0
+    assert heard.counts == [1, 0] and proxy.stats()["pending_first_token"] == 0
+
+
+# ------------------------------------------------------------------------------------------ boost times
+
+
+class _Recorder:
+    """A boost-time predictor recording what the proxy asks; the k-th request boosts ``k x in_s`` after arrival."""
+
+    def __init__(self, in_s: float) -> None:
+        self.in_s = in_s
+        self.calls: list[dict[str, Any]] = []
+
+    def boost_at(self, arrived_at_s: float, prompt_tokens: int, **load: Any) -> float:
+        self.calls.append({"arrived_at_s": arrived_at_s, "prompt_tokens": prompt_tokens, **load})
+        return arrived_at_s + self.in_s * len(self.calls)
+
+
+class _Spy:
+    """Wraps a predictor, keeping ``(arrived_at_s, boost_at_s)`` of each call."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.out: list[tuple[float, float]] = []
+
+    def boost_at(self, arrived_at_s: float, prompt_tokens: int, **load: Any) -> float:
+        boost_at_s = float(self.inner.boost_at(arrived_at_s, prompt_tokens, **load))
+        self.out.append((arrived_at_s, boost_at_s))
+        return boost_at_s
+
+
+def _stream_body(prompt: Any) -> dict[str, Any]:
+    return {"prompt": prompt, "max_tokens": 3, "stream": True}
+
+
+def test_boost_times_are_predicted_from_the_load_the_proxy_sees(gated_upstream: Any, proxy_factory: Any) -> None:
+    heard, rec = _Heard(), _Recorder(10.0)
+    proxy = proxy_factory(gated_upstream.url, cap=2, on_pending=heard, deadline=rec)
+    gated_upstream.finish.clear()  # a stream holds after its first token
+    senders = [_send_async(proxy.url, _stream_body(list(range(1, 101))))[0]]  # A: 100 token ids
+    _wait(lambda: gated_upstream.posts == 1)
+    a = rec.calls[0]
+    assert a["prompt_tokens"] == 100 and (a["tokens_ahead"], a["pairs_ahead"], a["decoding"]) == (0, 0.0, 0)
+    assert a["decode_ctx_tokens"] == 0 and not a["must_wait"]
+    assert heard[-1] == (1, a["arrived_at_s"] + 10.0)
+    gated_upstream.release.set()  # A's first token
+    _wait(lambda: proxy.stats()["decoding"] == 1)
+    assert heard[-1] == (0, math.inf)
+    gated_upstream.release.clear()  # the next ones wait for their first token
+    senders.append(_send_async(proxy.url, _stream_body("x" * 400))[0])  # B: about 100 tokens of text
+    _wait(lambda: gated_upstream.posts == 2)
+    b = rec.calls[1]
+    assert b["prompt_tokens"] == 100 and (b["tokens_ahead"], b["decoding"], b["decode_ctx_tokens"]) == (0, 1, 101)
+    assert not b["must_wait"]  # A decodes with its prompt and one token event as context
+    senders.append(_send_async(proxy.url, _stream_body(list(range(1, 51))))[0])  # C: 50 token ids
+    _wait(lambda: proxy.stats()["queued"] == 1)
+    c = rec.calls[2]
+    assert (c["prompt_tokens"], c["tokens_ahead"], c["pairs_ahead"]) == (50, 100, 100 * 100 / 2)
+    assert (c["decoding"], c["decode_ctx_tokens"], c["must_wait"]) == (1, 101, True)  # A and B fill the cap
+    assert heard[-1] == (2, b["arrived_at_s"] + 20.0)  # the earliest boost time of the pending ones (B's)
+    gated_upstream.release.set()
+    gated_upstream.finish.set()
+    for sender in senders:
+        sender.join(timeout=10.0)
+    _wait(lambda: proxy.stats()["finished"] == 3)
+    assert heard[-1] == (0, math.inf) and proxy.stats()["decoding"] == 0 and len(rec.calls) == 3
+
+
+def test_a_long_queue_ahead_boosts_at_once_a_lone_short_prompt_later(gated_upstream: Any, proxy_factory: Any) -> None:
+    deadline = PrefillDeadline("llama-3.1-8b", "h100-sxm-80gb", 0.5)
+    deadline.configure(tp=1, replicas=1, base_clock_mhz=1005)
+    heard, spy = _Heard(), _Spy(deadline)
+    proxy = proxy_factory(gated_upstream.url, on_pending=heard, deadline=spy)
+    t0 = time.monotonic()
+    senders = [_send_async(proxy.url, _stream_body(list(range(1, 21))))[0]]  # a lone 20-token prompt
+    _wait(lambda: proxy.stats()["pending_first_token"] == 1)
+    arrived_s, boost_s = spy.out[0]
+    assert t0 <= arrived_s <= time.monotonic()  # the proxy's loop clock is time.monotonic
+    assert arrived_s + 0.45 < boost_s < arrived_s + 0.5 and heard[-1] == (1, boost_s)  # a few ms of prefill
+    senders += [_send_async(proxy.url, _stream_body(list(range(1, 8001))))[0] for _ in range(3)]
+    _wait(lambda: proxy.stats()["pending_first_token"] == 4)
+    senders.append(_send_async(proxy.url, _stream_body(list(range(1, 21))))[0])  # the same prompt, now behind them
+    _wait(lambda: proxy.stats()["pending_first_token"] == 5)
+    arrived_s, boost_s = spy.out[-1]
+    assert boost_s == arrived_s  # 24,000 tokens ahead take longer than 0.5 s at the base clock: at once
+    assert heard[-1] == (5, min(b for _, b in spy.out))
+    gated_upstream.release.set()
+    for sender in senders:
+        sender.join(timeout=20.0)
+    _wait(lambda: proxy.stats()["finished"] == 5)
+    assert heard[-1] == (0, math.inf)
+
+
+def test_a_failing_predictor_boosts_at_once(gated_upstream: Any, proxy_factory: Any) -> None:
+    class Broken:
+        def boost_at(self, *args: Any, **kw: Any) -> float:
+            raise ValueError("no model")
+
+    heard = _Heard()
+    proxy = proxy_factory(gated_upstream.url, on_pending=heard, deadline=Broken())
+    sender, out = _send_async(proxy.url, _stream_body("a"))
+    _wait(lambda: proxy.stats()["pending_first_token"] == 1)
+    assert heard[-1] == (1, -math.inf)  # logged; the request is served and the clock goes up as without a deadline
+    gated_upstream.release.set()
+    sender.join(timeout=10.0)
+    assert out[0]["status"] == 200 and heard[-1] == (0, math.inf)

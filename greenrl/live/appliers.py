@@ -4,14 +4,15 @@
   reloads on a TP change; the server stays up).
 * ``ServerApplier``: a real node. The SM clock through NVML (``GpuSet.lock_all``); with a
   ``prefill_sm_clock_mhz`` > 0 and a proxy, through a ``PrefillClockGovernor`` fed by the proxy's count
-  of requests pending their first token (both by ``greenrl.live.clock.SmClockControl``; without a proxy
-  it is only logged as "would apply" and the base clock stays); a fault the governor meets is raised by
-  the next ``apply``; ``max_num_seqs`` as the admission proxy's cap (``max_num_seqs x replicas``
-  requests in flight upstream); a TP or replica change as a restart: ``proxy.drain`` ->
-  ``launcher.restart`` -> ``proxy.resume``, run in a background thread (``reconfiguring()`` is True
-  meanwhile). Without a proxy ``max_num_seqs`` is only logged as "would apply"; without an owned
-  launcher (``--launch``) a TP change is refused and logged, and the controller keeps the TP in force.
-  An owned server found dead is started again (at most once per ``respawn_min_interval_s``).
+  of requests pending their first token and, with a ``PrefillDeadline``, their boost times (both by
+  ``greenrl.live.clock.SmClockControl``; without a proxy it is only logged as "would apply" and the base
+  clock stays); a fault the governor meets is raised by the next ``apply``; ``max_num_seqs`` as the
+  admission proxy's cap (``max_num_seqs x replicas`` requests in flight upstream); a TP or replica
+  change as a restart: ``proxy.drain`` -> ``launcher.restart`` -> ``proxy.resume``, run in a background
+  thread (``reconfiguring()`` is True meanwhile). Without a proxy ``max_num_seqs`` is only logged as
+  "would apply"; without an owned launcher (``--launch``) a TP change is refused and logged, and the
+  controller keeps the TP in force. An owned server found dead is started again (at most once per
+  ``respawn_min_interval_s``).
 * ``NvmlApplier``: a ``ServerApplier`` with GPUs only.
 
 Public names: ApplyError, KNOB_ORDER, KnobApplier, NvmlApplier, ServerApplier, TwinApplier.
@@ -30,6 +31,7 @@ import urllib.request
 from typing import Protocol
 
 from greenrl.live.clock import ClockRestoreError, SmClockControl
+from greenrl.live.deadline import DEFAULT_MAX_NUM_BATCHED_TOKENS, PrefillDeadline
 from greenrl.live.governor import PrefillClockGovernor
 from greenrl.live.gpu import GpuSet
 from greenrl.live.launcher import DrainTimeoutError, LaunchError, ServerLauncher
@@ -138,6 +140,8 @@ class ServerApplier:
         launch_max_num_seqs: ``{max_num_seqs}`` the server is started with while a proxy enforces the
             knob (the largest knob value, so that the cap can go up as well as down); None: the knob.
         respawn_min_interval_s: fewest seconds between two starts of an owned server found dead.
+        deadline: the deadline governor's predictor (the policy's TTFT target), kept configured with the
+            layout and base clock in force; None: the prefill clock whenever a request is pending.
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class ServerApplier:
         drain_timeout_s: float = 120.0,
         launch_max_num_seqs: int | None = None,
         respawn_min_interval_s: float = 30.0,
+        deadline: PrefillDeadline | None = None,
     ) -> None:
         self.gpus, self.proxy, self.launcher = gpus, proxy, launcher
         self.drain_timeout_s = drain_timeout_s
@@ -166,12 +171,17 @@ class ServerApplier:
         self._closing = False
         self._logged: set[tuple[str, int]] = set()
         hint = " (run the controller with --proxy-port)"
-        self._clock = SmClockControl(gpus, proxy, hint=hint) if gpus is not None else None
+        self._clock = SmClockControl(gpus, proxy, hint=hint, deadline=deadline) if gpus is not None else None
 
     @property
     def governor(self) -> PrefillClockGovernor | None:
         """The prefill-clock governor while a prefill clock is applied."""
         return self._clock.governor if self._clock is not None else None
+
+    @property
+    def deadline(self) -> PrefillDeadline | None:
+        """The deadline governor's predictor handed to the proxy while a prefill clock runs (None: none)."""
+        return self._clock.deadline if self._clock is not None else None
 
     @property
     def owns_server(self) -> bool:
@@ -252,6 +262,9 @@ class ServerApplier:
         """The SM clock: locked here, or by the governor when a prefill clock is asked for with a proxy."""
         if self._clock is None:
             return []
+        layout = self.layout() or {"tp": knobs["tp"], "replicas": knobs.get("replicas", 1)}
+        batched = knobs.get("max_num_batched_tokens", DEFAULT_MAX_NUM_BATCHED_TOKENS)
+        self._clock.set_layout(layout["tp"], layout["replicas"], batched)
         try:
             return self._clock.apply(knobs["sm_clock_mhz"], knobs.get("prefill_sm_clock_mhz", 0), changed)
         except ClockRestoreError as err:

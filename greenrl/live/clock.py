@@ -6,7 +6,9 @@ Shared by the serving controller's ``ServerApplier`` and ``LiveNode``'s ``GpuBac
 * prefill 0: locks the base clock on every GPU (``GpuSet.lock_all``) when ``sm_clock_mhz`` changed; a
   lock the GPUs' rate limit ignored on any GPU is not reported applied (the caller asks again later);
 * prefill > 0 with an admission proxy: hands the clock to a ``PrefillClockGovernor`` fed by the proxy's
-  count of requests pending their first token (``set_on_pending``), started on first need;
+  count of requests pending their first token and their earliest boost time (``set_on_pending``),
+  started on first need; with a ``PrefillDeadline`` (the deadline governor) the proxy predicts each
+  request's boost time from the layout (``set_layout``) and base clock in force, else at once;
 * prefill > 0 without a proxy: logged once per value as "would apply"; the base clock stays;
 * back to 0: the governor locks the base clock (waited for, bounded), is stopped, and the clock is locked
   directly again; a fault the governor met, or a base clock not restored, is raised by the next ``apply``.
@@ -20,11 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Collection
-from typing import Protocol
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Protocol
 
 from greenrl.live.governor import PrefillClockGovernor
 from greenrl.live.gpu import GpuSet, snap_clock_mhz
+
+if TYPE_CHECKING:
+    from greenrl.live.deadline import BoostPredictor, PrefillDeadline
+    from greenrl.live.proxy import PendingListener
 
 __all__ = ["ClockRestoreError", "PendingSource", "SmClockControl"]
 
@@ -38,8 +44,11 @@ class ClockRestoreError(RuntimeError):
 class PendingSource(Protocol):
     """What the governor needs from an admission proxy (``AdmissionProxy.set_on_pending``)."""
 
-    def set_on_pending(self, listener: Callable[[int], None] | None) -> None:
-        """Call ``listener(pending_first_token)`` now and on every change (None: no listener)."""
+    def set_on_pending(self, listener: PendingListener | None, *, deadline: BoostPredictor | None = None) -> None:
+        """Call ``listener(pending_first_token, boost_at_s)`` now and on every change (None: no listener).
+
+        ``deadline`` predicts each arriving request's boost time (None: at once).
+        """
         ...
 
 
@@ -50,15 +59,28 @@ class SmClockControl:
         gpus: the node's GPUs (the owner closes them).
         proxy: the source of the pending-first-token count; None: a prefill clock is not applied.
         hint: appended to the "would apply ... no admission proxy" message (how to get a proxy).
+        deadline: the deadline governor's predictor, handed to the proxy while a governor runs and kept
+            configured with the layout and base clock in force; None: the prefill clock whenever a
+            request is pending.
 
     Attributes:
         governor: the running ``PrefillClockGovernor``, if any.
+        deadline: the predictor (see ``set_deadline``).
         locked_mhz: the clock last locked here (as asked; a request the rate limit ignored leaves it) or by
             a governor now stopped; None: none yet.
     """
 
-    def __init__(self, gpus: GpuSet, proxy: PendingSource | None = None, *, hint: str = "") -> None:
+    def __init__(
+        self,
+        gpus: GpuSet,
+        proxy: PendingSource | None = None,
+        *,
+        hint: str = "",
+        deadline: PrefillDeadline | None = None,
+    ) -> None:
         self.gpus, self.proxy, self.hint = gpus, proxy, hint
+        self.deadline = deadline
+        self._layout: tuple[int, int, int] | None = None  # tp, replicas, max_num_batched_tokens
         self.governor: PrefillClockGovernor | None = None
         self.locked_mhz: int | None = None
         self._in_force_mhz: int | None = None  # base clock in force, as the GPUs reported it
@@ -87,6 +109,25 @@ class SmClockControl:
         gov = self.governor
         return self._prefill_done_s + (gov.prefill_s if gov is not None else 0.0)
 
+    def set_layout(self, tp: int, replicas: int, max_num_batched_tokens: int) -> None:
+        """The layout and chunked-prefill budget in force, for the deadline's predictions (cheap; call often)."""
+        self._layout = (int(tp), int(replicas), int(max_num_batched_tokens))
+        self._configure_deadline()
+
+    def set_deadline(self, deadline: PrefillDeadline | None) -> None:
+        """Use another predictor (None: none); a running governor's proxy gets it for the next arrivals."""
+        self.deadline = deadline
+        self._configure_deadline()
+        if self.governor is not None and self.proxy is not None:
+            self.proxy.set_on_pending(self.governor.on_pending, deadline=deadline)
+
+    def _configure_deadline(self) -> None:
+        """Hand the layout and base clock in force to the predictor, once both are known."""
+        deadline, layout, base = self.deadline, self._layout, self._in_force_mhz
+        if deadline is not None and layout is not None and base is not None:
+            tp, replicas, batched = layout
+            deadline.configure(tp=tp, replicas=replicas, base_clock_mhz=base, max_num_batched_tokens=batched)
+
     def apply(self, base_mhz: int, prefill_mhz: int, changed: Collection[str]) -> list[str]:
         """Set the clocks (``changed``: the knob names that differ from the last call); returns those applied.
 
@@ -110,10 +151,11 @@ class SmClockControl:
             names = [k for k in names if k != "prefill_sm_clock_mhz"]
             prefill_mhz = 0
         if prefill_mhz > 0:
+            self._in_force_mhz, self._prefill_mhz = base_mhz, prefill_mhz
+            self._configure_deadline()  # before the proxy predicts with it: arrivals see this base clock
             if self.governor is None:
                 self.governor = self._start_governor()
             self.governor.configure(base_mhz, prefill_mhz)
-            self._in_force_mhz, self._prefill_mhz = base_mhz, prefill_mhz
         elif self.governor is not None:
             self._stop_governor(base_mhz)
         elif "sm_clock_mhz" in changed:
@@ -132,7 +174,7 @@ class SmClockControl:
         assert self.proxy is not None
         min_interval_s = max((g.min_interval_s for g in self.gpus), default=0.0)
         governor = PrefillClockGovernor(self.gpus.lock_all, min_interval_s=min_interval_s, locked_mhz=self.locked_mhz)
-        self.proxy.set_on_pending(governor.on_pending)
+        self.proxy.set_on_pending(governor.on_pending, deadline=self.deadline)
         return governor
 
     def _stop_governor(self, base_mhz: int) -> None:

@@ -1,13 +1,17 @@
-"""Phase-aware SM clock on a real node: the prefill clock while any request waits for its first token.
+"""Phase-aware SM clock on a real node: the prefill clock while requests wait for their first token.
 
 Why: prefill is compute-bound and sets TTFT, decode is memory-bound and loses little at a lower SM clock.
 The ``prefill_sm_clock_mhz`` knob asks for one clock while any request waits or prefills and the base
 clock (``sm_clock_mhz``) otherwise. The simulator decides that per replica; on a real node the only signal
-is the admission proxy's count of requests pending their first token (node-wide: one clock for all GPUs).
+is the admission proxy's count of requests pending their first token (node-wide: one clock for all GPUs)
+and, under the deadline governor (``greenrl.live.deadline``), the earliest boost time among them: the
+prefill clock is wanted only once that time has come, as the simulator's ``control.prefill_clock_ttft_s``.
 
-The proxy reports every change of that count from its asyncio loop, where nothing may block, and an NVML
-clock lock takes milliseconds. So ``on_pending`` only records the count and wakes one worker thread, which:
+The proxy reports every change of the count from its asyncio loop, where nothing may block, and an NVML
+clock lock takes milliseconds. So ``on_pending`` only records the count and boost time and wakes one
+worker thread, which:
 
+* wakes by itself at a boost time still to come (a timed wait), as nothing else may happen until then;
 * applies only the latest wanted clock (a burst of changes coalesces into at most one lock);
 * never locks the clock it already locked;
 * waits ``min_interval_s`` between two locks (``Gpu.lock_sm_clock`` silently ignores faster changes, so
@@ -21,6 +25,7 @@ Public names: PrefillClockGovernor.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +39,8 @@ logger = logging.getLogger(__name__)
 class PrefillClockGovernor:
     """Lock ``prefill_mhz`` while requests are pending their first token, ``base_mhz`` otherwise.
 
-    Wanted clock: ``prefill_mhz`` if ``prefill_mhz > 0`` and the pending count > 0, else ``base_mhz``.
+    Wanted clock: ``prefill_mhz`` if ``prefill_mhz > 0``, the pending count > 0 and the earliest boost
+    time of the pending requests has come (``clock() >= boost_at_s``; ``-inf``: at once), else ``base_mhz``.
     Nothing is locked before the first ``configure``.
 
     Args:
@@ -44,10 +50,12 @@ class PrefillClockGovernor:
         retry_s: wait before a failed lock is tried again (s); a new ``configure`` tries at once.
         locked_mhz: the clock already locked when the governor starts (None: unknown); when given, the
             first switch away from it also waits ``min_interval_s`` (the caller may just have locked it).
-        clock: monotonic time source (s), for the rate limit and ``prefill_s``.
+        clock: monotonic time source (s), for the rate limit, ``prefill_s`` and boost times (the proxy's loop
+            time is ``time.monotonic``).
 
     Attributes:
         switches: locks applied (every one changed the clock).
+        boosts: locks of the prefill clock applied (a part of ``switches``).
         last_error: the last exception ``lock`` raised (kept after a later success; see ``pop_error``).
     """
 
@@ -68,6 +76,7 @@ class PrefillClockGovernor:
         self._prefill_mhz = 0
         self._configured = False
         self._pending = 0
+        self._boost_at_s = -math.inf
         self._locked_mhz = locked_mhz
         now_s = clock()
         self._switch_gate_s = now_s + self.min_interval_s if locked_mhz is not None else -float("inf")
@@ -75,6 +84,7 @@ class PrefillClockGovernor:
         self._busy = False
         self._closed = False
         self.switches = 0
+        self.boosts = 0
         self.failures = 0
         self.last_error: Exception | None = None
         self._fresh_error: Exception | None = None
@@ -96,10 +106,16 @@ class PrefillClockGovernor:
             self._tally(self._clock())
             self._cond.notify_all()
 
-    def on_pending(self, count: int) -> None:
-        """Record the number of requests pending their first token; cheap, never blocks on NVML."""
+    def on_pending(self, count: int, boost_at_s: float = -math.inf) -> None:
+        """Record the requests pending their first token and their earliest boost time; cheap, never blocks on NVML.
+
+        Args:
+            count: requests pending their first token.
+            boost_at_s: from when (``clock`` time, s) they need the prefill clock; ``-inf``: at once.
+        """
         with self._cond:
             self._pending = count
+            self._boost_at_s = boost_at_s
             self._cond.notify_all()
 
     # ------------------------------------------------------------------------------------ state
@@ -108,6 +124,11 @@ class PrefillClockGovernor:
     def pending(self) -> int:
         """The last pending count reported."""
         return self._pending
+
+    @property
+    def boost_at_s(self) -> float:
+        """The last earliest boost time reported (``clock`` time, s; ``-inf``: at once, ``inf``: none pending)."""
+        return self._boost_at_s
 
     @property
     def locked_mhz(self) -> int | None:
@@ -128,10 +149,11 @@ class PrefillClockGovernor:
             return self._prefill_total_s + extra_s
 
     def stats(self) -> dict[str, Any]:
-        """Counters for logs: ``switches``, ``failures``, ``prefill_s``, ``locked_mhz``, ``pending``, ``last_error``."""
+        """Counters for logs: switches, boosts, failures, prefill_s, locked_mhz, pending, last_error."""
         err = self.last_error
         return {
             "switches": self.switches,
+            "boosts": self.boosts,
             "failures": self.failures,
             "prefill_s": self.prefill_s,
             "locked_mhz": self._locked_mhz,
@@ -174,7 +196,15 @@ class PrefillClockGovernor:
     def _wanted_mhz(self) -> int | None:
         if not self._configured:
             return None
-        return self._prefill_mhz if self._prefill_mhz > 0 and self._pending > 0 else self._base_mhz
+        boost = self._prefill_mhz > 0 and self._pending > 0 and self._clock() >= self._boost_at_s
+        return self._prefill_mhz if boost else self._base_mhz
+
+    def _boost_in_s(self) -> float | None:
+        """Seconds until a boost time still to come makes the prefill clock wanted; None: no such time."""
+        if not self._configured or self._prefill_mhz <= 0 or self._pending <= 0:
+            return None
+        left_s = self._boost_at_s - self._clock()
+        return left_s if 0 < left_s < math.inf else None
 
     def _tally(self, now_s: float) -> None:
         """Close the time segment at the clock in force and start the next one (under the lock)."""
@@ -189,7 +219,7 @@ class PrefillClockGovernor:
         while not self._closed:
             want = self._wanted_mhz()
             if want is None or want == self._locked_mhz:
-                self._cond.wait()
+                self._cond.wait(self._boost_in_s())  # until a report, or the boost time
                 continue
             delay_s = max(self._switch_gate_s, self._retry_gate_s) - self._clock()
             if delay_s > 0:
@@ -216,6 +246,8 @@ class PrefillClockGovernor:
                     self._switch_gate_s = now_s + self.min_interval_s
                     self._fresh_error = None
                     self.switches += 1
+                    if want == self._prefill_mhz != self._base_mhz:
+                        self.boosts += 1
                     self._tally(now_s)
             finally:
                 with self._cond:

@@ -24,6 +24,10 @@ how knobs are set. Two are provided, so the twin and a real node are two configu
   pending a first token driving ``prefill_sm_clock_mhz``: ``greenrl.live.clock``) and an optional
   launcher (TP / replica changes by drain and restart, in a background thread).
 
+With a scenario whose ``control.prefill_clock_ttft_s`` is set, ``LiveNode`` gives a ``GpuBackend`` that
+has no predictor of its own a ``PrefillDeadline`` with that target (the deadline governor, as the
+simulator's node of the same scenario runs it; ``greenrl.live.deadline``).
+
 ``prefill_clock_frac`` is the share of the interval's wall time the governor held the prefill clock (the
 simulator's is a share of busy time; see docs/live_node.md); 0 on the twin, whose state does not carry it.
 
@@ -39,7 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import numpy as np
@@ -49,10 +53,15 @@ from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import build_node, episode_workload
 from greenrl.errors import InputError
 from greenrl.live.clock import SmClockControl
+from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.gpu import GpuSet
 from greenrl.live.loadgen import LoadGenerator, RequestSlo
 from greenrl.live.metrics import VllmMetrics, diff, scrape
 from greenrl.workload import Trace
+
+if TYPE_CHECKING:
+    from greenrl.live.deadline import BoostPredictor
+    from greenrl.live.proxy import PendingListener
 
 __all__ = ["BackendReading", "GpuBackend", "LiveNode", "LiveNodeError", "NodeBackend", "TwinBackend"]
 
@@ -128,8 +137,11 @@ class AdmissionControl(Protocol):
         """Admit again."""
         ...
 
-    def set_on_pending(self, listener: Callable[[int], None] | None) -> None:
-        """Call ``listener(pending_first_token)`` now and on every change (None: no listener)."""
+    def set_on_pending(self, listener: PendingListener | None, *, deadline: BoostPredictor | None = None) -> None:
+        """Call ``listener(pending_first_token, boost_at_s)`` now and on every change (None: no listener).
+
+        ``deadline`` predicts each arriving request's boost time (None: at once).
+        """
         ...
 
 
@@ -236,6 +248,9 @@ class GpuBackend:
         drain_timeout_s: longest proxy drain before a restart (s); on timeout the restart is not done.
         stop_server_on_close: ``close`` also stops the launcher's server (when this node started it).
         clock: monotonic wall clock (s).
+        deadline: the deadline governor's predictor for the prefill clock, kept configured with the knobs
+            in force (``SmClockControl.set_deadline`` changes it); None: the prefill clock whenever a
+            request is pending (``LiveNode`` may set the scenario's).
 
     Attributes:
         sm_clocks: the ``SmClockControl`` (its ``governor`` while a prefill clock is applied).
@@ -255,6 +270,7 @@ class GpuBackend:
         drain_timeout_s: float = 120.0,
         stop_server_on_close: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        deadline: PrefillDeadline | None = None,
     ) -> None:
         self.gpus = gpus
         self.proxy = proxy
@@ -264,7 +280,7 @@ class GpuBackend:
         self.stop_server_on_close = stop_server_on_close
         self.clock = clock
         self._knobs = dataclasses.replace(initial, prefill_sm_clock_mhz=0)  # no governor runs yet
-        self.sm_clocks = SmClockControl(gpus, proxy, hint=" (pass GpuBackend a proxy)")
+        self.sm_clocks = SmClockControl(gpus, proxy, hint=" (pass GpuBackend a proxy)", deadline=deadline)
         self._restart: threading.Thread | None = None
         self.restart_error: BaseException | None = None
         if proxy is not None:
@@ -297,6 +313,7 @@ class GpuBackend:
         """
         current, clock = self._knobs, self.sm_clocks
         changed = [k for k in ("sm_clock_mhz", "prefill_sm_clock_mhz") if getattr(knobs, k) != getattr(current, k)]
+        self._set_layout()
         clock.apply(knobs.sm_clock_mhz, knobs.prefill_sm_clock_mhz, changed)
         base, prefill = clock.sm_clock_mhz, clock.prefill_sm_clock_mhz  # in force (base None: never locked)
         base = current.sm_clock_mhz if base is None else base
@@ -325,6 +342,7 @@ class GpuBackend:
             try:
                 launcher.restart(launch, drain=(lambda: proxy.drain(timeout_s)) if proxy is not None else None)
                 self._knobs = dataclasses.replace(self._knobs, tp=knobs.tp, replicas=knobs.replicas)
+                self._set_layout()
                 self.restart_error = None
             except Exception as err:  # reported through restart_error and the log; the node keeps serving
                 self.restart_error = err
@@ -335,6 +353,11 @@ class GpuBackend:
 
         self._restart = threading.Thread(target=restart, name="greenrl-restart", daemon=True)
         self._restart.start()
+
+    def _set_layout(self) -> None:
+        """The layout the server runs (and its launch-time batch budget), for the deadline's predictions."""
+        k = self._knobs
+        self.sm_clocks.set_layout(k.tp, k.replicas, k.max_num_batched_tokens)
 
     def close(self) -> None:
         """Wait (bounded) for a restart, stop the clock governor, reset the clocks; stop the server if owned."""
@@ -390,6 +413,7 @@ class LiveNode:
         self.url = url.rstrip("/")
         self.metrics_url = (metrics_url or url).rstrip("/")
         self._sim = build_node(self.scenario, split, eval_index)  # feasibility and knob checks only
+        self._use_scenario_deadline()
         self.initial: Knobs = self._sim.config.initial
         self._workload = workload if workload is not None else episode_workload(self.scenario, split, eval_index)
         self.loadgen_options = dict(loadgen or {})
@@ -409,6 +433,15 @@ class LiveNode:
         self._sent_cursor = 0
         self._done_cursor = 0
         self._closed = False
+
+    def _use_scenario_deadline(self) -> None:
+        """Give a ``GpuBackend`` without a predictor the scenario's deadline governor (its TTFT target)."""
+        target = self.scenario.control.prefill_clock_ttft_s
+        backend = self.backend
+        if target is None or not isinstance(backend, GpuBackend) or backend.sm_clocks.deadline is not None:
+            return
+        n = self.scenario.node
+        backend.sm_clocks.set_deadline(PrefillDeadline(n.model, n.gpu, target, stack=n.stack))
 
     @classmethod
     def for_twin(cls, url: str, scenario: str | Scenario = "tiny", **kwargs: Any) -> LiveNode:

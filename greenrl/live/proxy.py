@@ -27,13 +27,20 @@ the first token chunk sent on, proxy queueing included) and mean time between to
 ``pending_first_token`` counts admission-controlled requests from arrival until their first token chunk
 is sent on (or they end without one): queued here, or upstream before the first token. A non-streamed
 request counts until its whole response, as the proxy cannot see its first token. A listener
-(``on_pending``, or ``set_on_pending``) hears every change, from the loop thread (keep it cheap): the
-signal of the prefill-clock governor (``greenrl.live.governor``).
+(``on_pending``, or ``set_on_pending``) hears ``listener(count, boost_at_s)`` at every change of the
+count, from the loop thread (keep it cheap): the signal of the prefill-clock governor
+(``greenrl.live.governor``). ``boost_at_s`` is the earliest boost time of the requests pending their
+first token (loop time = ``time.monotonic``; ``inf`` when none is pending). Each request gets its boost
+time at arrival from a ``BoostPredictor`` (``greenrl.live.deadline.PrefillDeadline``, the deadline
+governor) given the load the proxy sees then: the prompt tokens (and attention pairs) of the requests
+awaiting their first token, here or upstream; the requests upstream past their first token and their
+context (prompt + token events streamed); whether it must wait for room under the cap. Without a
+predictor every boost time is ``-inf`` (at once): the prefill clock whenever a request is pending.
 
 The proxy runs on its own asyncio loop in a background thread: ``start()`` returns its URL, ``stop()``
 ends it (open requests are cut). It binds 127.0.0.1 by default.
 
-Public names: AdmissionProxy, ProxySlo, approx_prompt_tokens.
+Public names: AdmissionProxy, PendingListener, ProxySlo, approx_prompt_tokens.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -48,18 +57,24 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
 from greenrl.errors import InputError
 from greenrl.live.http import Request, end_chunks, error_body, head, respond, serve_connection, write_chunk
 
-__all__ = ["AdmissionProxy", "ProxySlo", "approx_prompt_tokens"]
+if TYPE_CHECKING:
+    from greenrl.live.deadline import BoostPredictor
+
+__all__ = ["AdmissionProxy", "PendingListener", "ProxySlo", "approx_prompt_tokens"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PendingListener = Callable[[int, float], None]
+"""``listener(pending_first_token, boost_at_s)``: the count, and the earliest boost time of those requests."""
 
 ADMITTED_PATHS = ("/v1/completions", "/v1/chat/completions")
 """POST paths that go through admission control (everything else is passed through)."""
@@ -129,6 +144,9 @@ class _Track:
     usage: dict[str, Any] | None = None
     sent: bool = False  # a byte reached the client: no retry from here on
     awaiting_first: bool = True  # counted in pending_first_token
+    est_prompt_tokens: int = 0  # the prompt length, or about it for a text prompt: the load it brings
+    boost_at_s: float = -math.inf  # when it needs the prefill clock (set at arrival; -inf: at once)
+    decoding: bool = False  # past its first token, not ended: counted in the decode load
 
 
 class _Retry(Exception):
@@ -226,7 +244,8 @@ class AdmissionProxy:
         connect_timeout_s: upstream connect timeout (s).
         read_timeout_s: longest silence from the upstream within a response (s); None: no limit.
         health_poll_s: time between two ``/health`` probes while waiting for the upstream (s).
-        on_pending: called with ``pending_first_token`` on every change, from the loop thread.
+        on_pending: ``on_pending(pending_first_token, boost_at_s)`` on every change, from the loop thread.
+        deadline: predicts each request's boost time at arrival; None: every request at once.
 
     Raises:
         InputError: on a cap below 1 or a non-http(s) URL.
@@ -245,7 +264,8 @@ class AdmissionProxy:
         connect_timeout_s: float = 5.0,
         read_timeout_s: float | None = 3600.0,
         health_poll_s: float = 0.25,
-        on_pending: Callable[[int], None] | None = None,
+        on_pending: PendingListener | None = None,
+        deadline: BoostPredictor | None = None,
     ) -> None:
         if not upstream_url.startswith(("http://", "https://")):
             raise InputError("AdmissionProxy", "upstream_url", f"{upstream_url!r} is not http(s)", "http://host:port")
@@ -261,6 +281,14 @@ class AdmissionProxy:
         self._waiting = 0
         self._pending = 0  # requests pending their first token
         self._on_pending = on_pending
+        self._deadline = deadline
+        # the load a boost time is predicted from, kept up to date in O(1) per event
+        self._ahead_tokens = 0  # prompt tokens of the requests pending their first token
+        self._ahead_sq = 0  # the sum of their squares (twice their attention pairs)
+        self._decoding = 0  # requests past their first token, not ended
+        self._decode_ctx = 0  # their prompt tokens plus token events so far
+        self._boosts: list[tuple[float, int, _Track]] = []  # heap; entries of tracks no longer pending are stale
+        self._seq = itertools.count()
         self._paused = False
         self._queue: deque[tuple[asyncio.Future[None], bool]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -419,12 +447,16 @@ class AdmissionProxy:
 
         return asyncio.run_coroutine_threadsafe(wait(), loop).result(timeout_s + 5.0)
 
-    def set_on_pending(self, listener: Callable[[int], None] | None) -> None:
-        """Call ``listener(pending_first_token)`` now and on every change (None: no listener)."""
+    def set_on_pending(self, listener: PendingListener | None, *, deadline: BoostPredictor | None = None) -> None:
+        """Call ``listener(pending_first_token, boost_at_s)`` now and on every change (None: no listener).
+
+        ``deadline`` predicts the boost time of each request arriving from now on (None: at once).
+        """
 
         def put() -> None:
             self._on_pending = listener
-            self._pending_add(0)
+            self._deadline = deadline
+            self._report()
 
         self._on_loop(put)
 
@@ -437,7 +469,8 @@ class AdmissionProxy:
         the SLO, plus requests failed by the upstream: a 5xx, a cut stream or retries used up),
         ``errors`` (upstream answered >= 400, or failed), ``cancelled`` (the client went away),
         ``retried``, ``output_tokens``, ``max_in_flight`` (high-water mark), ``cap``, ``paused``,
-        ``slo_judged`` (an SLO was given), ``pending_first_token`` (see the module docstring).
+        ``slo_judged`` (an SLO was given), ``pending_first_token`` (see the module docstring), ``decoding``
+        (requests upstream past their first token).
         ``arrived = queued + in_flight + finished + errors + cancelled`` at any instant.
         """
 
@@ -445,6 +478,7 @@ class AdmissionProxy:
             out: dict[str, Any] = asdict(self._c)
             out.update(in_flight=self._in_flight, queued=self._waiting, cap=self._cap, paused=self._paused)
             out["pending_first_token"] = self._pending
+            out["decoding"] = self._decoding
             out["slo_judged"] = self.slo is not None
             return out
 
@@ -470,20 +504,72 @@ class AdmissionProxy:
             self._idle.set()
         self._wake()
 
-    def _pending_add(self, delta: int) -> None:
-        self._pending += delta
+    def _report(self) -> None:
         listener = self._on_pending
         if listener is not None:
             try:
-                listener(self._pending)
+                listener(self._pending, self._earliest_boost_s())
             except Exception:
                 logger.exception("the on_pending listener failed")
 
+    def _earliest_boost_s(self) -> float:
+        """The earliest boost time of the requests pending their first token (inf: none)."""
+        heap = self._boosts
+        while heap and not heap[0][2].awaiting_first:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+    def _arrive(self, track: _Track) -> None:
+        """A request arrived (counted in ``_waiting``): its boost time, then it joins ``pending_first_token``."""
+        deadline = self._deadline
+        if deadline is not None:
+            try:
+                track.boost_at_s = deadline.boost_at(
+                    track.arrived_at_s,
+                    track.est_prompt_tokens,
+                    tokens_ahead=self._ahead_tokens,
+                    pairs_ahead=self._ahead_sq / 2.0,
+                    decoding=self._decoding,
+                    decode_ctx_tokens=self._decode_ctx,
+                    must_wait=bool(self._queue) or not self._room(),
+                )
+            except Exception:
+                logger.exception("the boost time prediction failed; the prefill clock at once")
+        n = track.est_prompt_tokens
+        self._ahead_tokens += n
+        self._ahead_sq += n * n
+        self._pending += 1
+        heapq.heappush(self._boosts, (track.boost_at_s, next(self._seq), track))
+        self._report()
+
+    def _leave_pending(self, track: _Track) -> None:
+        track.awaiting_first = False
+        n = track.est_prompt_tokens
+        self._ahead_tokens -= n
+        self._ahead_sq -= n * n
+        self._pending -= 1
+        if len(self._boosts) > 2 * self._pending + 64:  # drop stale entries a long-pending one holds back
+            self._boosts = [e for e in self._boosts if e[2].awaiting_first]
+            heapq.heapify(self._boosts)
+
     def _first_token_done(self, track: _Track) -> None:
-        """The request got its first token sent on, or ended: it leaves ``pending_first_token`` (once)."""
+        """A streamed request's first token was sent on: it leaves ``pending_first_token`` and decodes."""
         if track.awaiting_first:
-            track.awaiting_first = False
-            self._pending_add(-1)
+            self._leave_pending(track)
+            track.decoding = True
+            self._decoding += 1
+            self._decode_ctx += track.est_prompt_tokens + track.token_events
+            self._report()
+
+    def _ended(self, track: _Track) -> None:
+        """The request ended: it leaves ``pending_first_token`` (if it got no first token) or the decodes."""
+        if track.awaiting_first:
+            self._leave_pending(track)
+            self._report()
+        elif track.decoding:
+            track.decoding = False
+            self._decoding -= 1
+            self._decode_ctx -= track.est_prompt_tokens + track.token_events
 
     def _wake(self) -> None:
         while self._queue and self._room():
@@ -566,10 +652,11 @@ class AdmissionProxy:
             body = None
         ids = _token_ids_length(body)
         track = _Track(loop.time(), bool(body.get("stream")) if isinstance(body, dict) else False, ids)
+        track.est_prompt_tokens = ids if ids is not None else approx_prompt_tokens(body)
         self._c.arrived += 1
         self._c.prompt_tokens += ids or 0
         self._waiting += 1
-        self._pending_add(1)
+        self._arrive(track)
         outcome, status = "error", 0
         first_fail_at_s: float | None = None
         retries = 0
@@ -603,7 +690,7 @@ class AdmissionProxy:
             status = 502
             raise ConnectionError("response cut") from err
         finally:
-            self._first_token_done(track)
+            self._ended(track)
             self._account(track, outcome, status, body)
         return req.keep_alive
 
@@ -655,11 +742,15 @@ class AdmissionProxy:
                     await write_chunk(writer, data)
                     if tokens:
                         now = loop.time()
-                        if track.first_token_at_s is None:
+                        first = track.first_token_at_s is None
+                        if first:
                             track.first_token_at_s = now
-                            self._first_token_done(track)
                         track.last_token_at_s = now
                         track.token_events += tokens
+                        if first:
+                            self._first_token_done(track)
+                        elif track.decoding:
+                            self._decode_ctx += tokens
                 track.usage = sse.usage
                 await end_chunks(writer)
                 return 200
