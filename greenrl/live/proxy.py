@@ -48,8 +48,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import heapq
-import itertools
 import json
 import logging
 import math
@@ -63,6 +61,7 @@ import httpx
 
 from greenrl.errors import InputError
 from greenrl.live.http import Request, end_chunks, error_body, head, respond, serve_connection, write_chunk
+from greenrl.live.pending import PendingEntry, PendingLoad
 
 if TYPE_CHECKING:
     from greenrl.live.deadline import BoostPredictor
@@ -143,10 +142,7 @@ class _Track:
     token_events: int = 0
     usage: dict[str, Any] | None = None
     sent: bool = False  # a byte reached the client: no retry from here on
-    awaiting_first: bool = True  # counted in pending_first_token
-    est_prompt_tokens: int = 0  # the prompt length, or about it for a text prompt: the load it brings
-    boost_at_s: float = -math.inf  # when it needs the prefill clock (set at arrival; -inf: at once)
-    decoding: bool = False  # past its first token, not ended: counted in the decode load
+    load: PendingEntry | None = None  # its part of the pending load (set at arrival)
 
 
 class _Retry(Exception):
@@ -279,16 +275,9 @@ class AdmissionProxy:
         self._c = _Counters()
         self._in_flight = 0
         self._waiting = 0
-        self._pending = 0  # requests pending their first token
+        self._load = PendingLoad()  # requests pending their first token, and decoding
         self._on_pending = on_pending
         self._deadline = deadline
-        # the load a boost time is predicted from, kept up to date in O(1) per event
-        self._ahead_tokens = 0  # prompt tokens of the requests pending their first token
-        self._ahead_sq = 0  # the sum of their squares (twice their attention pairs)
-        self._decoding = 0  # requests past their first token, not ended
-        self._decode_ctx = 0  # their prompt tokens plus token events so far
-        self._boosts: list[tuple[float, int, _Track]] = []  # heap; entries of tracks no longer pending are stale
-        self._seq = itertools.count()
         self._paused = False
         self._queue: deque[tuple[asyncio.Future[None], bool]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -477,8 +466,8 @@ class AdmissionProxy:
         def read() -> dict[str, Any]:
             out: dict[str, Any] = asdict(self._c)
             out.update(in_flight=self._in_flight, queued=self._waiting, cap=self._cap, paused=self._paused)
-            out["pending_first_token"] = self._pending
-            out["decoding"] = self._decoding
+            out["pending_first_token"] = self._load.count
+            out["decoding"] = self._load.decoding
             out["slo_judged"] = self.slo is not None
             return out
 
@@ -508,68 +497,9 @@ class AdmissionProxy:
         listener = self._on_pending
         if listener is not None:
             try:
-                listener(self._pending, self._earliest_boost_s())
+                listener(self._load.count, self._load.earliest_boost_s())
             except Exception:
                 logger.exception("the on_pending listener failed")
-
-    def _earliest_boost_s(self) -> float:
-        """The earliest boost time of the requests pending their first token (inf: none)."""
-        heap = self._boosts
-        while heap and not heap[0][2].awaiting_first:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else math.inf
-
-    def _arrive(self, track: _Track) -> None:
-        """A request arrived (counted in ``_waiting``): its boost time, then it joins ``pending_first_token``."""
-        deadline = self._deadline
-        if deadline is not None:
-            try:
-                track.boost_at_s = deadline.boost_at(
-                    track.arrived_at_s,
-                    track.est_prompt_tokens,
-                    tokens_ahead=self._ahead_tokens,
-                    pairs_ahead=self._ahead_sq / 2.0,
-                    decoding=self._decoding,
-                    decode_ctx_tokens=self._decode_ctx,
-                    must_wait=bool(self._queue) or not self._room(),
-                )
-            except Exception:
-                logger.exception("the boost time prediction failed; the prefill clock at once")
-        n = track.est_prompt_tokens
-        self._ahead_tokens += n
-        self._ahead_sq += n * n
-        self._pending += 1
-        heapq.heappush(self._boosts, (track.boost_at_s, next(self._seq), track))
-        self._report()
-
-    def _leave_pending(self, track: _Track) -> None:
-        track.awaiting_first = False
-        n = track.est_prompt_tokens
-        self._ahead_tokens -= n
-        self._ahead_sq -= n * n
-        self._pending -= 1
-        if len(self._boosts) > 2 * self._pending + 64:  # drop stale entries a long-pending one holds back
-            self._boosts = [e for e in self._boosts if e[2].awaiting_first]
-            heapq.heapify(self._boosts)
-
-    def _first_token_done(self, track: _Track) -> None:
-        """A streamed request's first token was sent on: it leaves ``pending_first_token`` and decodes."""
-        if track.awaiting_first:
-            self._leave_pending(track)
-            track.decoding = True
-            self._decoding += 1
-            self._decode_ctx += track.est_prompt_tokens + track.token_events
-            self._report()
-
-    def _ended(self, track: _Track) -> None:
-        """The request ended: it leaves ``pending_first_token`` (if it got no first token) or the decodes."""
-        if track.awaiting_first:
-            self._leave_pending(track)
-            self._report()
-        elif track.decoding:
-            track.decoding = False
-            self._decoding -= 1
-            self._decode_ctx -= track.est_prompt_tokens + track.token_events
 
     def _wake(self) -> None:
         while self._queue and self._room():
@@ -652,11 +582,13 @@ class AdmissionProxy:
             body = None
         ids = _token_ids_length(body)
         track = _Track(loop.time(), bool(body.get("stream")) if isinstance(body, dict) else False, ids)
-        track.est_prompt_tokens = ids if ids is not None else approx_prompt_tokens(body)
+        est_tokens = ids if ids is not None else approx_prompt_tokens(body)
         self._c.arrived += 1
         self._c.prompt_tokens += ids or 0
+        must_wait = bool(self._queue) or not self._room()
         self._waiting += 1
-        self._arrive(track)
+        track.load = load = self._load.arrive(track.arrived_at_s, est_tokens, self._deadline, must_wait=must_wait)
+        self._report()
         outcome, status = "error", 0
         first_fail_at_s: float | None = None
         retries = 0
@@ -690,7 +622,8 @@ class AdmissionProxy:
             status = 502
             raise ConnectionError("response cut") from err
         finally:
-            self._ended(track)
+            if self._load.end(load):
+                self._report()
             self._account(track, outcome, status, body)
         return req.keep_alive
 
@@ -747,10 +680,12 @@ class AdmissionProxy:
                             track.first_token_at_s = now
                         track.last_token_at_s = now
                         track.token_events += tokens
-                        if first:
-                            self._first_token_done(track)
-                        elif track.decoding:
-                            self._decode_ctx += tokens
+                        if track.load is not None:
+                            if first:
+                                if self._load.first_token(track.load, track.token_events):
+                                    self._report()
+                            else:
+                                self._load.streamed(track.load, tokens)
                 track.usage = sse.usage
                 await end_chunks(writer)
                 return 200
