@@ -6,8 +6,10 @@ reference (what ``greenrl.train`` optimizes), and prints one JSON object per pol
 per episode and its standard error, energy (kWh) and misses per episode. It answers whether a
 learned controller optimizes its objective as well as the alternatives do.
 
-Run: ``.venv/bin/python benchmarks/training_objective.py [--episodes 16] [--policies NAME ...]``
-(names: what ``greenrl.evaluate --policies`` takes, or ``fixed:<sm_clock_mhz>/<prefill_sm_clock_mhz>``).
+Run: ``.venv/bin/python benchmarks/training_objective.py [--episodes 16] [--policies NAME ...]
+[--prefill-clock-ttft-s S|none]`` (names: what ``greenrl.evaluate --policies`` takes, or
+``fixed:<sm_clock_mhz>/<prefill_sm_clock_mhz>``; the target overrides the scenario's deadline governor,
+``none``: the prefill clock whenever a prompt waits). Each line also lists the per-episode returns.
 The oracle takes 20-30 s per episode on one core; the rest under a second.
 """
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import ServingEnv
-from greenrl.errors import exit_on_input_error
+from greenrl.errors import InputError, exit_on_input_error
 from greenrl.evaluate import load_policy, resolve_policies
 from greenrl.train import VAL_SEED, StaticPolicy
 
@@ -67,14 +69,28 @@ def episode_return(scenario: Scenario, name: str, seed: int) -> tuple[float, flo
     return ret, energy_j / 3.6e6, missed
 
 
+def _target_s(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1e6:
+        raise InputError("--prefill-clock-ttft-s", "prefill_clock_ttft_s", f"{text!r} is not a time >= 0 s", "e.g. 0.2")
+    return value
+
+
 @exit_on_input_error
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=16)
     parser.add_argument("--policies", nargs="+", default=DEFAULT_POLICIES)
+    parser.add_argument("--prefill-clock-ttft-s", default=None, help="override the scenario's target (s) or 'none'")
     args = parser.parse_args()
     scenario = load_scenario("default")
     scenario = replace(scenario, reward=replace(scenario.reward, slo_reference="static-max"))
+    if args.prefill_clock_ttft_s is not None:
+        target = None if args.prefill_clock_ttft_s.lower() == "none" else _target_s(args.prefill_clock_ttft_s)
+        scenario = replace(scenario, control=replace(scenario.control, prefill_clock_ttft_s=target))
     for name in args.policies:
         runs = np.array([episode_return(scenario, name, VAL_SEED + i) for i in range(args.episodes)])
         print(
@@ -83,10 +99,12 @@ def main() -> None:
                     "policy": name,
                     "episodes": args.episodes,
                     "slo_weight": scenario.reward.slo_weight,
+                    "prefill_clock_ttft_s": scenario.control.prefill_clock_ttft_s,
                     "return_mean": round(float(runs[:, 0].mean()), 3),
                     "return_se": round(float(runs[:, 0].std() / np.sqrt(len(runs))), 3),
                     "energy_kwh_mean": round(float(runs[:, 1].mean()), 4),
                     "missed_mean": round(float(runs[:, 2].mean()), 2),
+                    "returns": [round(float(r), 3) for r in runs[:, 0]],
                 }
             ),
             flush=True,
