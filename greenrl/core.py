@@ -1,17 +1,31 @@
-"""Shared vocabulary: the knobs a controller sets, what a node reports per interval, the Node protocol.
+"""Shared vocabulary: the knobs a controller sets, what a node reports per interval, the protocols.
 
-Public names: Knobs, NodeSnapshot, Node, VLLM_TTFT_BUCKETS_S, VLLM_ITL_BUCKETS_S.
+Everything here is light (numpy only) so the controller, the twin and the simulator share it.
+
+Public names: Knobs, NodeSnapshot, Node, Policy, EnergyMeter, KnobDwell, fit_replicas, VLLM_TTFT_BUCKETS_S,
+VLLM_ITL_BUCKETS_S.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["VLLM_ITL_BUCKETS_S", "VLLM_TTFT_BUCKETS_S", "Knobs", "Node", "NodeSnapshot"]
+__all__ = [
+    "VLLM_ITL_BUCKETS_S",
+    "VLLM_TTFT_BUCKETS_S",
+    "EnergyMeter",
+    "KnobDwell",
+    "Knobs",
+    "Node",
+    "NodeSnapshot",
+    "Policy",
+    "fit_replicas",
+]
 
 # Histogram bucket upper bounds of vLLM's Prometheus metrics (vllm:time_to_first_token_seconds,
 # vllm:inter_token_latency_seconds), so simulated and live histograms line up; +Inf is implicit.
@@ -155,3 +169,81 @@ class Node(Protocol):
     def close(self) -> None:
         """Release resources (a live node resets clocks and stops what it started)."""
         ...
+
+
+class Policy(Protocol):
+    """Anything that maps an observation to an action with SB3's ``predict`` (PPO, a baseline, a controller)."""
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+        **kwargs: Any,
+    ) -> tuple[Any, Any]:
+        """Return ``(action, state)``; keyword ``action_masks`` is passed where the policy takes it."""
+        ...
+
+
+class EnergyMeter(Protocol):
+    """A monotonic GPU energy counter (NVML's, the twin's, or a replay)."""
+
+    def energy_j(self) -> float:
+        """Energy consumed since an arbitrary origin (J)."""
+        ...
+
+
+def fit_replicas(replicas: int | None, tp: int, gpus: int) -> int:
+    """The replicas a node serves with: as many as fit when ``replicas`` is not chosen, else clamped to fit.
+
+    The one rule for every node, env, baseline and controller: a replica takes ``tp`` GPUs, at least one
+    serves, and at most ``gpus // tp`` fit.
+
+    Example:
+        >>> fit_replicas(None, 2, 8), fit_replicas(9, 4, 8), fit_replicas(0, 8, 8)
+        (4, 2, 1)
+    """
+    most = gpus // tp
+    return max(1, min(most if replicas is None else replicas, most))
+
+
+class KnobDwell:
+    """Holds a costly knob (TP, replicas) at its value until its minimum dwell has passed since its last change.
+
+    A production controller does not restart a server every interval; the env and the live controller
+    apply the same rule so a trained policy meets on a real node the dwell it was trained with.
+
+    Args:
+        min_dwell_steps: fewest intervals between two changes of each named knob.
+
+    Example:
+        >>> dwell = KnobDwell({"tp": 2})
+        >>> dwell.held({"tp": 8}, {"tp": 4}, t=0), dwell.held({"tp": 4}, {"tp": 8}, t=1)
+        ({}, {'tp': 4})
+        >>> dwell.held({"tp": 4}, {"tp": 8}, t=2)
+        {}
+    """
+
+    def __init__(self, min_dwell_steps: Mapping[str, int]) -> None:
+        self.min_dwell_steps = dict(min_dwell_steps)
+        self._last_change: dict[str, int] = {}
+
+    def reset(self) -> None:
+        """Forget past changes (a new episode, a restarted controller)."""
+        self._last_change = {}
+
+    def held(self, current: Mapping[str, int], wanted: Mapping[str, int], t: int) -> dict[str, int]:
+        """The knobs (name -> current value) that must stay as they are at interval ``t``.
+
+        A wanted change that is allowed is recorded as made at ``t``.
+        """
+        kept: dict[str, int] = {}
+        for name, steps in self.min_dwell_steps.items():
+            if name not in wanted or name not in current or wanted[name] == current[name]:
+                continue
+            if t - self._last_change.get(name, -(10**9)) < steps:
+                kept[name] = current[name]
+            else:
+                self._last_change[name] = t
+        return kept

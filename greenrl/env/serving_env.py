@@ -6,7 +6,7 @@ Public names: ServingEnv, OBS_FIELDS, make_env, build_node.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from greenrl.catalog import load_gpu
-from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, Node, NodeSnapshot
+from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, KnobDwell, Knobs, Node, NodeSnapshot, fit_replicas
 from greenrl.env.scenario import KNOB_NAMES, Scenario, load_scenario
 from greenrl.errors import InputError
 from greenrl.sim import SimConfig, SimNode, SloSpec
@@ -123,7 +123,7 @@ def _initial_knobs(s: Scenario) -> Knobs:
     tp = init.get("tp", 8)
     return Knobs(
         tp=tp,
-        replicas=init.get("replicas", s.node.gpus // tp),
+        replicas=init.get("replicas", fit_replicas(None, tp, s.node.gpus)),
         max_num_seqs=init.get("max_num_seqs", 256),
         sm_clock_mhz=init.get("sm_clock_mhz", load_gpu(s.node.gpu).max_sm_clock_mhz),
         max_num_batched_tokens=init.get("max_num_batched_tokens", 8192),
@@ -242,6 +242,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         self._t = 0
         self._prev_rate = 0.0
         self._knobs = self.initial
+        self._dwell_rule = KnobDwell(s.control.min_dwell_steps)
         self._expected_per_step = 1.0
         self._shadow: SimNode | None = None
 
@@ -261,9 +262,8 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             allowed = [t for t in self.scenario.control.knobs.get("tp", self.feasible_tp) if t in self.feasible_tp]
             bigger = sorted(t for t in allowed if t > values["tp"])
             values["tp"] = bigger[0] if bigger else max(allowed)
-        if "replicas" not in self.scenario.control.knobs:
-            values["replicas"] = gpus // values["tp"]
-        values["replicas"] = max(1, min(values["replicas"], gpus // values["tp"]))
+        replicas = values["replicas"] if "replicas" in self.scenario.control.knobs else None
+        values["replicas"] = fit_replicas(replicas, values["tp"], gpus)
         return Knobs(**values)
 
     def knobs_for(self, action: npt.ArrayLike) -> Knobs:
@@ -284,19 +284,12 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
 
     def _dwell(self, knobs: Knobs) -> Knobs:
         """Keep a costly knob (TP, replicas) unchanged until its minimum dwell time has passed."""
-        kept = {}
-        for name, steps in self.scenario.control.min_dwell_steps.items():
-            if getattr(knobs, name) == getattr(self._knobs, name):
-                continue
-            if self._t - self._last_change.get(name, -(10**9)) < steps:
-                kept[name] = getattr(self._knobs, name)
-            else:
-                self._last_change[name] = self._t
+        kept = self._dwell_rule.held(asdict(self._knobs), asdict(knobs), self._t)
         if not kept:
             return knobs
         out = replace(knobs, **kept)
         if "replicas" not in self.scenario.control.knobs:
-            out = replace(out, replicas=self.scenario.node.gpus // out.tp)
+            out = replace(out, replicas=fit_replicas(None, out.tp, self.scenario.node.gpus))
         return out
 
     def action_masks(self) -> npt.NDArray[np.bool_]:
@@ -318,7 +311,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         trace = getattr(self.node, "trace", None)
         self._expected_per_step = max(1.0, len(trace) / self._steps) if trace is not None else 1.0
         self._t = 0
-        self._last_change: dict[str, int] = {}
+        self._dwell_rule.reset()
         self._prev_rate = 0.0
         self._knobs = snap.knobs
         self._shadow = None
