@@ -2,9 +2,9 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-.PHONY: train fit test lint type bench clean
+.PHONY: train fit test lint type bench wheel-smoke clean
 
-$(VENV_STAMP): pyproject.toml
+$(VENV_STAMP): pyproject.toml setup.py
 	python3 -m venv .venv
 	# torch==2.13.0 on the same command line pins the local CPU wheel (no multi-GB CUDA download).
 	.venv/bin/pip install -q torch==2.13.0 -e '.[cpu,dev]'
@@ -17,14 +17,17 @@ fit: $(VENV_STAMP)
 	$(PY) -m greenrl.fit
 
 lint: $(VENV_STAMP)
-	.venv/bin/ruff check greenrl tests benchmarks
-	.venv/bin/ruff format --check greenrl tests benchmarks
+	.venv/bin/ruff check greenrl tests benchmarks setup.py
+	.venv/bin/ruff format --check greenrl tests benchmarks setup.py
 
 type: $(VENV_STAMP)
 	.venv/bin/mypy
 
 test: $(VENV_STAMP) lint type
 	$(PY) -m pytest -q -p no:cacheprovider -ra greenrl tests
+
+wheel-smoke: $(VENV_STAMP)  ## build the wheel, install it outside the tree, train tiny + evaluate there (~3 min)
+	bash .ci/wheel_smoke $(PY)
 
 bench: $(VENV_STAMP)
 	$(PY) benchmarks/bench_surrogate.py

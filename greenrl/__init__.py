@@ -1,20 +1,41 @@
 """greenrl: learned energy control for LLM inference serving.
 
 A fitted surrogate of a vLLM node (``greenrl.surrogate``), a serving simulator (``greenrl.sim``), a
-Gymnasium environment (``greenrl.env``) whose scenarios register as ``greenrl/<scenario>-v0`` on import,
-and the command-line tools ``python -m greenrl.fit | predict | characterize | train``.
+Gymnasium environment (``greenrl.env``), exported controllers (``greenrl.policy``) and the command
+``greenrl <train|evaluate|fit|predict|characterize|twin|control|loadgen>``.
+
+``import greenrl`` registers the shipped scenarios as ``greenrl/<scenario>-v0`` with entry-point
+strings, as Gymnasium's own ``envs/__init__.py`` does: it reads no file and imports neither the
+simulator nor pandas; the scenario is loaded when ``gym.make`` is called. Scenarios of your own
+(``$GREENRL_ENVS``) register with ``greenrl.register_scenarios()``.
 """
+
+from gymnasium.envs.registration import register, registry
+
+from greenrl.bundled import SCENARIOS
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "register_scenarios"]
+__all__ = ["ENTRY_POINT", "SCENARIOS", "__version__", "register_scenarios"]
+
+ENTRY_POINT = "greenrl.env.serving_env:make_env"
+
+
+def _register(names: tuple[str, ...] | list[str]) -> list[str]:
+    ids = []
+    for name in names:
+        env_id = f"greenrl/{name}-v0"
+        if env_id not in registry:
+            register(id=env_id, entry_point=ENTRY_POINT, kwargs={"scenario": name})
+        ids.append(env_id)
+    return ids
 
 
 def register_scenarios() -> list[str]:
-    """Register every scenario in ``envs/`` with Gymnasium (done on import; cheap: lists a folder)."""
-    from greenrl.env import register_scenarios as _register
+    """Register ``greenrl/<name>-v0`` for every YAML in ``scenarios_dir()`` (lists that folder); returns the ids."""
+    from greenrl.env.scenario import scenario_names
 
-    return _register()
+    return _register(scenario_names())
 
 
-register_scenarios()
+_register(SCENARIOS)

@@ -47,7 +47,8 @@ import numpy as np
 
 from greenrl import __version__
 from greenrl.baselines import BASELINES, baseline_names, decode_obs, make_baseline
-from greenrl.env.scenario import Scenario, load_scenario, scenarios_dir
+from greenrl.bundled import checkpoints_dir
+from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import ServingEnv, build_node
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.evaluate_report import SCHEMA, _print_tables, markdown_report, write_outputs
@@ -174,7 +175,7 @@ def default_policies(scenarios: list[str] | None = None) -> list[str]:
     """Controllers in ``checkpoints/<scenario>/*`` for each scenario (default: ``default``), then every baseline."""
     found: list[str] = []
     for scenario in scenarios or ["default"]:
-        root = scenarios_dir().parent / "checkpoints" / Path(scenario).stem
+        root = checkpoints_dir() / Path(scenario).stem
         found += sorted(str(p.parent) for p in root.glob("*/controller.json")) if root.is_dir() else []
     return found + baseline_names()
 

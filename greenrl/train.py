@@ -26,6 +26,7 @@ import numpy as np
 import yaml
 
 from greenrl import __version__
+from greenrl.bundled import agents_dir
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError, exit_on_input_error
@@ -59,13 +60,6 @@ _AGENT_KEYS = {
 }
 VAL_SEED = 1_000_000
 """Validation episodes use training-split seeds ``VAL_SEED + i``, never drawn by the training envs' streams."""
-
-
-def agents_dir() -> Path:
-    """The ``agents/`` folder beside ``envs/``."""
-    from greenrl.env.scenario import scenarios_dir
-
-    return scenarios_dir().parent / "agents"
 
 
 def agent_config(agent: str, scenario: str) -> dict[str, Any]:

@@ -8,13 +8,13 @@ Public names: Scenario, load_scenario, scenario_names, scenarios_dir.
 
 from __future__ import annotations
 
-import os
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
+from greenrl.bundled import scenarios_dir
 from greenrl.errors import InputError
 
 __all__ = ["Scenario", "load_scenario", "scenario_names", "scenarios_dir"]
@@ -126,12 +126,6 @@ class Scenario:
 KNOB_NAMES = ("tp", "replicas", "max_num_seqs", "sm_clock_mhz", "max_num_batched_tokens", "prefill_sm_clock_mhz")
 ZERO_MEANS_OFF = ("prefill_sm_clock_mhz",)
 """Knobs whose value 0 is allowed and switches them off."""
-
-
-def scenarios_dir() -> Path:
-    """``$GREENRL_ENVS``, else the ``envs/`` folder of the source tree this package runs from."""
-    env = os.environ.get("GREENRL_ENVS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "envs"
 
 
 def scenario_names() -> list[str]:
