@@ -75,7 +75,7 @@ def test_exported_controller_acts_like_the_model(tiny_run: Path) -> None:
     # numpy and torch round differently: the argmax may differ only where two logits tie within 1e-4
     with torch.no_grad():
         dist = model.policy.get_distribution(torch.as_tensor(obs), action_masks=masks)
-    top2 = [torch.topk(d.logits, 2, dim=1).values.numpy() for d in dist.distribution]
+    top2 = [torch.topk(d.logits, 2, dim=1).values.numpy() for d in dist.distributions]
     clear = np.all([t[:, 0] - t[:, 1] > 1e-4 for t in top2], axis=0)
     assert clear.mean() > 0.9
     np.testing.assert_array_equal(got[clear], want[clear])
