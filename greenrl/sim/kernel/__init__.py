@@ -30,13 +30,17 @@ finished up to one iteration before its finish time. Idle replicas draw idle pow
 Modules, one job each: ``layout`` (the array columns and codes, compile-time constants), ``step``
 (``step_scalar``), ``queues`` (the linked-list request queues), ``governor`` (the prefill clock and
 the deadline governor), ``scheduler`` (one replica's iteration), ``loop`` (``run_until``: arrivals,
-routing, replica events, idle energy).
+routing, replica events, idle energy). numba's cache keys each function on its own source file only;
+``_cache`` makes every function here depend on all of them, so editing one module recompiles the
+functions that inline it.
 
 Public names: step_scalar, base_clock_prefill_s, run_until, push_pending, finish_interval, plus the
 column constants of ``layout``. The private helpers the tests call (``_boost_at``, ``_replica_clock``,
 ``_account_idle``, ``_push_back``, ``_pop_front``) are re-exported too.
 """
 
+# first: its import puts the cache locators in place before any module below compiles
+from greenrl.sim.kernel import _cache as _cache
 from greenrl.sim.kernel.governor import _boost_at as _boost_at
 from greenrl.sim.kernel.governor import _replica_clock as _replica_clock
 from greenrl.sim.kernel.governor import base_clock_prefill_s
