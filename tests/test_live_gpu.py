@@ -352,7 +352,8 @@ def test_open_gpus_nvml_all_and_cleanup_on_failure(nvml: dict[str, mock.MagicMoc
 
 
 def test_module_imports_without_pynvml_at_import_time() -> None:
-    assert "pynvml" not in vars(gpu_mod)
+    for module in (gpu_mod, gpu_mod.base, gpu_mod.nvml, gpu_mod.fake, gpu_mod.gpuset):
+        assert "pynvml" not in vars(module)
 
 
 # -- probe ----------------------------------------------------------------------------------------

@@ -377,3 +377,15 @@ def test_deadline_governor_boosts_less_and_spends_less() -> None:
     # a target no prompt can miss at the base clock never raises the clock
     e_never, _, boosted_never = _boosted(BOOSTED, prefill_clock_ttft_s=1e6)
     assert boosted_never == 0.0 and e_never == pytest.approx(e_low, rel=1e-9)
+
+
+def test_kernel_cache_is_stamped_with_every_kernel_module() -> None:
+    # numba stamps a cached function with its own file only; an edit to a module it inlines must recompile it
+    from greenrl.sim.kernel import _cache
+
+    if not _cache.install():
+        pytest.skip("this numba has no cache locator hook")
+    for fn in (K.run_until, K.step_scalar, K._boost_at):
+        locator = fn._cache._impl.locator
+        assert isinstance(locator, _cache._PackageStampMixin)
+        assert locator.get_source_stamp()[1] == _cache._package_stamp()
