@@ -25,6 +25,7 @@ import pytest
 from greenrl.controller import ServingController, build_controller, build_parser, main
 from greenrl.core import BackendReading, Knobs
 from greenrl.env.observation import OBS_FIELDS, ObservationBuilder
+from greenrl.env.scenario import load_scenario
 from greenrl.errors import InputError
 from greenrl.live.backends import GpuBackend
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
@@ -354,6 +355,19 @@ def test_tp_dwell_holds_tp_for_min_intervals(monkeypatch: pytest.MonkeyPatch) ->
     changes = [i for i in range(1, 25) if tps[i] != tps[i - 1]]
     assert tps[0] == 2 and all(b - a >= 10 for a, b in zip(changes, changes[1:], strict=False))
     assert all(ctl_r["knobs"]["replicas"] == 8 // ctl_r["knobs"]["tp"] for ctl_r in _records(log))
+
+
+def test_the_dwell_is_the_scenarios_per_knob_unless_given() -> None:
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
+    for extra, expected in (
+        ([], load_scenario("default").control.min_dwell_steps),
+        (["--min-dwell-intervals", "3"], {"tp": 3, "replicas": 3}),
+    ):
+        ctl = build_controller(build_parser().parse_args([*argv, *extra]), None)
+        try:
+            assert ctl.dwell.min_dwell_steps == expected
+        finally:
+            ctl.close()
 
 
 def test_a_clock_the_rate_limit_ignored_is_retried_at_the_next_interval(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,7 @@ from typing import IO, TYPE_CHECKING
 
 from greenrl.controller.loop import ServingController
 from greenrl.core import KnobBackend, Knobs
+from greenrl.env.observation import ObservationBuilder
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.live.backends import GpuBackend, TwinBackend
 from greenrl.live.deadline import PrefillDeadline
@@ -133,7 +134,6 @@ def build_controller(
 ) -> ServingController:
     """The controller the CLI's arguments describe (``sleep``: see ``ServingController``)."""
     from greenrl.catalog import load_gpu
-    from greenrl.env.observation import ObservationBuilder
     from greenrl.env.scenario import load_scenario
     from greenrl.policy import load_controller
 
