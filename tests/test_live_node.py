@@ -22,8 +22,10 @@ from greenrl.core import Knobs, NodeSnapshot
 from greenrl.env.observation import OBS_FIELDS, ObservationBuilder
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import ServingEnv
+from greenrl.live.backends import ServerLayout
 from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
+from greenrl.live.launcher import DrainTimeoutError, LaunchError
 from greenrl.live.node import BackendReading, GpuBackend, LiveNode, TwinBackend
 from greenrl.live.observe import LiveObserver
 from greenrl.live.proxy import AdmissionProxy
@@ -270,6 +272,44 @@ def test_gpu_backend_with_proxy_and_launcher(twin: str) -> None:
     assert all(("reset", None) in g.calls for g in gpus)  # close() reset the clocks
     assert not launcher.stopped  # not asked to stop a server it does not own
     assert not any(t.name == "greenrl-loadgen" and t.is_alive() for t in threading.enumerate())
+
+
+class _FailingLauncher(StubLauncher):
+    """A restart that fails: by a drain timeout (the server untouched) or a start error (the server down)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(restart_s=0.0)
+        self.error = error
+        self.starts: list[dict[str, int]] = []
+
+    def restart(self, knobs: Mapping[str, int], drain: Any = None) -> float:
+        self.calls.append(dict(knobs))
+        self.stopped = isinstance(self.error, LaunchError) and not isinstance(self.error, DrainTimeoutError)
+        raise self.error
+
+    def start(self, knobs: Mapping[str, int]) -> float:
+        self.starts.append(dict(knobs))
+        return super().start(knobs)
+
+
+@pytest.mark.parametrize("error", [LaunchError("no health"), DrainTimeoutError("still busy")])
+def test_a_failed_restart_keeps_or_restores_the_layout(error: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    launcher = _FailingLauncher(error)
+    layout = ServerLayout(launcher, None)
+    initial = Knobs(tp=2, replicas=1, max_num_seqs=256, sm_clock_mhz=1980)
+    layout.assume(initial)
+    assert layout.apply(dataclasses.replace(initial, tp=1, replicas=2), asked=True)
+    _wait(lambda: not layout.restarting)
+    assert layout.knobs == initial and layout.layout() == (2, 1) and layout.last_error == str(error)
+    rolled_back = [] if isinstance(error, DrainTimeoutError) else [dataclasses.asdict(initial)]
+    assert launcher.starts == rolled_back and layout.restarts == 0
+    refused = ServerLayout(None, None, hint=" (give it a launcher)")
+    refused.assume(initial)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert not refused.apply(dataclasses.replace(initial, tp=1, replicas=2), asked=True)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert len(said) == 1 and said[0].endswith("(give it a launcher)") and refused.layout() == (2, 1)
 
 
 # ------------------------------------------------------------------------------------------ the prefill clock

@@ -194,12 +194,13 @@ class GpuBackend:
                 in the prefill-clock governor since the last call.
             ClockRestoreError: the governor did not put the base clock back in time (at the last call).
         """
-        if self._knobs is None:  # nothing known of the server: take its layout to be the one asked for
+        first = self._knobs is None
+        if first:  # nothing known of the server: take its layout to be the one asked for, apply the rest
             self.assume(knobs)
         current = self._in_force()
         assert current is not None
         if changed is None:
-            changed = [k for k in KNOB_FIELDS if getattr(knobs, k) != getattr(current, k)]
+            changed = [k for k in KNOB_FIELDS if first or getattr(knobs, k) != getattr(current, k)]
         applied = self._apply_clock(knobs, changed)
         restarted = self.server.apply(knobs, asked="tp" in changed or "replicas" in changed)
         applied += self._apply_cap(knobs, changed)
