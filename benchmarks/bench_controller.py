@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from greenrl.controller import _parser, build_controller
+from greenrl.controller import build_controller, build_parser
 from greenrl.policy import load_controller
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def interval_overhead() -> dict[str, float]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("the twin did not start") from None
                 time.sleep(0.1)
-        args = _parser().parse_args(["--checkpoint", str(CHECKPOINT), "--vllm-url", base, "--twin"])
+        args = build_parser().parse_args(["--checkpoint", str(CHECKPOINT), "--vllm-url", base, "--twin"])
         ctl = build_controller(args, io.StringIO())
         try:
             ctl.run_interval()  # primes

@@ -2,13 +2,13 @@
 
 Everything here is light (numpy only) so the controller, the twin and the simulator share it.
 
-Public names: Knobs, NodeSnapshot, Node, Policy, EnergyMeter, KnobDwell, fit_replicas, VLLM_TTFT_BUCKETS_S,
-VLLM_ITL_BUCKETS_S.
+Public names: Knobs, NodeSnapshot, Node, Policy, EnergyMeter, BackendReading, KnobBackend, KnobDwell,
+fit_replicas, VLLM_TTFT_BUCKETS_S, VLLM_ITL_BUCKETS_S.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -18,7 +18,9 @@ import numpy.typing as npt
 __all__ = [
     "VLLM_ITL_BUCKETS_S",
     "VLLM_TTFT_BUCKETS_S",
+    "BackendReading",
     "EnergyMeter",
+    "KnobBackend",
     "KnobDwell",
     "Knobs",
     "Node",
@@ -191,6 +193,72 @@ class EnergyMeter(Protocol):
 
     def energy_j(self) -> float:
         """Energy consumed since an arbitrary origin (J)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BackendReading:
+    """What a ``KnobBackend`` reads at one instant.
+
+    Attributes:
+        server_time_s: the server's clock (s): the twin's simulated time, or wall time on a real node.
+        energy_per_gpu_j: cumulative energy of each GPU (J); only differences are meaningful.
+        knobs: the configuration in force now (None if the backend cannot tell).
+        reconfiguring: a TP / replica change is under way.
+        queued: requests held in front of the server (admission proxy), not yet seen by it.
+        prefill_clock_s: cumulative server seconds at the prefill SM clock (None: the backend cannot tell).
+        requested: the configuration being moved to: ``knobs`` with the layout of a restart under way (None
+            if the backend cannot tell).
+    """
+
+    server_time_s: float
+    energy_per_gpu_j: tuple[float, ...]
+    knobs: Knobs | None
+    reconfiguring: bool
+    queued: int = 0
+    prefill_clock_s: float | None = None
+    requested: Knobs | None = None
+
+
+class KnobBackend(Protocol):
+    """Where a live node's knobs go, and its clock and energy: the digital twin, or a real node's GPUs.
+
+    One stack for ``LiveNode`` (the env on a live server) and the serving controller:
+    ``greenrl.live.backends.TwinBackend`` (the twin's HTTP API) and ``GpuBackend`` (NVML, admission proxy,
+    launcher).
+    """
+
+    @property
+    def time_scale(self) -> float:
+        """Server seconds per wall second (the twin's ``--time-scale``; 1 for a real node)."""
+        ...
+
+    @property
+    def discrete_time(self) -> bool:
+        """The server clock moves in steps (the twin's ticks): a reading and a scrape pair only if it did not move."""
+        ...
+
+    def read(self) -> BackendReading:
+        """Clock, energy counters, knobs in force."""
+        ...
+
+    def apply(self, knobs: Knobs, changed: Collection[str] | None = None) -> list[str]:
+        """Request ``knobs``; returns the names of the knobs applied.
+
+        Args:
+            knobs: the whole configuration wanted.
+            changed: the knob names to send (None: every knob that may differ from what is in force).
+                A name missing from the result was refused or deferred (a layout the server cannot change,
+                a clock lock the GPUs' rate limit ignored): what was in force stays.
+        """
+        ...
+
+    def close(self, restore: Mapping[str, int] | None = None) -> None:
+        """Restore a safe state and release what the backend holds.
+
+        A real node resets its GPUs' clocks; the twin, which has none, is sent the ``restore`` knobs (None:
+        left as they are).
+        """
         ...
 
 

@@ -51,7 +51,7 @@ def export_controller(model: Any, env: Any, folder: str | Path, extra: dict[str,
         folder: destination; written to a temp folder beside it, then renamed into place.
         extra: more manifest fields (seed, timesteps, eval KPIs, config hash).
     """
-    from greenrl.env.serving_env import OBS_CLIP, OBS_FIELDS
+    from greenrl.env.observation import OBS_CLIP, OBS_FIELDS
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ class ControllerPolicy:
 
 def load_controller(folder: str | Path, expect_env: Any = None) -> ControllerPolicy:
     """Load and verify a controller folder (hash, format, and, given an env, its observation and knobs)."""
-    from greenrl.env.serving_env import OBS_FIELDS
+    from greenrl.env.observation import OBS_FIELDS
 
     folder = Path(folder)
     path = folder / "controller.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import io
 import json
@@ -21,11 +22,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from greenrl.controller import NvmlApplier, ServerApplier, ServingController, _parser, build_controller, main
+from greenrl.controller import ServingController, build_controller, build_parser, main
+from greenrl.core import BackendReading, Knobs
+from greenrl.env.observation import OBS_FIELDS, ObservationBuilder
+from greenrl.env.scenario import load_scenario
 from greenrl.errors import InputError
+from greenrl.live.backends import GpuBackend
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
 from greenrl.live.metrics import parse
 from greenrl.live.observe import LiveObserver, Observation
+from greenrl.live.snapshot import Instant, start_snapshot
 from greenrl.policy import ControllerPolicy, load_controller
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +119,9 @@ def _short_sleep(seconds: float) -> bool:
 
 
 def _controller(base: str, *extra: str, sleep: Any = _short_sleep) -> tuple[ServingController, io.StringIO]:
-    args = _parser().parse_args(["--checkpoint", str(CHECKPOINT), "--vllm-url", base, "--interval-s", "0.3", *extra])
+    args = build_parser().parse_args(
+        ["--checkpoint", str(CHECKPOINT), "--vllm-url", base, "--interval-s", "0.3", *extra]
+    )
     log = io.StringIO()
     return build_controller(args, log, sleep=sleep), log
 
@@ -238,17 +246,17 @@ def test_twin_killed_then_restarted_recovers() -> None:
     assert not runner.is_alive()
 
 
+BUILDER = ObservationBuilder(gpus=8, tdp_w=700.0, max_sm_clock_mhz=1980, ttft_floor_s=0.5, tbt_slo_s=0.1)
+
+
 def test_gpu_permission_error_falls_back_naming_the_privilege(twin: str) -> None:
     gpu = FakeGpu(0, energy_source=lambda: 0.0)
     gpu.deny_permission()
     policy = load_controller(CHECKPOINT)
-    observer = LiveObserver(
-        twin, gpu, gpus=8, tdp_w=700.0, max_sm_clock_mhz=1980, ttft_floor_s=0.5, tbt_slo_s=0.1, clock=_ticking()
-    )
+    backend = GpuBackend(GpuSet([gpu]), clock=_ticking())
+    observer = LiveObserver(twin, backend, BUILDER)
     log = io.StringIO()
-    ctl = ServingController(
-        policy, observer, NvmlApplier(GpuSet([gpu])), gpus=8, interval_s=0.1, decision_log=log, metrics=False
-    )
+    ctl = ServingController(policy, observer, backend, gpus=8, interval_s=0.1, decision_log=log, metrics=False)
     try:
         ctl.run_interval()  # primes
         record = ctl.run_interval()
@@ -271,46 +279,51 @@ def _ticking() -> Any:
 
 
 class _FixedObserver:
-    """An observer that always sees the same (valid) observation."""
+    """An observer that always sees the same (valid) observation: 30 s, 100 J."""
 
     primed = True
 
     def __init__(self, vector: np.ndarray | None = None) -> None:
-        from greenrl.env.serving_env import OBS_FIELDS
-
         self.vector = np.zeros(len(OBS_FIELDS), np.float32) if vector is None else vector
-        self.metrics = parse("vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:generation_tokens 0\n")
+        metrics = parse("vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:generation_tokens 0\n")
+        reading = BackendReading(0.0, (0.0,), None, False)
+        snap = start_snapshot(
+            Instant(reading, metrics, 0.0), Knobs(tp=8, replicas=1, max_num_seqs=256, sm_clock_mhz=1980)
+        )
+        self.snapshot = dataclasses.replace(snap, t_end_s=30.0, energy_j=100.0)
 
-    def observe(self, knobs: dict[str, int], reconfiguring: bool = False) -> Observation:
-        return Observation(self.vector, {"slo_attainment": 1.0}, 30.0, 100.0, self.metrics)
+    def observe(self, knobs: Knobs) -> Observation:
+        return Observation(self.vector, {"slo_attainment": 1.0}, self.snapshot)
 
     def reset(self) -> None:
         pass
 
 
-class _RecordingApplier:
+class _RecordingBackend:
+    """A knob backend that records each ``apply`` (the names changed and their values) and applies it all."""
+
+    time_scale = 1.0
+    discrete_time = False
+
     def __init__(self) -> None:
         self.calls: list[dict[str, int]] = []
 
-    def current(self) -> dict[str, int] | None:
-        return None
+    def read(self) -> BackendReading:
+        return BackendReading(0.0, (0.0,), None, False)
 
-    def apply(self, knobs: dict[str, int], changed: list[str]) -> list[str]:
-        self.calls.append({k: knobs[k] for k in changed})
-        return changed
+    def apply(self, knobs: Knobs, changed: Any = None) -> list[str]:
+        self.calls.append({k: getattr(knobs, k) for k in changed})
+        return list(changed)
 
-    def reconfiguring(self) -> bool:
-        return False
-
-    def close(self, safe: dict[str, int] | None) -> None:
+    def close(self, restore: Any = None) -> None:
         pass
 
 
-def _offline(policy: ControllerPolicy, **kw: Any) -> tuple[ServingController, _RecordingApplier, io.StringIO]:
-    applier, log = _RecordingApplier(), io.StringIO()
+def _offline(policy: ControllerPolicy, **kw: Any) -> tuple[ServingController, _RecordingBackend, io.StringIO]:
+    backend, log = _RecordingBackend(), io.StringIO()
     observer: Any = kw.pop("observer", _FixedObserver())
-    ctl = ServingController(policy, observer, applier, gpus=8, decision_log=log, metrics=False, **kw)
-    return ctl, applier, log
+    ctl = ServingController(policy, observer, backend, gpus=8, decision_log=log, metrics=False, **kw)
+    return ctl, backend, log
 
 
 @pytest.mark.parametrize(
@@ -319,11 +332,11 @@ def _offline(policy: ControllerPolicy, **kw: Any) -> tuple[ServingController, _R
 def test_invalid_policy_output_falls_back(bad: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     policy = load_controller(CHECKPOINT)
     monkeypatch.setattr(policy, "predict", lambda obs, **kw: (bad, None))
-    ctl, applier, _ = _offline(policy)
+    ctl, backend, _ = _offline(policy)
     record = ctl.run_interval()
     assert record["mode"] == "fallback" and record["fallback_reason"] == "policy_invalid"
     safe = {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980, "prefill_sm_clock_mhz": 0}
-    assert applier.calls[-1] == safe
+    assert backend.calls[-1] == safe
 
 
 def test_nan_observation_falls_back() -> None:
@@ -344,14 +357,27 @@ def test_tp_dwell_holds_tp_for_min_intervals(monkeypatch: pytest.MonkeyPatch) ->
     assert all(ctl_r["knobs"]["replicas"] == 8 // ctl_r["knobs"]["tp"] for ctl_r in _records(log))
 
 
+def test_the_dwell_is_the_scenarios_per_knob_unless_given() -> None:
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
+    for extra, expected in (
+        ([], load_scenario("default").control.min_dwell_steps),
+        (["--min-dwell-intervals", "3"], {"tp": 3, "replicas": 3}),
+    ):
+        ctl = build_controller(build_parser().parse_args([*argv, *extra]), None)
+        try:
+            assert ctl.dwell.min_dwell_steps == expected
+        finally:
+            ctl.close()
+
+
 def test_a_clock_the_rate_limit_ignored_is_retried_at_the_next_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     t = [0.0]
     gpu = FakeGpu(0, min_interval_s=10.0, clock=lambda: t[0])
     policy = load_controller(CHECKPOINT)
     clocks = iter([0, 1, 1])  # sm_clock_mhz 1005, then 1200 at the next two intervals
     monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([2, 4, next(clocks), 0]), None))
-    applier = NvmlApplier(GpuSet([gpu]))
-    ctl = ServingController(policy, _FixedObserver(), applier, gpus=8, decision_log=io.StringIO(), metrics=False)
+    backend = GpuBackend(GpuSet([gpu]))
+    ctl = ServingController(policy, _FixedObserver(), backend, gpus=8, decision_log=io.StringIO(), metrics=False)
     try:
         assert "sm_clock_mhz" in ctl.run_interval()["applied"] and gpu.locked_sm_clock_mhz == 1005
         t[0] = 1.0  # inside the GPU's rate limit: the lock is ignored, and the clock in force still believed
@@ -436,12 +462,12 @@ def owned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         argv = ["--launch", "--launch-command", LAUNCH, "--server-port", str(_free_port()), "--proxy-port", "0"]
         argv += ["--gpus", "fake", "--min-dwell-intervals", "1", "--launch-timeout-s", "30", "--timeout-s", "2"]
         argv += ["--server-log", str(tmp_path / "server.log"), *extra]
-        args = _parser().parse_args(["--checkpoint", str(CHECKPOINT), "--interval-s", "0.2", *argv])
+        args = build_parser().parse_args(["--checkpoint", str(CHECKPOINT), "--interval-s", "0.2", *argv])
         log = io.StringIO()
         ctl = build_controller(args, log, sleep=_short_sleep)
         made.append(ctl)
-        assert isinstance(ctl.applier, ServerApplier) and ctl.applier.launcher is not None
-        pids.append(ctl.applier.launcher.pid or 0)
+        assert isinstance(ctl.backend, GpuBackend) and ctl.backend.launcher is not None
+        pids.append(ctl.backend.launcher.pid or 0)
         return ctl, log
 
     try:
@@ -472,9 +498,9 @@ def _until(ctl: ServingController, pred: Any, timeout_s: float = 30.0) -> None:
 def test_launch_tp_change_drains_restarts_and_loses_no_request(owned: Any) -> None:
     make, pids = owned
     ctl, log = make()
-    applier = ctl.applier
-    assert ctl.knobs["tp"] == 8 and applier.proxy is not None and applier.launcher is not None
-    first_pid = applier.launcher.pid
+    backend = ctl.backend
+    assert ctl.knobs["tp"] == 8 and backend.proxy is not None and backend.launcher is not None
+    first_pid = backend.launcher.pid
     results: list[Any] = []
     stop = threading.Event()
 
@@ -482,7 +508,7 @@ def test_launch_tp_change_drains_restarts_and_loses_no_request(owned: Any) -> No
         body = {"prompt": list(range(1, 40)), "max_tokens": 60, "stream": True}
         while not stop.is_set():
             req = urllib.request.Request(
-                f"{applier.proxy.url}/v1/completions",
+                f"{backend.proxy.url}/v1/completions",
                 data=json.dumps(body).encode(),
                 headers={"Content-Type": "application/json"},
             )
@@ -496,8 +522,8 @@ def test_launch_tp_change_drains_restarts_and_loses_no_request(owned: Any) -> No
     for w in workers:
         w.start()
     try:
-        _until(ctl, lambda: applier.restarts == 1 and not applier.reconfiguring())
-        pids.append(applier.launcher.pid or 0)
+        _until(ctl, lambda: backend.server.restarts == 1 and not backend.restarting)
+        pids.append(backend.launcher.pid or 0)
         _until(ctl, lambda: sum(r["mode"] == "applied" for r in _records(log)) >= 3)
     finally:
         stop.set()
@@ -505,11 +531,11 @@ def test_launch_tp_change_drains_restarts_and_loses_no_request(owned: Any) -> No
             w.join(timeout=30.0)
     modes = [r["mode"] for r in _records(log)]
     assert "reconfiguring" in modes and "fallback" not in modes and ctl.fallback_counts == {}
-    state = _get_json(f"{applier.launcher.url}/greenrl/state")
+    state = _get_json(f"{backend.launcher.url}/greenrl/state")
     assert (state["knobs"]["tp"], state["knobs"]["replicas"]) == (4, 2) and ctl.knobs["tp"] == 4
-    assert applier.launcher.pid != first_pid and applier.last_outage_s is not None
+    assert backend.launcher.pid != first_pid and backend.server.last_outage_s is not None
     assert results and all(r == 1 for r in results), results[-5:]  # every request got its whole stream
-    stats = applier.proxy.stats()
+    stats = backend.proxy.stats()
     assert stats["arrived"] == stats["finished"] == len(results) and stats["cap"] == 256 * 2
     applied = [r for r in _records(log) if r["mode"] == "applied"]
     assert applied[-1]["assumed"] == [] and 0.0 <= applied[-1]["observation"]["slo_attainment"] <= 1.0
@@ -518,12 +544,12 @@ def test_launch_tp_change_drains_restarts_and_loses_no_request(owned: Any) -> No
 def test_owned_server_killed_falls_back_then_is_started_again(owned: Any) -> None:
     make, pids = owned
     ctl, log = make(tp_index=2)  # the policy keeps tp 8: no restart of its own
-    launcher = ctl.applier.launcher
+    launcher = ctl.backend.launcher
     _until(ctl, lambda: any(r["mode"] == "applied" for r in _records(log)))
     old_pid = launcher.pid
     os.killpg(old_pid, signal.SIGKILL)  # the server dies (its own process group, by its id)
     _until(ctl, lambda: ctl.fallback_counts.get("server_down", 0) >= 1)
-    _until(ctl, lambda: ctl.applier.restarts == 1 and not ctl.applier.reconfiguring())
+    _until(ctl, lambda: ctl.backend.server.restarts == 1 and not ctl.backend.restarting)
     pids.append(launcher.pid or 0)
     n = len(_records(log))
     _until(ctl, lambda: sum(r["mode"] == "applied" for r in _records(log)[n:]) >= 2)
@@ -536,13 +562,13 @@ def test_attached_server_refuses_tp_change_but_caps_admissions(twin: str, monkey
     monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
     monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([1, 2, 5, 0]), None))  # tp 4, max_num_seqs 64
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", twin, "--interval-s", "0.2", "--gpus", "fake"]
-    ctl = build_controller(_parser().parse_args([*argv, "--proxy-port", "0", "--min-dwell-intervals", "1"]), None)
+    ctl = build_controller(build_parser().parse_args([*argv, "--proxy-port", "0", "--min-dwell-intervals", "1"]), None)
     try:
         ctl.run_interval()
         record = ctl.run_interval()
         assert record["mode"] == "applied" and "tp" not in record["applied"] and "max_num_seqs" in record["applied"]
         assert ctl.knobs["tp"] == 8 and ctl.knobs["max_num_seqs"] == 64  # TP refused: the layout in force stays
-        assert ctl.applier.proxy.cap == 64 and not ctl.applier.reconfiguring()
+        assert ctl.backend.proxy.cap == 64 and not ctl.backend.restarting
         assert _get_json(f"{twin}/greenrl/state")["knobs"]["tp"] == 8
     finally:
         ctl.close()
@@ -557,10 +583,9 @@ def test_observer_takes_arrivals_and_slo_from_the_front_end(twin: str) -> None:
             return dict(self.counts)
 
     front = Front()
-    gpu = FakeGpu(0, energy_source=lambda: 0.0)
-    kw: dict[str, Any] = {"gpus": 8, "tdp_w": 700.0, "max_sm_clock_mhz": 1980, "ttft_floor_s": 0.5, "tbt_slo_s": 0.1}
-    observer = LiveObserver(twin, gpu, clock=_ticking(), front_end=front, **kw)
-    knobs = {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
+    knobs = Knobs(tp=8, replicas=1, max_num_seqs=256, sm_clock_mhz=1980)
+    backend = GpuBackend(GpuSet([FakeGpu(0, energy_source=lambda: 0.0)]), knobs, clock=_ticking())
+    observer = LiveObserver(twin, backend, BUILDER, front_end=front)
     assert observer.observe(knobs) is None
     front.counts.update(arrived=60, prompt_tokens=6000, slo_met=27, missed=3)
     obs = observer.observe(knobs)
@@ -595,40 +620,40 @@ def _raw_policy(prefill: bool, action: list[int] | None = None) -> ControllerPol
     return policy
 
 
-def _raw_offline(policy: ControllerPolicy) -> tuple[ServingController, _RecordingApplier]:
+def _raw_offline(policy: ControllerPolicy) -> tuple[ServingController, _RecordingBackend]:
     vector = np.zeros(len(policy.observation_names), np.float32)
-    ctl, applier, _ = _offline(policy, observer=_FixedObserver(vector))
-    return ctl, applier
+    ctl, backend, _ = _offline(policy, observer=_FixedObserver(vector))
+    return ctl, backend
 
 
 def test_a_policy_without_the_prefill_knob_never_sends_it() -> None:
-    ctl, applier = _raw_offline(_raw_policy(False, [2, 4, 0]))
+    ctl, backend = _raw_offline(_raw_policy(False, [2, 4, 0]))
     assert ctl.safe == {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
     assert "prefill_sm_clock_mhz" not in ctl._complete({"tp": 8, "sm_clock_mhz": 1980, "prefill_sm_clock_mhz": 1980})
     assert ctl.run_interval()["mode"] == "applied"
-    assert applier.calls and all("prefill_sm_clock_mhz" not in call for call in applier.calls)
+    assert backend.calls and all("prefill_sm_clock_mhz" not in call for call in backend.calls)
 
 
 def test_prefill_knob_safe_default_is_off_and_a_gpu_fault_still_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
     policy = _raw_policy(True, [2, 4, 0, 1])  # tp 8, prefill 1980
-    ctl, applier = _raw_offline(policy)
+    ctl, backend = _raw_offline(policy)
     assert ctl.safe["prefill_sm_clock_mhz"] == 0 and ctl.safe["sm_clock_mhz"] == 1980
     record = ctl.run_interval()
-    assert record["mode"] == "applied" and applier.calls[-1]["prefill_sm_clock_mhz"] == 1980
+    assert record["mode"] == "applied" and backend.calls[-1]["prefill_sm_clock_mhz"] == 1980
     failing = [GpuError(0, "lock_sm_clock", "fell off the bus", "reboot")]
 
-    def apply(knobs: dict[str, int], changed: list[str]) -> list[str]:
+    def apply(knobs: Knobs, changed: list[str]) -> list[str]:
         if failing:
             raise failing.pop()
-        applier.calls.append({k: knobs[k] for k in changed})
+        backend.calls.append({k: getattr(knobs, k) for k in changed})
         return changed
 
-    monkeypatch.setattr(applier, "apply", apply)
+    monkeypatch.setattr(backend, "apply", apply)
     monkeypatch.setattr(policy, "predict", lambda obs, **kw: (np.array([2, 4, 1, 1]), None))  # another clock
     record = ctl.run_interval()
     assert record["mode"] == "fallback" and record["fallback_reason"] == "gpu_error"
     # the clock is not retried, but prefill 0 goes out: it stops the governor
-    assert applier.calls[-1] == {"tp": 8, "replicas": 1, "max_num_seqs": 256, "prefill_sm_clock_mhz": 0}
+    assert backend.calls[-1] == {"tp": 8, "replicas": 1, "max_num_seqs": 256, "prefill_sm_clock_mhz": 0}
     assert ctl.knobs["prefill_sm_clock_mhz"] == 0
 
 
@@ -638,11 +663,11 @@ def test_controller_with_a_proxy_drives_the_prefill_clock_of_fake_gpus(
     policy = _raw_policy(True, [2, 4, 0, 1])  # base clock: the lowest value; prefill 1980
     monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", gated_upstream.url, "--gpus", "fake", "--proxy-port", "0"]
-    ctl = build_controller(_parser().parse_args(argv), None)
+    ctl = build_controller(build_parser().parse_args(argv), None)
     ctl.observer = _FixedObserver(np.zeros(len(policy.observation_names), np.float32))  # type: ignore[assignment]
-    applier = ctl.applier
-    assert isinstance(applier, ServerApplier) and applier.proxy is not None and applier.gpus is not None
-    gpu = applier.gpus[0]
+    backend = ctl.backend
+    assert isinstance(backend, GpuBackend) and backend.proxy is not None and backend.gpus is not None
+    gpu = backend.gpus[0]
 
     def until(pred: Any) -> None:
         deadline = time.monotonic() + 10.0
@@ -651,13 +676,13 @@ def test_controller_with_a_proxy_drives_the_prefill_clock_of_fake_gpus(
             time.sleep(0.02)
 
     try:
-        assert ctl.run_interval()["mode"] == "applied" and applier.governor is not None
+        assert ctl.run_interval()["mode"] == "applied" and backend.governor is not None
         base = ctl.knobs["sm_clock_mhz"]
         assert base < 1980 and ctl.knobs["prefill_sm_clock_mhz"] == 1980
-        assert applier.deadline is not None and applier.deadline.ttft_target_s == policy.prefill_clock_ttft_s
+        assert backend.deadline is not None and backend.deadline.ttft_target_s == policy.prefill_clock_ttft_s
         until(lambda: gpu.locked_sm_clock_mhz == base)
         body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()
-        req = urllib.request.Request(f"{applier.proxy.url}/v1/completions", data=body, method="POST")
+        req = urllib.request.Request(f"{backend.proxy.url}/v1/completions", data=body, method="POST")
         client = threading.Thread(target=lambda: urllib.request.urlopen(req, timeout=20.0).read(), daemon=True)
         client.start()
         until(lambda: gpu.locked_sm_clock_mhz == 1980)  # awaiting its first token
@@ -666,7 +691,7 @@ def test_controller_with_a_proxy_drives_the_prefill_clock_of_fake_gpus(
         until(lambda: gpu.locked_sm_clock_mhz == base)
     finally:
         ctl.close()
-    assert applier.governor is None and gpu.locked_sm_clock_mhz is None  # stopped, then the clocks reset
+    assert backend.governor is None and gpu.locked_sm_clock_mhz is None  # stopped, then the clocks reset
     assert gpu.min_interval_s == 0.05  # the simulator's switch time, for a policy with a prefill clock
 
 
@@ -677,10 +702,10 @@ def test_clock_rate_limit_follows_the_policy_unless_given(
     monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: _raw_policy(prefill))
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
     argv += ["--clock-min-interval-s", flag] if flag else []
-    ctl = build_controller(_parser().parse_args(argv), None)
+    ctl = build_controller(build_parser().parse_args(argv), None)
     try:
-        assert isinstance(ctl.applier, ServerApplier) and ctl.applier.gpus is not None
-        assert all(g.min_interval_s == expected for g in ctl.applier.gpus)
+        assert isinstance(ctl.backend, GpuBackend) and ctl.backend.gpus is not None
+        assert all(g.min_interval_s == expected for g in ctl.backend.gpus)
     finally:
         ctl.close()
 
@@ -688,7 +713,7 @@ def test_clock_rate_limit_follows_the_policy_unless_given(
 def test_a_negative_clock_rate_limit_is_refused() -> None:
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
     with pytest.raises(InputError, match="--clock-min-interval-s"):
-        build_controller(_parser().parse_args([*argv, "--clock-min-interval-s", "-1"]), None)
+        build_controller(build_parser().parse_args([*argv, "--clock-min-interval-s", "-1"]), None)
 
 
 # ------------------------------------------------------------------------------------------ the deadline governor
@@ -723,11 +748,11 @@ def test_the_controller_hands_the_target_to_the_proxy(
     policy = _raw_policy(prefill_knob, [2, 4, 0, 1] if prefill_knob else [2, 4, 0])  # tp 8, prefill 1980
     monkeypatch.setattr("greenrl.policy.load_controller", lambda folder: policy)
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake", *extra]
-    ctl = build_controller(_parser().parse_args(argv), None)
+    ctl = build_controller(build_parser().parse_args(argv), None)
     try:
-        applier = ctl.applier
-        assert isinstance(applier, ServerApplier)
-        deadline = applier.deadline
+        backend = ctl.backend
+        assert isinstance(backend, GpuBackend)
+        deadline = backend.deadline
         if expected is None:
             assert deadline is None
             return
@@ -735,8 +760,8 @@ def test_the_controller_hands_the_target_to_the_proxy(
         assert deadline is not None and target is not None and deadline.ttft_target_s == target
         assert deadline.model == "llama-2-70b" and deadline.gpu.name.lower().startswith("h100")  # the scenario's
         ctl.observer = _FixedObserver(np.zeros(len(policy.observation_names), np.float32))  # type: ignore[assignment]
-        assert ctl.run_interval()["mode"] == "applied" and applier.governor is not None
-        assert applier.proxy is not None and applier.proxy._deadline is deadline
+        assert ctl.run_interval()["mode"] == "applied" and backend.governor is not None
+        assert backend.proxy is not None and backend.proxy._deadline is deadline
         base = ctl.knobs["sm_clock_mhz"]
         assert deadline.serving == {"tp": 8, "replicas": 1, "base_clock_mhz": base, "max_num_batched_tokens": 8192}
     finally:
@@ -747,4 +772,4 @@ def test_the_controller_hands_the_target_to_the_proxy(
 def test_a_bad_prefill_clock_target_is_refused(bad: str) -> None:
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
     with pytest.raises(InputError, match="--prefill-clock-ttft-s"):
-        build_controller(_parser().parse_args([*argv, "--prefill-clock-ttft-s", bad]), None)
+        build_controller(build_parser().parse_args([*argv, "--prefill-clock-ttft-s", bad]), None)

@@ -1,7 +1,8 @@
-"""The prefill-clock governor, and ``ServerApplier`` honouring ``prefill_sm_clock_mhz`` through the proxy."""
+"""The prefill-clock governor, and ``GpuBackend`` honouring ``prefill_sm_clock_mhz`` through the proxy."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from greenrl.live.appliers import ServerApplier, TwinApplier
+from greenrl.core import Knobs
+from greenrl.live.backends import GpuBackend, TwinBackend
 from greenrl.live.clock import SmClockControl
 from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.governor import PrefillClockGovernor
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
 from greenrl.live.launcher import ServerLauncher
-from greenrl.live.observe import TwinGpu
 from greenrl.live.proxy import AdmissionProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,10 +240,11 @@ def test_a_boost_waits_for_the_rate_limit_too(governors: Any) -> None:
     assert locks.times_s[0] - t0 >= 0.4
 
 
-# ------------------------------------------------------------------------------------------ ServerApplier
+# ------------------------------------------------------------------------------------------ GpuBackend
 
 
-KNOBS = {"tp": 1, "replicas": 1, "max_num_seqs": 8, "sm_clock_mhz": BASE, "prefill_sm_clock_mhz": PREFILL}
+KNOBS = Knobs(tp=1, replicas=1, max_num_seqs=8, sm_clock_mhz=BASE, prefill_sm_clock_mhz=PREFILL)
+ALL = ["tp", "replicas", "max_num_seqs", "sm_clock_mhz", "prefill_sm_clock_mhz"]
 
 
 def _stream(url: str) -> tuple[threading.Thread, list[Any]]:
@@ -260,26 +262,24 @@ def _stream(url: str) -> tuple[threading.Thread, list[Any]]:
 
 
 @pytest.fixture
-def proxied(gated_upstream: Any) -> Iterator[tuple[FakeGpu, ServerApplier, AdmissionProxy]]:
-    """A ServerApplier over one FakeGpu (no rate limit) and a real proxy before the gated stand-in."""
+def proxied(gated_upstream: Any) -> Iterator[tuple[FakeGpu, GpuBackend, AdmissionProxy]]:
+    """A GpuBackend over one FakeGpu (no rate limit) and a real proxy before the gated stand-in, which it stops."""
     gpu = FakeGpu(0, min_interval_s=0.0)
     proxy = AdmissionProxy(gated_upstream.url)
     proxy.start()
-    applier = ServerApplier(GpuSet([gpu]), proxy=proxy)
+    backend = GpuBackend(GpuSet([gpu]), proxy=proxy, owns_proxy=True)
     try:
-        yield gpu, applier, proxy
+        yield gpu, backend, proxy
     finally:
-        applier.close(None)
+        backend.close()
 
 
-def test_server_applier_locks_the_prefill_clock_until_the_first_token(gated_upstream: Any) -> None:
-    gpu = FakeGpu(0, min_interval_s=0.0)
-    proxy = AdmissionProxy(gated_upstream.url)
-    proxy.start()
-    applier = ServerApplier(GpuSet([gpu]), proxy=proxy)
+def test_the_controllers_calls_lock_the_prefill_clock_until_the_first_token(proxied: Any, gated_upstream: Any) -> None:
+    """The knobs the controller names as changed (``LiveNode`` leaves them to the backend: test_live_node.py)."""
+    gpu, backend, proxy = proxied
     try:
-        assert applier.apply(KNOBS, list(KNOBS)) == ["sm_clock_mhz", "prefill_sm_clock_mhz", "max_num_seqs"]
-        assert applier.governor is not None
+        assert backend.apply(KNOBS, ALL) == ["sm_clock_mhz", "prefill_sm_clock_mhz", "max_num_seqs"]
+        assert backend.governor is not None
         _wait(lambda: gpu.locked_sm_clock_mhz == BASE)  # idle: the base clock
         client, out = _stream(proxy.url)
         _wait(lambda: gpu.locked_sm_clock_mhz == PREFILL)  # a request awaits its first token
@@ -293,54 +293,40 @@ def test_server_applier_locks_the_prefill_clock_until_the_first_token(gated_upst
         client.join(timeout=10.0)
         assert out and b"[DONE]" in out[0]
         assert gpu.calls == [("lock", BASE), ("lock", PREFILL), ("lock", BASE)]
-        assert applier.governor.switches == 3 and applier.governor.prefill_s > 0.1
+        assert backend.governor.switches == 3 and backend.governor.prefill_s > 0.1
         # back to 0: the governor stops and the clock is locked directly again, at once
-        off = {**KNOBS, "prefill_sm_clock_mhz": 0}
-        assert applier.apply(off, ["prefill_sm_clock_mhz"]) == ["prefill_sm_clock_mhz"]
-        assert applier.governor is None and len(gpu.calls) == 3
-        assert applier.apply({**off, "sm_clock_mhz": 1395}, ["sm_clock_mhz"]) == ["sm_clock_mhz"]
+        off = dataclasses.replace(KNOBS, prefill_sm_clock_mhz=0)
+        assert backend.apply(off, ["prefill_sm_clock_mhz"]) == ["prefill_sm_clock_mhz"]
+        assert backend.governor is None and len(gpu.calls) == 3
+        assert backend.apply(dataclasses.replace(off, sm_clock_mhz=1395), ["sm_clock_mhz"]) == ["sm_clock_mhz"]
         assert gpu.calls[-1] == ("lock", 1395)
-        applier.apply(KNOBS, ["sm_clock_mhz", "prefill_sm_clock_mhz"])  # a governor again, closed by close()
+        backend.apply(KNOBS, ["sm_clock_mhz", "prefill_sm_clock_mhz"])  # a governor again, closed by close()
         _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
     finally:
-        applier.close(None)
-    assert applier.governor is None and gpu.calls[-1] == ("reset", None)
+        backend.close()
+    assert backend.governor is None and gpu.calls[-1] == ("reset", None)
 
 
-def test_server_applier_leaving_the_prefill_clock_restores_the_base_clock(proxied: Any, gated_upstream: Any) -> None:
-    gpu, applier, proxy = proxied
-    applier.apply(KNOBS, list(KNOBS))
+def test_leaving_the_prefill_clock_restores_the_base_clock(proxied: Any, gated_upstream: Any) -> None:
+    gpu, backend, proxy = proxied
+    backend.apply(KNOBS, ALL)
     client, _ = _stream(proxy.url)
     _wait(lambda: gpu.locked_sm_clock_mhz == PREFILL)
-    applier.apply({**KNOBS, "prefill_sm_clock_mhz": 0}, ["prefill_sm_clock_mhz"])  # while still pending
-    assert gpu.locked_sm_clock_mhz == BASE and applier.governor is None
+    backend.apply(dataclasses.replace(KNOBS, prefill_sm_clock_mhz=0), ["prefill_sm_clock_mhz"])  # still pending
+    assert gpu.locked_sm_clock_mhz == BASE and backend.governor is None
     gated_upstream.release.set()
     client.join(timeout=10.0)
 
 
-def test_server_applier_raises_a_governor_fault_at_the_next_apply(proxied: Any, gated_upstream: Any) -> None:
-    gpu, applier, proxy = proxied
-    applier.apply(KNOBS, list(KNOBS))
-    _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
-    gpu.fail("lock", GpuError(0, "lock_sm_clock", "fell off the bus", "reboot"))
-    client, _ = _stream(proxy.url)
-    assert applier.governor is not None
-    _wait(lambda: applier.governor is not None and applier.governor.failures >= 1)
-    with pytest.raises(GpuError, match="fell off the bus"):
-        applier.apply(KNOBS, [])
-    gated_upstream.release.set()
-    client.join(timeout=10.0)
-
-
-def test_server_applier_with_a_deadline_defers_the_prefill_clock(gated_upstream: Any) -> None:
+def test_a_deadline_defers_the_prefill_clock(gated_upstream: Any) -> None:
     deadline = PrefillDeadline("llama-3.1-8b", "h100-sxm-80gb", 0.6)
     gpu = FakeGpu(0, min_interval_s=0.0)
     proxy = AdmissionProxy(gated_upstream.url)
     proxy.start()
-    applier = ServerApplier(GpuSet([gpu]), proxy=proxy, deadline=deadline)
+    backend = GpuBackend(GpuSet([gpu]), proxy=proxy, deadline=deadline, owns_proxy=True)
     try:
-        applier.apply(KNOBS, list(KNOBS))
-        assert applier.deadline is deadline and proxy._deadline is deadline
+        backend.apply(KNOBS, ALL)
+        assert backend.deadline is deadline and proxy._deadline is deadline
         assert deadline.serving == {"tp": 1, "replicas": 1, "base_clock_mhz": BASE, "max_num_batched_tokens": 8192}
         _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
         t0 = time.monotonic()
@@ -348,7 +334,7 @@ def test_server_applier_with_a_deadline_defers_the_prefill_clock(gated_upstream:
         _wait(lambda: proxy.stats()["pending_first_token"] == 1)
         time.sleep(0.3)
         assert gpu.locked_sm_clock_mhz == BASE  # its boost time, about 0.6 s after its arrival, is not there yet
-        governor = applier.governor
+        governor = backend.governor
         assert governor is not None and t0 + 0.5 < governor.boost_at_s < time.monotonic() + 0.6
         _wait(lambda: gpu.locked_sm_clock_mhz == PREFILL)  # no first token by then: the prefill clock
         assert time.monotonic() - t0 >= 0.5 and governor.boosts == 1
@@ -356,26 +342,26 @@ def test_server_applier_with_a_deadline_defers_the_prefill_clock(gated_upstream:
         client.join(timeout=10.0)
         _wait(lambda: gpu.locked_sm_clock_mhz == BASE)
         assert out and gpu.calls == [("lock", BASE), ("lock", PREFILL), ("lock", BASE)]
-        applier.apply({**KNOBS, "prefill_sm_clock_mhz": 0}, ["prefill_sm_clock_mhz"])
+        backend.apply(dataclasses.replace(KNOBS, prefill_sm_clock_mhz=0), ["prefill_sm_clock_mhz"])
         assert proxy._deadline is None and proxy._on_pending is None  # no governor: no predictions
     finally:
-        applier.close(None)
+        backend.close()
 
 
-def test_server_applier_without_a_proxy_keeps_the_base_clock(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_controllers_calls_without_a_proxy_keep_the_base_clock(caplog: pytest.LogCaptureFixture) -> None:
     gpu = FakeGpu(0, min_interval_s=0.0)
-    applier = ServerApplier(GpuSet([gpu]))
+    backend = GpuBackend(GpuSet([gpu]), proxy_hint=" (run the controller with --proxy-port)")
     try:
-        with caplog.at_level(logging.WARNING, logger="greenrl.live.appliers"):
-            assert applier.apply(KNOBS, list(KNOBS)) == ["sm_clock_mhz"]
-            assert applier.apply(KNOBS, ["prefill_sm_clock_mhz"]) == []
-        assert applier.governor is None and gpu.calls == [("lock", BASE)]  # at once, no governor
+        with caplog.at_level(logging.WARNING, logger="greenrl.live.clock"):
+            assert backend.apply(KNOBS, ALL) == ["sm_clock_mhz"]
+            assert backend.apply(KNOBS, ["prefill_sm_clock_mhz"]) == []
+        assert backend.governor is None and gpu.calls == [("lock", BASE)]  # at once, no governor
         said = [r.getMessage() for r in caplog.records if "prefill_sm_clock_mhz" in r.getMessage()]
         assert said == [
             f"would apply prefill_sm_clock_mhz={PREFILL}: no admission proxy (run the controller with --proxy-port)"
         ]
     finally:
-        applier.close(None)
+        backend.close()
 
 
 def test_a_direct_lock_the_rate_limit_ignored_is_not_applied_until_the_interval_passed() -> None:
@@ -404,11 +390,14 @@ def test_the_twin_takes_the_knob_at_start_and_over_http(tmp_path: Path) -> None:
     launcher = ServerLauncher(command, port=0, log_path=tmp_path / "twin.log", health_timeout_s=30.0)
     launcher.start({})
     try:
-        applier = TwinApplier(TwinGpu(launcher.url))
-        current = applier.current()
-        assert current is not None and current["prefill_sm_clock_mhz"] == 1980
-        assert applier.apply({"prefill_sm_clock_mhz": 0}, ["prefill_sm_clock_mhz"]) == ["prefill_sm_clock_mhz"]
-        assert (applier.current() or {})["prefill_sm_clock_mhz"] == 0
+        backend = TwinBackend(launcher.url)
+        current = backend.read().requested
+        assert current is not None and current.prefill_sm_clock_mhz == 1980
+        off = dataclasses.replace(current, prefill_sm_clock_mhz=0)
+        assert backend.apply(off, ["prefill_sm_clock_mhz"]) == ["prefill_sm_clock_mhz"]
+        current = backend.read().requested
+        assert current is not None and current.prefill_sm_clock_mhz == 0
+        backend.close()
     finally:
         launcher.close()
     bad = [sys.executable, "-m", "greenrl.twin", "--scenario", "tiny", "--prefill-sm-clock-mhz", "1234"]

@@ -1,5 +1,5 @@
-"""LiveNode: ServingEnv driving the digital twin, observation parity with the controller's LiveObserver,
-the real-node backend (FakeGpus, admission proxy, a stub launcher) and its prefill clock."""
+"""LiveNode: ServingEnv driving the digital twin, the controller's LiveObserver seeing the same interval as the
+env, the real-node backend (FakeGpus, admission proxy, a stub launcher) and its prefill clock."""
 
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from greenrl.catalog import load_gpu
 from greenrl.core import Knobs, NodeSnapshot
+from greenrl.env.observation import OBS_FIELDS, ObservationBuilder
 from greenrl.env.scenario import Scenario, load_scenario
-from greenrl.env.serving_env import OBS_FIELDS, ServingEnv
+from greenrl.env.serving_env import ServingEnv
+from greenrl.live.backends import ServerLayout
 from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
+from greenrl.live.launcher import DrainTimeoutError, LaunchError
 from greenrl.live.node import BackendReading, GpuBackend, LiveNode, TwinBackend
 from greenrl.live.observe import LiveObserver
 from greenrl.live.proxy import AdmissionProxy
@@ -114,58 +118,78 @@ def test_env_episode_on_the_twin(twin: str) -> None:
     assert state["requested_knobs"]["sm_clock_mhz"] == 1980  # close() put the initial knobs back
 
 
-def test_observation_parity_with_the_controller(twin: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fed the same scrape, energy reading and clock, LiveObserver and ServingEnv._observe agree.
+class _SameInstant:
+    """The controller's view of a ``LiveNode``'s interval ends: its backend readings and its scrapes.
 
-    They differ by definition in: arrival_rate_rps, arrival_rate_prev_rps, mean_prompt_tokens (front-end
-    arrivals vs requests that got a first token), prompt_tokens_per_s (prompts of the front end's arrivals
-    vs vLLM's prompt-token counter) and slo_attainment (measured per request vs assumed 1.0).
+    As a knob backend it returns the node's last reading; ``scrape`` returns its last scrape; as a front end
+    its counters are the node's snapshots summed (arrivals, prompt tokens, SLO met / missed).
     """
+
+    time_scale = 1.0
+    discrete_time = False
+
+    def __init__(self, node: LiveNode) -> None:
+        self.node = node
+        self.counts = {"arrived": 0, "prompt_tokens": 0, "slo_met": 0, "missed": 0, "slo_judged": True}
+
+    def read(self) -> Any:
+        return self.node.last_reading
+
+    def scrape(self, url: str, timeout_s: float = 5.0) -> Any:
+        return self.node.last_metrics
+
+    def count(self, snap: NodeSnapshot) -> None:
+        c = self.counts
+        c["arrived"] += snap.arrived
+        c["prompt_tokens"] += snap.prompt_tokens_in
+        c["slo_met"] += snap.slo_met
+        c["missed"] += snap.finished - snap.slo_met
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.counts)
+
+
+def test_the_controller_observes_an_interval_as_the_env_does(twin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fed a LiveNode's readings, scrapes and front-end counts, the controller's LiveObserver builds the same
+    NodeSnapshot as the node, and the same observation vector as the env (every field)."""
     node = LiveNode.for_twin(twin, "tiny", workload=_workload, loadgen={"max_concurrency": 64})
     env = ServingEnv("tiny", node=node)
     s = env.scenario
+    same = _SameInstant(node)
+    monkeypatch.setattr("greenrl.live.observe.scrape", same.scrape)
+    hours = [s.workload.start_hour]  # the hour of day at t = 0: the episode's start
 
-    class SameEnergy:
-        def energy_j(self) -> float:
-            assert node.last_reading is not None
-            return float(sum(node.last_reading.energy_per_gpu_j))
+    def hour_at(server_time_s: float) -> float:
+        return hours[0] + (server_time_s - node.episode_start_s) / 3600.0
 
-    def server_time_s() -> float:
-        assert node.last_reading is not None
-        return node.last_reading.server_time_s
-
-    monkeypatch.setattr("greenrl.live.observe.scrape", lambda url, timeout_s=5.0: node.last_metrics)
-    observer = LiveObserver(
-        twin,
-        SameEnergy(),
-        gpus=s.node.gpus,
-        tdp_w=env.gpu.tdp_w,
-        max_sm_clock_mhz=env.gpu.max_sm_clock_mhz,
-        ttft_floor_s=s.slo.ttft_floor_s,
-        tbt_slo_s=s.slo.tbt_mean_s,
-        clock=server_time_s,
-        hour_of_day=lambda: s.workload.start_hour + (server_time_s() - node.episode_start_s) / 3600.0,
-    )
-    differ = {"arrival_rate_rps", "arrival_rate_prev_rps", "mean_prompt_tokens", "prompt_tokens_per_s"}
-    differ |= {"slo_attainment"}
-    compared = 0
+    builder = ObservationBuilder.for_scenario(s, load_gpu(s.node.gpu))  # as the controller's wiring builds it
+    observer = LiveObserver(twin, same, builder, front_end=same, hour_at=hour_at)
+    snaps = _recording(node)
     try:
         _, info = env.reset(seed=11)
-        assert observer.observe(dataclasses.asdict(info["knobs"])) is None  # primes on the reset scrape
+        assert observer.observe(info["knobs"]) is None  # primes on the reset reading
         for _ in range(3):
             obs, _, _, _, info = env.step(env.action_for(node.initial))
-            o = observer.observe(dataclasses.asdict(info["knobs"]), reconfiguring=False)
-            assert o is not None
-            for i, field in enumerate(OBS_FIELDS):
-                if field.name in differ:
-                    continue
-                assert obs[i] == pytest.approx(o.vector[i], rel=1e-5, abs=1e-6), field.name
-                compared += 1
-            assert o.values["slo_attainment"] == 1.0 and "slo_attainment" in o.assumed
+            snap = snaps[-1][0]
+            same.count(snap)  # the front end saw what the load generator saw
+            o = observer.observe(info["knobs"])
+            assert o is not None and o.assumed == ()
+            ours = dataclasses.asdict(o.snapshot)
+            for name, value in dataclasses.asdict(snap).items():
+                if name in ("rejected", "reconfigurations"):
+                    continue  # the proxy counts failures as missed; knob changes are the env's to count
+                if isinstance(value, np.ndarray | tuple | float):
+                    np.testing.assert_allclose(ours[name], value, rtol=1e-12, atol=1e-9, err_msg=name)
+                else:
+                    assert ours[name] == value, name
+            np.testing.assert_allclose(o.vector, obs, rtol=1e-6, atol=1e-6)  # every field
+            # same snapshot in, same vector out: the controller's builder on the env's snapshot
+            raw = o.values["arrival_rate_prev_rps"]
+            np.testing.assert_allclose(observer.builder.vector(observer.builder.raw(snap, raw)), obs, atol=1e-6)
             assert o.values["output_tokens_per_s"] > 0 and o.values["power_frac"] > 0
     finally:
         env.close()
-    assert compared == 3 * (len(OBS_FIELDS) - len(differ))
+    assert sum(sn.arrived for sn, _ in snaps) == 40
 
 
 # ------------------------------------------------------------------------------------------ real-node backend
@@ -174,11 +198,20 @@ def test_observation_parity_with_the_controller(twin: str, monkeypatch: pytest.M
 class StubLauncher:
     """Records restarts; each drains through the given callable and takes ``restart_s`` wall seconds."""
 
+    owned = True
+
     def __init__(self, restart_s: float) -> None:
         self.restart_s = restart_s
         self.calls: list[dict[str, int]] = []
         self.drained: list[bool] = []
         self.stopped = False
+
+    def alive(self) -> bool:
+        return not self.stopped
+
+    def start(self, knobs: Mapping[str, int]) -> float:
+        self.stopped = False
+        return 0.0
 
     def restart(self, knobs: Mapping[str, int], drain: Any = None) -> float:
         self.calls.append(dict(knobs))
@@ -189,6 +222,9 @@ class StubLauncher:
     def stop(self) -> int | None:
         self.stopped = True
         return 0
+
+    def close(self) -> None:
+        self.stop()
 
 
 def test_gpu_backend_with_proxy_and_launcher(twin: str) -> None:
@@ -236,6 +272,44 @@ def test_gpu_backend_with_proxy_and_launcher(twin: str) -> None:
     assert all(("reset", None) in g.calls for g in gpus)  # close() reset the clocks
     assert not launcher.stopped  # not asked to stop a server it does not own
     assert not any(t.name == "greenrl-loadgen" and t.is_alive() for t in threading.enumerate())
+
+
+class _FailingLauncher(StubLauncher):
+    """A restart that fails: by a drain timeout (the server untouched) or a start error (the server down)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(restart_s=0.0)
+        self.error = error
+        self.starts: list[dict[str, int]] = []
+
+    def restart(self, knobs: Mapping[str, int], drain: Any = None) -> float:
+        self.calls.append(dict(knobs))
+        self.stopped = isinstance(self.error, LaunchError) and not isinstance(self.error, DrainTimeoutError)
+        raise self.error
+
+    def start(self, knobs: Mapping[str, int]) -> float:
+        self.starts.append(dict(knobs))
+        return super().start(knobs)
+
+
+@pytest.mark.parametrize("error", [LaunchError("no health"), DrainTimeoutError("still busy")])
+def test_a_failed_restart_keeps_or_restores_the_layout(error: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    launcher = _FailingLauncher(error)
+    layout = ServerLayout(launcher, None)
+    initial = Knobs(tp=2, replicas=1, max_num_seqs=256, sm_clock_mhz=1980)
+    layout.assume(initial)
+    assert layout.apply(dataclasses.replace(initial, tp=1, replicas=2), asked=True)
+    _wait(lambda: not layout.restarting)
+    assert layout.knobs == initial and layout.layout() == (2, 1) and layout.last_error == str(error)
+    rolled_back = [] if isinstance(error, DrainTimeoutError) else [dataclasses.asdict(initial)]
+    assert launcher.starts == rolled_back and layout.restarts == 0
+    refused = ServerLayout(None, None, hint=" (give it a launcher)")
+    refused.assume(initial)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            assert not refused.apply(dataclasses.replace(initial, tp=1, replicas=2), asked=True)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert len(said) == 1 and said[0].endswith("(give it a launcher)") and refused.layout() == (2, 1)
 
 
 # ------------------------------------------------------------------------------------------ the prefill clock
@@ -378,7 +452,6 @@ class _PrefillTwinBackend(TwinBackend):
 def test_live_node_reports_the_share_of_time_at_the_prefill_clock(twin: str) -> None:
     backend = _PrefillTwinBackend(twin)
     node = LiveNode("tiny", backend, url=twin, workload=_workload, loadgen={"max_concurrency": 64})
-    backend.restore = node.initial
     try:
         assert node.reset(seed=3).prefill_clock_frac == 0.0
         snap = node.advance(10.0)

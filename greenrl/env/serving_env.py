@@ -1,12 +1,14 @@
 """ServingEnv: a Gymnasium environment in which an agent sets a vLLM node's knobs every control interval.
 
-Public names: ServingEnv, OBS_FIELDS, make_env, build_node.
+The observation is built by ``greenrl.env.observation.ObservationBuilder`` (shared with the live controller).
+
+Public names: ServingEnv, make_env, build_node, episode_workload; OBS_FIELDS, OBS_CLIP, ObsField (re-exported
+from ``greenrl.env.observation``).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import gymnasium as gym
@@ -14,51 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from greenrl.catalog import load_gpu
-from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, KnobDwell, Knobs, Node, NodeSnapshot, fit_replicas
+from greenrl.core import KnobDwell, Knobs, Node, NodeSnapshot, fit_replicas
+from greenrl.env.observation import OBS_CLIP, OBS_FIELDS, ObservationBuilder, ObsField
 from greenrl.env.scenario import KNOB_NAMES, Scenario, load_scenario
 from greenrl.errors import InputError
 from greenrl.sim import SimConfig, SimNode, SloSpec
 from greenrl.workload import Trace, load_trace, synthetic_trace
 
-__all__ = ["OBS_FIELDS", "ObsField", "ServingEnv", "build_node", "episode_workload", "make_env"]
-
-
-@dataclass(frozen=True, slots=True)
-class ObsField:
-    """One observation entry: its name, unit, the scale it is divided by, and where a live node gets it."""
-
-    name: str
-    unit: str
-    scale: float
-    source: str
-
-
-OBS_FIELDS: tuple[ObsField, ...] = (
-    ObsField("arrival_rate_rps", "requests/s", 20.0, "front end: arrivals in the interval / interval"),
-    ObsField("arrival_rate_prev_rps", "requests/s", 20.0, "the same, one interval earlier"),
-    ObsField("mean_prompt_tokens", "tokens", 4096.0, "front end: mean prompt length of arrivals"),
-    ObsField("prompt_tokens_per_s", "tokens/s", 20000.0, "front end: prompt tokens arriving per s"),
-    ObsField("output_tokens_per_s", "tokens/s", 20000.0, "vllm:generation_tokens_total rate"),
-    ObsField("waiting", "requests", 256.0, "vllm:num_requests_waiting (+ proxy queue)"),
-    ObsField("running", "requests", 512.0, "vllm:num_requests_running"),
-    ObsField("kv_cache_usage_frac", "fraction", 1.0, "vllm:kv_cache_usage_perc"),
-    ObsField("ttft_mean_s", "s", 1.0, "vllm:time_to_first_token_seconds sum/count in the interval"),
-    ObsField("tbt_mean_s", "s", 0.1, "vllm:inter_token_latency_seconds sum/count in the interval"),
-    ObsField("ttft_over_floor_frac", "fraction", 1.0, "TTFT histogram share above the SLO floor"),
-    ObsField("itl_over_slo_frac", "fraction", 1.0, "inter-token histogram share above the TBT SLO"),
-    ObsField("preemptions_per_s", "1/s", 10.0, "vllm:num_preemptions_total rate"),
-    ObsField("power_frac", "fraction of node TDP", 1.0, "NVML energy counter delta / interval / (GPUs x TDP)"),
-    ObsField("slo_attainment", "fraction", 1.0, "front end: finished requests that met their SLO"),
-    ObsField("reconfiguring", "0/1", 1.0, "controller: a TP/replica change is under way"),
-    ObsField("tp", "GPUs", 8.0, "current knob"),
-    ObsField("replicas", "replicas", 8.0, "current knob"),
-    ObsField("max_num_seqs", "sequences", 1024.0, "current knob"),
-    ObsField("sm_clock_frac", "fraction of top clock", 1.0, "NVML current SM clock / max"),
-    ObsField("prefill_sm_clock_frac", "fraction of top clock", 1.0, "current knob / max SM clock (0: off)"),
-    ObsField("time_of_day_sin", "-", 1.0, "wall clock"),
-    ObsField("time_of_day_cos", "-", 1.0, "wall clock"),
-)
-OBS_CLIP = 10.0
+__all__ = ["OBS_CLIP", "OBS_FIELDS", "ObsField", "ServingEnv", "build_node", "episode_workload", "make_env"]
 
 
 def episode_workload(s: Scenario, split: str, eval_index: int) -> Any:
@@ -236,8 +201,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             if self.knob_names
             else np.zeros(0, dtype=bool)
         )
-        self._ttft_floor_bucket = int(np.searchsorted(VLLM_TTFT_BUCKETS_S, s.slo.ttft_floor_s)) + 1
-        self._itl_slo_bucket = int(np.searchsorted(VLLM_ITL_BUCKETS_S, s.slo.tbt_mean_s)) + 1
+        self._observation = ObservationBuilder.for_scenario(s, self.gpu)
         self._steps = s.steps
         self._t = 0
         self._prev_rate = 0.0
@@ -355,39 +319,9 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         return self._observe(snap), reward, False, truncated, info
 
     def _observe(self, snap: NodeSnapshot) -> npt.NDArray[np.float32]:
-        span = max(snap.t_end_s - snap.t_start_s, 1e-9)
-        rate = snap.arrived / span if snap.t_end_s > snap.t_start_s else 0.0
-        ttft_n, itl_n = snap.ttft_hist.sum(), snap.itl_hist.sum()
-        hour = self.scenario.workload.start_hour + snap.t_end_s / 3600.0
-        k = snap.knobs
-        raw = [
-            rate,
-            self._prev_rate,
-            snap.prompt_tokens_in / snap.arrived if snap.arrived else 0.0,
-            snap.prompt_tokens_in / span,
-            snap.output_tokens / span,
-            snap.waiting,
-            snap.running,
-            snap.kv_cache_usage_frac,
-            snap.ttft_mean_s,
-            snap.tbt_mean_s,
-            snap.ttft_hist[self._ttft_floor_bucket :].sum() / ttft_n if ttft_n else 0.0,
-            snap.itl_hist[self._itl_slo_bucket :].sum() / itl_n if itl_n else 0.0,
-            snap.preemptions / span,
-            snap.mean_power_w / (self.scenario.node.gpus * self.gpu.tdp_w),
-            snap.slo_attainment,
-            float(snap.reconfiguring),
-            k.tp,
-            k.replicas,
-            k.max_num_seqs,
-            k.sm_clock_mhz / self.gpu.max_sm_clock_mhz,
-            k.prefill_sm_clock_mhz / self.gpu.max_sm_clock_mhz,
-            math.sin(2 * math.pi * hour / 24.0),
-            math.cos(2 * math.pi * hour / 24.0),
-        ]
-        self._prev_rate = rate
-        obs = np.array([v / f.scale for v, f in zip(raw, OBS_FIELDS, strict=True)], dtype=np.float32)
-        return np.clip(obs, -OBS_CLIP, OBS_CLIP)
+        raw = self._observation.raw(snap, self._prev_rate)
+        self._prev_rate = raw[0]
+        return self._observation.vector(raw)
 
     def close(self) -> None:
         """Close the node."""

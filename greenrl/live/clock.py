@@ -1,6 +1,6 @@
 """A real node's SM clock knobs: ``sm_clock_mhz`` locked directly, or a ``prefill_sm_clock_mhz`` by a governor.
 
-Shared by the serving controller's ``ServerApplier`` and ``LiveNode``'s ``GpuBackend``.
+Used by ``greenrl.live.backends.GpuBackend``, the real-node knob backend of ``LiveNode`` and the serving controller.
 ``SmClockControl.apply(base, prefill, changed)``:
 
 * prefill 0: locks the base clock on every GPU (``GpuSet.lock_all``) when ``sm_clock_mhz`` changed; a
