@@ -51,8 +51,9 @@ from greenrl.live.gpu import GpuError, GpuPermissionError
 from greenrl.live.launcher import DEFAULT_COMMAND, LaunchError, ServerLauncher
 from greenrl.live.metrics import MetricsError
 from greenrl.live.observe import LiveObserver, Observation, ObservationError, TwinGpu
-from greenrl.live.proxy import AdmissionProxy, ProxySlo
+from greenrl.live.proxy import AdmissionProxy
 from greenrl.policy import ControllerPolicy
+from greenrl.slo import SloJudge
 
 __all__ = [
     "FALLBACK_REASONS",
@@ -549,7 +550,7 @@ def build_controller(
                 drain_timeout_s=args.drain_timeout_s,
             )
         if args.proxy_port is not None:
-            slo = ProxySlo(scenario.slo.ttft_floor_s, scenario.slo.tbt_mean_s)
+            slo = SloJudge.from_scenario(scenario)  # the SLO the policy was trained on
             proxy = AdmissionProxy(base, port=args.proxy_port, slo=slo, connect_timeout_s=args.timeout_s)
         min_interval_s = args.clock_min_interval_s
         if min_interval_s is None:
