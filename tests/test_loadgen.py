@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from greenrl.live.loadgen import LoadGenerator, RequestRecord, RequestSlo, _Stream, main, summarize
+from greenrl.live.loadgen import LoadGenerator, RequestRecord, RequestSlo, main, summarize
+from greenrl.live.loadgen.records import StreamTiming
 from greenrl.live.metrics import scrape
 from greenrl.workload import Trace
 
@@ -137,17 +138,25 @@ def test_cli_writes_records_and_summary(twin: str, tmp_path: Path, capsys: pytes
 # ------------------------------------------------------------------------------------------ no server
 
 
+def _event(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
 def test_chunk_token_counting() -> None:
-    s = _Stream(t_send=0.0)
-    s.add({"choices": [{"text": "ab"}], "usage": {"completion_tokens": 3}}, at=1.0)  # 3 tokens in one chunk
-    s.add({"choices": [{"text": "c"}], "usage": {"completion_tokens": 4}}, at=2.0)
-    s.add({"choices": [], "usage": {"completion_tokens": 4}}, at=2.1)  # final usage: nothing new
+    s = StreamTiming(t_send=0.0)
+    s.feed(_event({"choices": [{"text": "ab"}], "usage": {"completion_tokens": 3}}), at=1.0)  # 3 tokens in one
+    s.feed(_event({"choices": [{"text": "c"}], "usage": {"completion_tokens": 4}}), at=2.0)
+    s.feed(_event({"choices": [], "usage": {"completion_tokens": 4}}), at=2.1)  # final usage: nothing new
     assert (s.received, s.ttft_s(), s.mean_tbt_s()) == (4, 1.0, pytest.approx(1.0 / 3))
-    plain = _Stream(t_send=0.0)
+    plain = StreamTiming(t_send=0.0)
+    plain.feed(_event({"choices": [{"text": ""}]}), at=0.4)  # no text, no usage: no token yet
     for t in (0.5, 0.6, 0.7):
-        plain.add({"choices": [{"text": " tok"}]}, at=t)  # no usage: one token per chunk
-    plain.add({"choices": [], "usage": {"completion_tokens": 5}}, at=0.8)  # more than counted: the rest now
+        plain.feed(_event({"choices": [{"text": " tok"}]}), at=t)  # no usage: one token per chunk
+    plain.feed(_event({"choices": [], "usage": {"completion_tokens": 5}}), at=0.8)  # more than counted: the rest
     assert plain.received == 5 and plain.ttft_s() == 0.5 and plain.mean_tbt_s() == pytest.approx(0.3 / 4)
+    assert not plain.sse.done and plain.sse.error is None
+    plain.feed(b"data: [DONE]\r\n\r\n", at=0.9)
+    assert plain.sse.done and plain.received == 5
 
 
 def test_slo_and_summary() -> None:

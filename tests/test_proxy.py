@@ -21,7 +21,15 @@ import pytest
 from greenrl.errors import InputError
 from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.launcher import ServerLauncher
-from greenrl.live.proxy import AdmissionProxy, ProxySlo, approx_prompt_tokens
+from greenrl.live.proxy import AdmissionProxy
+from greenrl.live.tokens import approx_prompt_tokens
+from greenrl.slo import Slo, SloJudge
+
+
+def _flat_slo(ttft_s: float, tbt_mean_s: float) -> SloJudge:
+    """The same TTFT bound for every prompt (no prefill multiple)."""
+    return SloJudge(Slo(ttft_floor_s=ttft_s, ttft_prefill_multiple=0.0, tbt_mean_s=tbt_mean_s))
+
 
 TWIN = "{python} -m greenrl.twin --port {port} --scenario tiny --time-scale 50 --tp {tp} --log-level WARNING"
 KNOBS = {"tp": 2, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
@@ -196,9 +204,9 @@ def test_pause_set_cap_resume_and_drain(twin: str, proxy_factory: Any) -> None:
 
 
 def test_counters_and_slo_match_what_the_client_saw(twin: str, proxy_factory: Any) -> None:
-    lenient = proxy_factory(twin, slo=ProxySlo(ttft_s=5.0, tbt_mean_s=1.0))
-    strict = proxy_factory(twin, slo=ProxySlo(ttft_s=1e-6, tbt_mean_s=1e-6))
-    text = "one two three four five six seven eight"  # the twin counts 8 tokens (words)
+    lenient = proxy_factory(twin, slo=_flat_slo(5.0, 1.0))
+    strict = proxy_factory(twin, slo=_flat_slo(1e-6, 1e-6))
+    text = "one two three four five six seven eight"  # 39 characters: the twin and the proxy count 10 tokens
     bodies = [
         {"prompt": text, "max_tokens": 30, "stream": True, "stream_options": {"include_usage": True}},  # usage
         {"prompt": text, "max_tokens": 30},  # non-streamed: usage in the body
@@ -213,7 +221,9 @@ def test_counters_and_slo_match_what_the_client_saw(twin: str, proxy_factory: An
     s1, s2 = lenient.stats(), strict.stats()
     for s in (s1, s2):
         assert s["arrived"] == 5 and s["finished"] == 4 and s["errors"] == 1 and s["cancelled"] == 0
-        assert s["prompt_tokens"] == 8 + 8 + 10 + 3 + approx_prompt_tokens({"prompt": "hi"})
+        assert s["prompt_tokens"] == 10 + 10 + 10 + 3 + approx_prompt_tokens({"prompt": "hi"})
+        # the twin's usage (first two) and the proxy's own count (the others) follow one rule
+        assert s["prompt_tokens"] == sum(approx_prompt_tokens(b) for b in [*bodies, {"prompt": "hi"}])
         assert s["output_tokens"] == 120 and s["slo_judged"]
     assert (s1["slo_met"], s1["missed"]) == (4, 0)  # a 400 is the client's fault: not judged
     assert (s2["slo_met"], s2["missed"]) == (0, 4)
@@ -253,7 +263,7 @@ def test_upstream_down_requests_wait_and_retry_cut_stream_counts_as_error(tmp_pa
     launcher = _start(tmp_path / "server.log")
     pids = [launcher.pid or 0]
     try:
-        proxy = proxy_factory(launcher.url, slo=ProxySlo(5.0, 1.0), health_poll_s=0.05)
+        proxy = proxy_factory(launcher.url, slo=_flat_slo(5.0, 1.0), health_poll_s=0.05)
         long_body = {"prompt": "x", "max_tokens": 20000, "stream": True}
         cut: list[Any] = []
         streamer = threading.Thread(target=lambda: cut.extend(_run_all(proxy.url, [long_body])), daemon=True)
@@ -300,7 +310,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(InputError):
         AdmissionProxy("http://127.0.0.1:8000", cap=0)
     with pytest.raises(InputError):
-        ProxySlo(ttft_s=0.0, tbt_mean_s=0.1)
+        Slo(ttft_floor_s=0.0, tbt_mean_s=0.1)
 
 
 # ------------------------------------------------------------------------------------------ pending first token

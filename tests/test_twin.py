@@ -97,10 +97,12 @@ def test_live_sim_knobs(tiny_config: SimConfig) -> None:
 
 
 def test_prompt_token_count() -> None:
-    assert prompt_token_count("a b  c\n d") == 4
+    assert prompt_token_count("a b  c\n d") == 2  # 9 characters: about 1 token per 4
+    assert prompt_token_count("x" * 400) == 100
     assert prompt_token_count("") == 1
     assert prompt_token_count([5, 6]) == 2
-    assert prompt_token_count(["x y"]) == 2
+    assert prompt_token_count([[5, 6, 7]]) == 3
+    assert prompt_token_count(["x y z"]) == 1
     for bad in ([], [1.5], ["a", "b"], None, 3):
         with pytest.raises(InputError):
             prompt_token_count(bad)
@@ -181,21 +183,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def _post(url: str, body: dict[str, Any], timeout_s: float = 10.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+def _open(req: str | urllib.request.Request, timeout_s: float) -> tuple[int, bytes]:
+    """The status and body of a request, an error status included."""
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
+
+
+def _get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    return _open(url, timeout_s)
+
+
+def _post(url: str, body: dict[str, Any], timeout_s: float = 10.0) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    return _open(urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers), timeout_s)
 
 
 def _stream(url: str, body: dict[str, Any], timeout_s: float = 15.0) -> dict[str, Any]:

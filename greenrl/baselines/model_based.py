@@ -55,10 +55,9 @@ class _SurrogateBaseline(Baseline):
 
     def ttft_slo_s(self, prompt_tokens: float) -> float:
         """The TTFT SLO of a prompt of this length: max(floor, multiple x its prefill alone, fastest TP, top clock)."""
-        slo = self.env.scenario.slo
         fastest = self._replicas[max(self._replicas)]
         alone = float(fastest.step(StepBatch.prefill(1.0, prompt_tokens)).latency_s)
-        return max(slo.ttft_floor_s, slo.ttft_prefill_multiple * alone)
+        return self.env.scenario.slo.ttft_bound_s(alone)
 
 
 class PredictiveDvfsBaseline(_SurrogateBaseline):

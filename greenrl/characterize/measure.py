@@ -17,7 +17,8 @@ import pandas as pd
 
 from greenrl.characterize.grid import LENGTH_CLASSES, SweepSpec
 from greenrl.core import Knobs
-from greenrl.sim import SimConfig, SimNode, SloSpec
+from greenrl.sim import SimConfig, SimNode
+from greenrl.slo import Slo
 from greenrl.surrogate import Surrogate
 from greenrl.surrogate.model import ReplicaModel
 from greenrl.surrogate.steady import steady_state
@@ -40,9 +41,7 @@ def _pct(values: npt.NDArray[np.float64], q: float) -> float:
 
 def _config(spec: SweepSpec, tp: int, clock_mhz: int, batch: int) -> SimConfig:
     knobs = Knobs(tp=tp, replicas=1, max_num_seqs=batch, sm_clock_mhz=clock_mhz)
-    return SimConfig(
-        model=spec.model, gpu=spec.gpu, gpus=spec.gpus, initial=knobs, slo=SloSpec(tbt_mean_s=spec.tbt_slo_s)
-    )
+    return SimConfig(model=spec.model, gpu=spec.gpu, gpus=spec.gpus, initial=knobs, slo=Slo(tbt_mean_s=spec.tbt_slo_s))
 
 
 def measure_point(

@@ -28,8 +28,9 @@ from greenrl.live.backends import GpuBackend, TwinBackend
 from greenrl.live.deadline import PrefillDeadline
 from greenrl.live.launcher import DEFAULT_COMMAND, LaunchError, ServerLauncher
 from greenrl.live.observe import LiveObserver
-from greenrl.live.proxy import AdmissionProxy, ProxySlo
+from greenrl.live.proxy import AdmissionProxy
 from greenrl.policy import ControllerPolicy
+from greenrl.slo import SloJudge
 
 if TYPE_CHECKING:
     from greenrl.env.scenario import Scenario
@@ -197,7 +198,7 @@ def _gpu_backend(
         )
     proxy = None
     if args.proxy_port is not None:
-        slo = ProxySlo(scenario.slo.ttft_floor_s, scenario.slo.tbt_mean_s)
+        slo = SloJudge.from_scenario(scenario)
         proxy = AdmissionProxy(base, port=args.proxy_port, slo=slo, connect_timeout_s=args.timeout_s)
     phase_aware = "prefill_sm_clock_mhz" in policy.knob_names
     min_interval_s = args.clock_min_interval_s

@@ -16,6 +16,7 @@ import yaml
 
 from greenrl.bundled import scenarios_dir
 from greenrl.errors import InputError
+from greenrl.slo import Slo
 
 __all__ = ["Scenario", "load_scenario", "scenario_names", "scenarios_dir"]
 
@@ -53,15 +54,6 @@ class WorkloadSpec:
     rate_scale: list[float] = field(default_factory=lambda: [0.5, 1.5])
     eval_rate_scale: float = 1.0
     start_hour: float = 18.25
-
-
-@dataclass(frozen=True, slots=True)
-class SloSpecYaml:
-    """SLO of every request (see ``greenrl.sim.SloSpec``)."""
-
-    ttft_floor_s: float = 0.5
-    ttft_prefill_multiple: float = 5.0
-    tbt_mean_s: float = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +104,7 @@ class Scenario:
     version: int = 0
     node: NodeSpec = field(default_factory=NodeSpec)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
-    slo: SloSpecYaml = field(default_factory=SloSpecYaml)
+    slo: Slo = field(default_factory=Slo)
     control: ControlSpec = field(default_factory=ControlSpec)
     reward: RewardSpec = field(default_factory=RewardSpec)
     episode: EpisodeSpec = field(default_factory=EpisodeSpec)
@@ -174,7 +166,12 @@ def _build(cls: Any, raw: Any, where: str, prefix: str) -> Any:
             raise InputError(where, full, "unknown key", f"use one of {', '.join(allowed)}")
         tp = hints[key]
         if hasattr(tp, "__dataclass_fields__"):
-            kwargs[key] = tp(**_build(tp, value, where, f"{full}."))
+            try:
+                kwargs[key] = tp(**_build(tp, value, where, f"{full}."))
+            except InputError as err:  # a section that checks its own values (``slo``): name the file
+                if err.where == where:
+                    raise
+                raise InputError(where, f"{full}.{err.field}", err.problem, err.fix) from None
         else:
             kwargs[key] = _check_type(where, full, value, tp)
     missing = [

@@ -20,7 +20,7 @@ from greenrl.core import KnobDwell, Knobs, Node, NodeSnapshot, fit_replicas
 from greenrl.env.observation import OBS_CLIP, OBS_FIELDS, ObservationBuilder, ObsField
 from greenrl.env.scenario import KNOB_NAMES, Scenario, load_scenario
 from greenrl.errors import InputError
-from greenrl.sim import SimConfig, SimNode, SloSpec
+from greenrl.sim import SimConfig, SimNode
 from greenrl.workload import Trace, load_trace, synthetic_trace
 
 __all__ = ["OBS_CLIP", "OBS_FIELDS", "ObsField", "ServingEnv", "build_node", "episode_workload", "make_env"]
@@ -75,7 +75,7 @@ def build_node(s: Scenario, split: str = "train", eval_index: int = 0) -> SimNod
         prefill_clock_ttft_s=s.control.prefill_clock_ttft_s,
         load_bandwidth_bps=n.load_bandwidth_gbps * 1e9,
         inflight=n.inflight,  # type: ignore[arg-type]
-        slo=SloSpec(s.slo.ttft_floor_s, s.slo.ttft_prefill_multiple, s.slo.tbt_mean_s),
+        slo=s.slo,
     )
     try:
         return SimNode(config, episode_workload(s, split, eval_index))

@@ -5,12 +5,14 @@ Modules, one job each: ``gpu`` (NVML energy counter and clocks; ``FakeGpu``), ``
 front-end counts; shared by ``node`` and ``observe``), ``observe`` (the controller's observation),
 ``backends`` (the one knob stack, ``greenrl.core.KnobBackend``: ``TwinBackend`` for the twin, ``GpuBackend``
 for NVML + proxy + launcher), ``launcher`` (start / drain-restart / stop a server from a command template),
-``proxy`` (admission cap = ``max_num_seqs``, front-end counters), ``pending`` (the proxy's pending load and
+``proxy`` (package: admission cap = ``max_num_seqs``, forwarding,
+front-end counters and SLO verdicts), ``pending`` (the proxy's pending load and
 earliest boost time), ``governor`` (the prefill SM clock while requests await a first token), ``deadline``
 (when a request needs that clock: the deadline governor's prediction), ``clock`` (the SM clock knobs: a
-direct lock or the governor), ``loadgen`` (replays a workload against the OpenAI API), ``node``
+direct lock or the governor), ``loadgen`` (package: replays a workload against the OpenAI API), ``node``
 (``LiveNode``: the ``Node`` protocol over a live server), ``http`` (small asyncio HTTP helpers shared
-with the twin), ``nvml_probe``.
+with the twin), ``tokens`` (prompt and stream token counting shared by the twin, proxy and load generator),
+``nvml_probe``.
 
 Public names here: Gpu, NvmlGpu, FakeGpu, GpuSet, open_gpus, snap_clock_mhz, GpuError, GpuPermissionError,
 GpuNotSupportedError, GpuUnavailableError (all from ``greenrl.live.gpu``); import the others from their

@@ -4,8 +4,8 @@ Standard library only. They cover what an OpenAI-compatible server on loopback n
 ``Content-Length`` body (no chunked request bodies), keep-alive, plain responses, chunked (SSE) responses,
 and vLLM's error object.
 
-Public names: HttpError, Request, end_chunks, error_body, head, json_object, read_request, respond,
-serve_connection, write_chunk.
+Public names: HttpError, HttpListener, Request, end_chunks, error_body, head, json_object, read_request,
+respond, serve_connection, sse_event, write_chunk.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from greenrl.errors import InputError
 
 __all__ = [
     "HttpError",
+    "HttpListener",
     "Request",
     "end_chunks",
     "error_body",
@@ -31,6 +32,7 @@ __all__ = [
     "read_request",
     "respond",
     "serve_connection",
+    "sse_event",
     "write_chunk",
 ]
 
@@ -148,6 +150,17 @@ async def write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
         await writer.drain()
 
 
+def sse_event(payload: Any) -> bytes:
+    """One server-sent event ``data: <payload>``: a string as is (``[DONE]``), anything else as JSON.
+
+    Example:
+        >>> sse_event({"a": 1}).decode().strip(), sse_event("[DONE]").decode().strip()
+        ('data: {"a": 1}', 'data: [DONE]')
+    """
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    return f"data: {data}\n\n".encode()
+
+
 async def end_chunks(writer: asyncio.StreamWriter) -> None:
     """End a chunked body."""
     writer.write(b"0\r\n\r\n")
@@ -211,3 +224,47 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+class HttpListener:
+    """Listens on ``host:port`` and serves every connection with ``serve_connection``; ``close`` cuts them.
+
+    Args:
+        dispatch: serves one request (see ``Dispatch``).
+        host, port: where to listen (port 0: any free one; ``port`` holds the bound one after ``start``).
+    """
+
+    def __init__(self, dispatch: Dispatch, host: str, port: int) -> None:
+        self.dispatch = dispatch
+        self.host, self.port = host, port
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> int:
+        """Listen (on the running loop); returns the bound port."""
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=256 * 1024)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self.port
+
+    async def close(self) -> None:
+        """Stop listening and end the open connections (their requests are cut)."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=2.0)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._conns.add(task)
+        try:
+            await serve_connection(reader, writer, self.dispatch)
+        except asyncio.CancelledError:
+            pass  # close(): end the connection task quietly (its writer is already closed)
+        finally:
+            if task is not None:
+                self._conns.discard(task)

@@ -12,7 +12,7 @@ Where the live server cannot give what the simulator gives, the observer says so
   ``stats()``), arrivals and prompt tokens are its counters. Without one, requests that got their first
   token in the interval stand in for arrivals, and vLLM's prompt-token counter for their prompt tokens.
 * ``slo_attainment``: per-request SLO outcomes need a front end that judges them (the proxy given a
-  ``ProxySlo``): met / (met + missed) in the interval, 1.0 when none was judged, as in the simulator.
+  ``SloJudge``): met / (met + missed) in the interval, 1.0 when none was judged, as in the simulator.
   Without one it is 1.0 and listed in ``Observation.assumed``.
 
 Public names: FrontEndSource, LiveObserver, Observation, ObservationError.

@@ -20,7 +20,7 @@ Reconfiguration costs:
   replica, so all of them drain before the new layout loads; a replica-count change touches only the
   replicas added or removed.
 
-Public names: SimConfig, SimNode, SloSpec.
+Public names: SimConfig, SimNode.
 """
 
 from __future__ import annotations
@@ -36,28 +36,15 @@ from greenrl.catalog import load_gpu
 from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot
 from greenrl.errors import InputError
 from greenrl.sim import kernel as K
+from greenrl.slo import Slo
 from greenrl.surrogate import StepBatch, Surrogate
 from greenrl.surrogate.model import pack
 from greenrl.workload import Trace
 
-__all__ = ["SimConfig", "SimNode", "SloSpec"]
+__all__ = ["SimConfig", "SimNode"]
 
 MAX_RUNNING = 1024
 """Most running sequences a replica can hold (the largest max_num_seqs accepted)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SloSpec:
-    """Per-request SLO; a request meets it only if both hold.
-
-    TTFT <= max(ttft_floor_s, ttft_prefill_multiple x its own prefill alone at the fastest configuration)
-    and mean time between tokens <= tbt_mean_s (s).
-    """
-
-    ttft_floor_s: float = 0.5
-    ttft_prefill_multiple: float = 5.0
-    tbt_mean_s: float = 0.1
-    unfinished_counts_as_missed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +64,8 @@ class SimConfig:
         reload_power_frac: extra power of a reloading GPU above idle, as a share of TDP (assumption).
         inflight: what happens to running requests of a replica being reconfigured.
         gpu_memory_utilization, block_tokens: vLLM's memory share and KV block size.
-        slo: the SLO definition.
+        slo: the per-request SLO (``greenrl.slo.Slo``).
+        unfinished_counts_as_missed: whether ``slo_attainment`` counts arrived, unfinished requests as missed.
     """
 
     model: str = "llama-2-70b"
@@ -93,7 +81,8 @@ class SimConfig:
     inflight: Literal["drain", "requeue"] = "drain"
     gpu_memory_utilization: float = 0.9
     block_tokens: int = 16
-    slo: SloSpec = field(default_factory=SloSpec)
+    slo: Slo = field(default_factory=Slo)
+    unfinished_counts_as_missed: bool = True
 
 
 class SimNode:
@@ -189,8 +178,7 @@ class SimNode:
         self.req_f[:, K.RF_ARRIVAL] = trace.arrival_s
         self.req_f[:, [K.RF_FIRST_TOKEN, K.RF_FINISH, K.RF_LAST_TOKEN, K.RF_ADMIT]] = -1.0
         alone = self._fastest.step(StepBatch.prefill(1.0, trace.input_tokens.astype(float))).latency_s
-        slo = self.config.slo
-        self.req_f[:, K.RF_TTFT_SLO] = np.maximum(slo.ttft_floor_s, slo.ttft_prefill_multiple * np.asarray(alone))
+        self.req_f[:, K.RF_TTFT_SLO] = self.config.slo.ttft_bounds_s(alone)
         self.req_i = np.zeros((n, K.N_RI), dtype=np.int64)
         self.req_i[:, K.RI_PROMPT] = trace.input_tokens
         self.req_i[:, K.RI_OUTPUT] = trace.output_tokens
@@ -443,7 +431,7 @@ class SimNode:
         ttft = np.where(first >= 0, first - f[:, K.RF_ARRIVAL], -1.0)
         tbt_mean = np.where(gen > 1, f[:, K.RF_TBT_SUM] / np.maximum(gen - 1, 1), 0.0)
         finished = i[:, K.RI_STATE] == K.FINISHED
-        met = finished & (ttft >= 0) & (ttft <= f[:, K.RF_TTFT_SLO]) & (tbt_mean <= self.config.slo.tbt_mean_s)
+        met = finished & (ttft >= 0) & self.config.slo.met(ttft, tbt_mean, f[:, K.RF_TTFT_SLO])
         return {
             "arrival_s": f[:, K.RF_ARRIVAL].copy(),
             "admitted_at_s": f[:, K.RF_ADMIT].copy(),
@@ -466,7 +454,7 @@ class SimNode:
         """Share of arrived requests that met their SLO (unfinished ones count as missed by default)."""
         rec = self.requests()
         arrived = rec["arrival_s"] < self.now_s
-        if not self.config.slo.unfinished_counts_as_missed:
+        if not self.config.unfinished_counts_as_missed:
             arrived &= rec["state"] >= K.FINISHED
         return float(rec["slo_met"][arrived].mean()) if arrived.any() else 1.0
 

@@ -1,0 +1,358 @@
+"""The twin's HTTP server: vLLM's OpenAI-compatible protocol in front of a ``LiveSim``.
+
+``TwinServer`` serves ``GET /health``, ``GET /metrics``, ``GET /v1/models``, ``POST /v1/completions``
+(streaming or not) and the twin-only ``POST /greenrl/knobs`` and ``GET /greenrl/state``. A driver task
+advances the simulation with the wall clock (times ``time_scale``) and each completion's handler sends
+its tokens when the simulated request produces them. Prompt tokens are counted by the live path's rule
+(``greenrl.live.tokens``). See ``docs/twin.md``.
+
+Public names: TwinServer, prompt_token_count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from greenrl.errors import InputError
+from greenrl.live.http import (
+    HttpError,
+    HttpListener,
+    Request,
+    end_chunks,
+    error_body,
+    head,
+    json_object,
+    respond,
+    sse_event,
+    write_chunk,
+)
+from greenrl.live.tokens import prompt_tokens
+from greenrl.twin.livesim import CapacityError, LiveSim
+from greenrl.twin.prometheus import render_metrics
+
+__all__ = ["TwinServer", "prompt_token_count"]
+
+logger = logging.getLogger(__name__)
+
+_TOKEN_TEXT = " tok"
+"""The text of every generated token."""
+
+
+def prompt_token_count(prompt: Any) -> int:
+    """Prompt length in tokens, by the live path's rule (``greenrl.live.tokens.prompt_tokens``).
+
+    There is no tokenizer in the twin: a list of token ids counts its length, a text about one token per
+    4 characters (at least 1), as the admission proxy counts it.
+
+    Example:
+        >>> prompt_token_count("the quick brown fox")
+        5
+        >>> prompt_token_count([1, 2, 3])
+        3
+
+    Raises:
+        InputError: on an empty token list, a batch of prompts or anything else.
+    """
+    tokens = prompt_tokens(prompt)
+    if tokens is None:
+        raise InputError(
+            "/v1/completions",
+            "prompt",
+            "must be a string or a non-empty list of token ids (batches are not supported)",
+            "send one prompt per request",
+        )
+    return tokens
+
+
+@dataclass(slots=True)
+class _Watch:
+    """A request being served: the driver pushes its new token times (simulated s) to ``queue``."""
+
+    queue: asyncio.Queue[tuple[str, list[float]]]
+    seen: int = 0
+    last_t: float = 0.0
+
+
+class TwinServer:
+    """The twin's HTTP server and simulation driver (asyncio, standard library only).
+
+    A driver task advances ``sim`` every ``tick_s`` wall seconds to the simulated time that
+    corresponds to now, ``sim_t = sim_t0 + (wall - wall0) x time_scale``, and hands every served
+    request its new token times; each request's handler sleeps until a token's mapped wall time and
+    writes it. Tokens therefore leave at most about one tick late.
+
+    Args:
+        sim: the live simulator.
+        model_name: name served in ``/v1/models``, responses and metric labels.
+        time_scale: simulated seconds per wall second (10 runs the node 10x faster than real).
+        tick_s: wall seconds between driver steps.
+        host, port: where to listen (port 0 picks a free one; see ``port`` after ``start``).
+    """
+
+    def __init__(
+        self,
+        sim: LiveSim,
+        *,
+        model_name: str,
+        time_scale: float = 1.0,
+        tick_s: float = 0.02,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+    ) -> None:
+        if not (math.isfinite(time_scale) and time_scale > 0):
+            raise InputError("--time-scale", "time_scale", f"must be > 0, got {time_scale}", "pass e.g. 10")
+        if not (math.isfinite(tick_s) and tick_s > 0):
+            raise InputError("--tick-ms", "tick_s", f"must be > 0, got {tick_s}", "pass e.g. 20 ms")
+        self.sim = sim
+        self.model_name = model_name
+        self.time_scale = float(time_scale)
+        self.tick_s = float(tick_s)
+        self.host = host
+        self.port = port
+        self._watch: dict[int, _Watch] = {}
+        self._listener = HttpListener(self._dispatch, host, port)
+        self._driver: asyncio.Task[None] | None = None
+        self._wall0 = 0.0
+        self._sim_t0 = 0.0
+        self.failed = asyncio.Event()
+
+    # ------------------------------------------------------------------------------------ clock
+
+    def sim_time(self) -> float:
+        """The simulated time that corresponds to now (s)."""
+        return self._sim_t0 + (asyncio.get_running_loop().time() - self._wall0) * self.time_scale
+
+    def wall_time(self, sim_t: float) -> float:
+        """The event-loop time at which simulated instant ``sim_t`` happens (s)."""
+        return self._wall0 + (sim_t - self._sim_t0) / self.time_scale
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the driver and listen."""
+        self._wall0 = asyncio.get_running_loop().time()
+        self._sim_t0 = self.sim.now_s
+        self.port = await self._listener.start()
+        self._driver = asyncio.create_task(self._drive())
+
+    async def close(self) -> None:
+        """Stop listening, end open connections and the driver."""
+        await self._listener.close()
+        if self._driver is not None:
+            self._driver.cancel()
+            await asyncio.gather(self._driver, return_exceptions=True)
+
+    async def _drive(self) -> None:
+        try:
+            while True:
+                self.step()
+                await asyncio.sleep(self.tick_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("the simulation driver failed; stopping the twin")
+            self.failed.set()
+
+    def step(self) -> None:
+        """Advance the simulation to now and pass new tokens, finishes and rejections to their handlers."""
+        self.sim.advance_to(self.sim_time())
+        for rid, w in list(self._watch.items()):
+            p = self.sim.progress(rid)
+            if p.generated > w.seen:
+                g0, g1 = w.seen, p.generated
+                if g0 == 0:
+                    # the first token at its own time, the rest spread evenly up to the last one
+                    times = [float(t) for t in np.linspace(p.first_token_at_s, p.last_token_at_s, g1)]
+                else:
+                    frac = np.arange(1, g1 - g0 + 1) / (g1 - g0)
+                    times = [float(t) for t in w.last_t + (p.last_token_at_s - w.last_t) * frac]
+                w.seen, w.last_t = g1, p.last_token_at_s
+                w.queue.put_nowait(("tokens", times))
+            if p.state in ("finished", "rejected"):
+                w.queue.put_nowait((p.state, []))
+                del self._watch[rid]
+
+    # ------------------------------------------------------------------------------------ HTTP
+
+    async def _dispatch(self, req: Request, writer: asyncio.StreamWriter) -> bool:
+        """Serve one request; returns whether the connection stays open."""
+        routes = {
+            ("GET", "/health"): self._health,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/v1/models"): self._models,
+            ("POST", "/greenrl/knobs"): self._knobs,
+            ("GET", "/greenrl/state"): self._state,
+        }
+        keep = req.keep_alive
+        try:
+            if (req.method, req.path) == ("POST", "/v1/completions"):
+                return await self._completions(req, writer)
+            handler = routes.get((req.method, req.path))
+            if handler is None:
+                known = {p for _, p in routes} | {"/v1/completions"}
+                status = 405 if req.path in known else 404
+                raise HttpError(status, f"{req.method} {req.path} is not served by the twin")
+            status, body, ctype = handler(req)
+        except HttpError as err:
+            status, body, ctype = err.status, error_body(err.status, str(err)), "application/json"
+        except InputError as err:
+            status, body, ctype = 400, error_body(400, str(err)), "application/json"
+        await respond(writer, status, body, ctype, keep)
+        return keep
+
+    def _health(self, req: Request) -> tuple[int, bytes, str]:
+        if self.failed.is_set():
+            return 503, error_body(503, "the simulation driver failed"), "application/json"
+        return 200, b"", "text/plain; charset=utf-8"
+
+    def _metrics(self, req: Request) -> tuple[int, bytes, str]:
+        return 200, render_metrics(self.sim, self.model_name).encode(), "text/plain; version=0.0.4; charset=utf-8"
+
+    def _models(self, req: Request) -> tuple[int, bytes, str]:
+        card = {"id": self.model_name, "object": "model", "created": int(time.time()), "owned_by": "greenrl-twin"}
+        return 200, json.dumps({"object": "list", "data": [card]}).encode(), "application/json"
+
+    def _state(self, req: Request) -> tuple[int, bytes, str]:
+        sim = self.sim
+        last = sim.last
+        out = {
+            "sim_time_s": sim.now_s,
+            "time_scale": self.time_scale,
+            "knobs": dataclasses.asdict(sim.knobs),
+            "requested_knobs": dataclasses.asdict(sim.requested_knobs),
+            "reconfiguring": bool(last.reconfiguring) if last else False,
+            "gpus": len(sim.energy_per_gpu_j),
+            "energy_j": sim.energy_j(),
+            "energy_per_gpu_j": [float(e) for e in sim.energy_per_gpu_j],
+            "power_w": last.mean_power_w if last else 0.0,
+            "running": last.running if last else 0,
+            "waiting": last.waiting if last else 0,
+            "requests": sim.node.state_counts(),
+            "capacity": sim.capacity,
+            "injected": sim.injected,
+        }
+        return 200, json.dumps(out).encode(), "application/json"
+
+    def _knobs(self, req: Request) -> tuple[int, bytes, str]:
+        body = json_object(req.body, "/greenrl/knobs")
+        self.step()  # bring the simulation to now, so the change starts now
+        requested = self.sim.apply(**body)
+        out = {"requested_knobs": dataclasses.asdict(requested), "knobs": dataclasses.asdict(self.sim.knobs)}
+        return 200, json.dumps(out).encode(), "application/json"
+
+    async def _completions(self, req: Request, writer: asyncio.StreamWriter) -> bool:
+        keep = req.keep_alive
+        try:
+            body = json_object(req.body, "/v1/completions")
+            model = body.get("model", self.model_name)
+            if model != self.model_name:
+                raise HttpError(404, f"The model `{model}` does not exist.")
+            if body.get("n", 1) != 1 or body.get("best_of", 1) not in (1, None):
+                raise InputError("/v1/completions", "n", "only n = 1 is supported", "send n = 1")
+            prompt_tokens = prompt_token_count(body.get("prompt"))
+            max_tokens = body.get("max_tokens", 16)
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+                raise InputError("/v1/completions", "max_tokens", f"must be an integer >= 1, got {max_tokens!r}", "")
+            stream = bool(body.get("stream", False))
+            options = body.get("stream_options") or {}
+            include_usage = bool(options.get("include_usage", False)) if isinstance(options, dict) else False
+            try:
+                rid = self.sim.inject(prompt_tokens, max_tokens, at_s=self.sim_time())
+            except CapacityError as err:
+                raise HttpError(503, str(err)) from err
+        except HttpError as err:
+            await respond(writer, err.status, error_body(err.status, str(err)), "application/json", keep)
+            return keep
+        except InputError as err:
+            await respond(writer, 400, error_body(400, str(err)), "application/json", keep)
+            return keep
+        watch = _Watch(asyncio.Queue())
+        self._watch[rid] = watch
+        done = False
+        try:
+            done = await self._serve_tokens(
+                writer, rid, watch, prompt_tokens, max_tokens, stream=stream, include_usage=include_usage, keep=keep
+            )
+        finally:
+            if not done:
+                self._watch.pop(rid, None)
+                self.sim.abort(rid)
+        return keep
+
+    async def _serve_tokens(
+        self,
+        writer: asyncio.StreamWriter,
+        rid: int,
+        watch: _Watch,
+        prompt_tokens: int,
+        max_tokens: int,
+        *,
+        stream: bool,
+        include_usage: bool,
+        keep: bool,
+    ) -> bool:
+        """Send the tokens of request ``rid`` as the simulation produces them; True once all are sent."""
+        loop = asyncio.get_running_loop()
+        base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
+        base["model"] = self.model_name
+        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max_tokens}
+        usage["completion_tokens"] = max_tokens
+        emitted = 0
+        started = False
+
+        async def send_chunk(payload: dict[str, Any] | str) -> None:
+            await write_chunk(writer, sse_event(payload))
+
+        while emitted < max_tokens:
+            kind, times = await watch.queue.get()
+            if kind == "rejected":
+                msg = f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceed the KV cache"
+                if not started:
+                    await respond(writer, 400, error_body(400, msg), "application/json", keep)
+                    return True
+                await send_chunk({"object": "error", "message": msg, "code": 400})
+                break
+            for t in times:
+                if emitted >= max_tokens:
+                    break
+                delay = self.wall_time(t) - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                emitted += 1
+                if stream:
+                    if not started:
+                        headers = [
+                            ("Content-Type", "text/event-stream; charset=utf-8"),
+                            ("Cache-Control", "no-cache"),
+                            ("Transfer-Encoding", "chunked"),
+                            ("Connection", "keep-alive" if keep else "close"),
+                        ]
+                        writer.write(head(200, headers))
+                        started = True
+                    finish = "length" if emitted == max_tokens else None
+                    choice = {"index": 0, "text": _TOKEN_TEXT, "logprobs": None, "finish_reason": finish}
+                    choice["stop_reason"] = None
+                    await send_chunk({**base, "choices": [choice]})
+            if kind == "finished":
+                break
+        if not stream:
+            choice = {"index": 0, "text": _TOKEN_TEXT * emitted, "logprobs": None, "finish_reason": "length"}
+            choice["stop_reason"] = None
+            out = {**base, "choices": [choice], "usage": {**usage, "completion_tokens": emitted}}
+            await respond(writer, 200, json.dumps(out).encode(), "application/json", keep)
+            return True
+        if include_usage:
+            await send_chunk({**base, "choices": [], "usage": {**usage, "completion_tokens": emitted}})
+        await send_chunk("[DONE]")
+        await end_chunks(writer)
+        return True
