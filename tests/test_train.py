@@ -12,7 +12,8 @@ from greenrl import train as train_cli
 from greenrl.env import ServingEnv, load_scenario
 from greenrl.errors import InputError
 from greenrl.policy import load_controller
-from greenrl.train import StaticPolicy, evaluate_policy_on, train
+from greenrl.rollout import StaticPolicy
+from greenrl.train import evaluate_policy_on, train
 
 
 class RandomPolicy:
