@@ -10,23 +10,10 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
-
 from greenrl.env import ServingEnv
-from greenrl.rollout import StaticPolicy, rollout
+from greenrl.rollout import RandomPolicy, StaticPolicy, rollout
 
 PPO_STEPS = 4096
-
-
-class UniformActions:
-    """Seeded uniform actions over the whole action space (infeasible TP included: the env maps it)."""
-
-    def __init__(self, env: ServingEnv, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nvec = env.action_space.nvec
-
-    def predict(self, observation, state=None, episode_start=None, deterministic=True):
-        return self.rng.integers(self.nvec), state
 
 
 def env_steps_per_s(policy: str, episodes: int = 4) -> float:
@@ -36,7 +23,7 @@ def env_steps_per_s(policy: str, episodes: int = 4) -> float:
     env.step(static.action)  # load compiled code
     steps, t0 = 0, time.perf_counter()
     for seed in range(episodes):
-        actions = UniformActions(env, seed) if policy == "random" else static
+        actions = RandomPolicy(env, seed) if policy == "random" else static
         steps += len(rollout(actions, env, seed=seed).steps)
     return steps / (time.perf_counter() - t0)
 

@@ -9,7 +9,7 @@ where ``predict`` takes them (MaskablePPO). Two optional hooks serve baselines, 
 ``episode_env(env)`` may return another env to play in (static-best starts in its own configuration;
 that env is reset with the same seed), and ``bind(env)`` attaches the policy to the env it acts on.
 
-Public names: rollout, play, Rollout, Step, StaticPolicy, takes_action_masks.
+Public names: rollout, play, Rollout, Step, StaticPolicy, RandomPolicy, takes_action_masks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy.typing as npt
 from greenrl.core import Policy
 from greenrl.env.serving_env import ServingEnv
 
-__all__ = ["Rollout", "StaticPolicy", "Step", "play", "rollout", "takes_action_masks"]
+__all__ = ["RandomPolicy", "Rollout", "StaticPolicy", "Step", "play", "rollout", "takes_action_masks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,3 +180,22 @@ class StaticPolicy:
     ) -> tuple[npt.NDArray[np.int64], Any]:
         """The fixed action; ``state`` is passed through."""
         return self.action, state
+
+
+class RandomPolicy:
+    """Seeded uniform actions over the whole action space (an infeasible TP included: the env maps it).
+
+    Args:
+        env: the env whose action space to draw from.
+        seed: the generator's seed.
+    """
+
+    def __init__(self, env: ServingEnv, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nvec = env.action_space.nvec
+
+    def predict(
+        self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[npt.NDArray[np.int64], Any]:
+        """A uniform draw per knob; ``state`` is passed through."""
+        return self.rng.integers(self.nvec), state
