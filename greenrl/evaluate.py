@@ -40,6 +40,7 @@ from typing import Any
 
 from greenrl import __version__
 from greenrl.baselines import BASELINES
+from greenrl.core import Policy
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.evaluate_cases import Arrivals, build_cases, case_env
 from greenrl.evaluate_kpis import Episode, Evaluation, pair_with_reference, run_episode, summarize
@@ -79,7 +80,7 @@ def evaluate(
     scenario_names = scenarios or ["default"]
     scales = rate_scales or [1.0]
     grid = [(s, r, build_cases(s, r, seeds, arrivals)) for s in scenario_names for r in scales]
-    loaded: dict[tuple[str, str], Any] = {}
+    loaded: dict[tuple[str, str], Policy] = {}
     for name, _, cases in grid:  # check every controller against every scenario before running anything
         probe = case_env(cases[0])
         for spec in specs:

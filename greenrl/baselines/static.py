@@ -102,15 +102,7 @@ def env_with_initial(env: ServingEnv, knobs: Knobs) -> ServingEnv:
         InputError: ``env``'s node is not a ``SimNode``.
     """
     node = _simulator(env)
-    initial = {
-        "tp": knobs.tp,
-        "replicas": knobs.replicas,
-        "max_num_seqs": knobs.max_num_seqs,
-        "sm_clock_mhz": knobs.sm_clock_mhz,
-        "max_num_batched_tokens": knobs.max_num_batched_tokens,
-        "prefill_sm_clock_mhz": knobs.prefill_sm_clock_mhz,
-    }
-    scenario = replace(env.scenario, node=replace(env.scenario.node, initial=initial))
+    scenario = replace(env.scenario, node=replace(env.scenario.node, initial=asdict(knobs)))
     fresh = SimNode(replace(node.config, initial=knobs), _window_trace(env))
     return ServingEnv(scenario, "eval", env.eval_index, node=fresh)
 
