@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from greenrl.baselines import make_baseline
-from greenrl.core import ForkableNode, Knobs, NodeSnapshot
+from greenrl.core import ForkableNode
 from greenrl.env import ServingEnv
 from greenrl.errors import InputError
 from greenrl.evaluate_cases import build_cases, case_env
@@ -20,33 +20,17 @@ from greenrl.sim import SimConfig, SimNode
 class ProtocolOnlyNode:
     """A simulated node seen only through the ``Node`` protocol (no ``fork``, no request records), as a live one."""
 
+    # what a node shows through the protocol (and ServingEnv's optional hooks); no fork, no records
+    SHOWN = ("gpu_memory_utilization", "finished_output_tokens", "feasible_tp", "check", "trace")
+    SHOWN += ("reset", "apply", "advance", "close")
+
     def __init__(self, inner: SimNode) -> None:
         self._inner = inner
-        self.feasible_tp = inner.feasible_tp
-        self.check = inner.check
 
-    @property
-    def gpu_memory_utilization(self) -> float:
-        return self._inner.gpu_memory_utilization
-
-    @property
-    def trace(self) -> Any:
-        return self._inner.trace
-
-    def reset(self, *, seed: int | None = None) -> NodeSnapshot:
-        return self._inner.reset(seed=seed)
-
-    def apply(self, knobs: Knobs) -> None:
-        self._inner.apply(knobs)
-
-    def advance(self, dt_s: float) -> NodeSnapshot:
-        return self._inner.advance(dt_s)
-
-    def finished_output_tokens(self) -> tuple[int, int]:
-        return self._inner.finished_output_tokens()
-
-    def close(self) -> None:
-        self._inner.close()
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.SHOWN:
+            raise AttributeError(name)
+        return getattr(self._inner, name)
 
 
 def _loaded_pair(steps: int | None = None) -> tuple[ServingEnv, ServingEnv]:
