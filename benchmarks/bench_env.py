@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
-
 from greenrl.env import ServingEnv
+from greenrl.rollout import RandomPolicy, StaticPolicy, rollout
 
 PPO_STEPS = 4096
 
@@ -20,16 +19,12 @@ PPO_STEPS = 4096
 def env_steps_per_s(policy: str, episodes: int = 4) -> float:
     env = ServingEnv("default")
     env.reset(seed=0)
-    env.step(env.action_for(env.initial))  # load compiled code
+    static = StaticPolicy(env.action_for(env.initial))
+    env.step(static.action)  # load compiled code
     steps, t0 = 0, time.perf_counter()
     for seed in range(episodes):
-        env.reset(seed=seed)
-        rng = np.random.default_rng(seed)
-        done = False
-        while not done:
-            action = rng.integers(env.action_space.nvec) if policy == "random" else env.action_for(env.initial)
-            done = env.step(action)[3]
-            steps += 1
+        actions = RandomPolicy(env, seed) if policy == "random" else static
+        steps += len(rollout(actions, env, seed=seed).steps)
     return steps / (time.perf_counter() - t0)
 
 

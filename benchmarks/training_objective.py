@@ -18,15 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 
+from greenrl.core import Policy
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError, exit_on_input_error
-from greenrl.evaluate import load_policy, resolve_policies
-from greenrl.train import VAL_SEED, StaticPolicy
+from greenrl.evaluate_policies import load_policy, resolve_policies
+from greenrl.rollout import StaticPolicy, rollout
+from greenrl.train import VAL_SEED
 
 DEFAULT_POLICIES = [
     "oracle",
@@ -40,33 +41,21 @@ DEFAULT_POLICIES = [
 ]
 
 
-def make_policy(name: str, env: ServingEnv) -> Any:
-    """A policy by name for this episode's env (bound to it, for baselines)."""
+def make_policy(name: str, env: ServingEnv) -> Policy:
+    """A policy by name for this env (the rollout binds baselines to each episode's env)."""
     if name.startswith("fixed:"):
         clock, prefill = (int(v) for v in name.removeprefix("fixed:").split("/"))
         knobs = replace(env.initial, sm_clock_mhz=clock, prefill_sm_clock_mhz=prefill)
         return StaticPolicy(env.action_for(knobs))
-    policy = load_policy(resolve_policies([name])[0], env, seed=0)
-    if hasattr(policy, "bind"):
-        policy.bind(env)
-    return policy
+    return load_policy(resolve_policies([name])[0], env, seed=0)
 
 
 def episode_return(scenario: Scenario, name: str, seed: int) -> tuple[float, float, float]:
     """One validation episode: return, energy (kWh) and misses."""
     env = ServingEnv(scenario, "train")
-    obs, _ = env.reset(seed=seed)
-    policy = make_policy(name, env)
-    ret = energy_j = missed = 0.0
-    done = False
-    while not done:
-        action, _ = policy.predict(obs, deterministic=True)
-        obs, reward, _, done, info = env.step(action)
-        ret += reward
-        energy_j += info["energy_j"]
-        missed += info["missed"]
-    env.close()
-    return ret, energy_j / 3.6e6, missed
+    episode = rollout(make_policy(name, env), env, seed=seed)
+    episode.env.close()
+    return episode.return_, episode.energy_j / 3.6e6, episode.missed
 
 
 def _target_s(text: str) -> float:

@@ -3,7 +3,7 @@
 Turns the records of :func:`greenrl.evaluate.evaluate` into ``results.json``/``.csv``/``.md``, the
 Pareto and timeline PNGs, and the rich console tables.
 
-Public names: markdown_report, write_outputs, SCHEMA, PARETO_SPAN_POINTS.
+Public names: markdown_report, write_outputs, print_tables, SCHEMA, PARETO_SPAN_POINTS.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from greenrl.env.scenario import Scenario, load_scenario
+from greenrl.evaluate_kpis import Episode, Evaluation
 from greenrl.ioutil import atomic_write_text
 
-if TYPE_CHECKING:
-    from greenrl.evaluate import Episode, Evaluation
-
-__all__ = ["PARETO_SPAN_POINTS", "SCHEMA", "markdown_report", "write_outputs"]
+__all__ = ["PARETO_SPAN_POINTS", "SCHEMA", "markdown_report", "print_tables", "write_outputs"]
 
 SCHEMA = "greenrl-eval/1"
 """Schema tag of ``results.json`` (and of ``Evaluation.meta``)."""
@@ -268,7 +266,8 @@ _CONSOLE_KEYS = (
 )
 
 
-def _print_tables(records: list[dict[str, Any]]) -> None:
+def print_tables(records: list[dict[str, Any]]) -> None:
+    """The console tables: the main KPIs per (scenario, rate scale), mean ± 95% CI half-width."""
     from rich.console import Console
     from rich.table import Table
 

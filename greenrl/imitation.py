@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from greenrl.env.scenario import Scenario
 from greenrl.env.serving_env import ServingEnv
+from greenrl.rollout import rollout
 
 __all__ = ["Demonstrations", "behaviour_clone", "collect_demonstrations", "fit_critic"]
 
@@ -66,6 +67,48 @@ class Demonstrations:
         return float(np.mean(np.all(np.asarray(actions) == self.actions, axis=1)))
 
 
+class _Labelled:
+    """Acts with the student (DAgger) or else the teacher, and records the teacher's label of every state.
+
+    A policy for ``greenrl.rollout``: ``bind`` builds the teacher baseline for the episode's env, seeded
+    by ``seed`` (set before each episode). The records run on across episodes.
+    """
+
+    def __init__(self, teacher: str, student: Any) -> None:
+        self.teacher_name, self.student = teacher, student
+        self.seed = 0
+        self.obs: list[npt.NDArray[np.float32]] = []
+        self.labels: list[npt.NDArray[np.int64]] = []
+        self.masks: list[npt.NDArray[np.bool_]] = []
+
+    def bind(self, env: ServingEnv) -> None:
+        """The teacher, bound to ``env`` and seeded for this episode."""
+        from greenrl.baselines import make_baseline
+
+        self.env = env
+        self.teacher = make_baseline(self.teacher_name, env, seed=self.seed)
+
+    def predict(
+        self,
+        observation: npt.NDArray[np.float32],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+        action_masks: npt.NDArray[np.bool_] | None = None,
+    ) -> tuple[Any, Any]:
+        """The action taken (the student's, else the teacher's); the teacher's is recorded as the label."""
+        masks = self.env.action_masks() if action_masks is None else action_masks
+        wanted, _ = self.teacher.predict(observation, deterministic=True)
+        taken = wanted
+        if self.student is not None:
+            taken, _ = self.student.predict(observation, deterministic=True, action_masks=masks)
+            self.teacher.current = self.env.knobs_for(taken)  # the teacher plans from the knobs really in force
+        self.obs.append(observation)
+        self.labels.append(np.asarray(wanted, dtype=np.int64))
+        self.masks.append(masks)
+        return taken, state
+
+
 def collect_demonstrations(
     scenario: Scenario,
     teacher: str,
@@ -78,38 +121,22 @@ def collect_demonstrations(
     With ``student`` (anything with SB3's ``predict``), the student picks the actions and the teacher
     only labels them (DAgger); otherwise the teacher acts. Episode ``i`` uses seed ``seed + i``.
     """
-    from greenrl.baselines import make_baseline
-
     env = ServingEnv(scenario, "train")
-    obs_l: list[npt.NDArray[np.float32]] = []
-    act_l: list[npt.NDArray[np.int64]] = []
-    mask_l: list[npt.NDArray[np.bool_]] = []
-    rew_l: list[float] = []
-    end_l: list[bool] = []
+    labelled = _Labelled(teacher, student)
+    rewards: list[float] = []
+    ends: list[bool] = []
     for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        label = make_baseline(teacher, env, seed=seed + i)
-        done = False
-        while not done:
-            mask = env.action_masks()
-            wanted, _ = label.predict(obs, deterministic=True)
-            taken = wanted
-            if student is not None:
-                taken, _ = student.predict(obs, deterministic=True, action_masks=mask)
-                label.current = env.knobs_for(taken)  # the teacher plans from the knobs really in force
-            obs_l.append(obs)
-            act_l.append(np.asarray(wanted, dtype=np.int64))
-            mask_l.append(mask)
-            obs, reward, _, done, _ = env.step(taken)
-            rew_l.append(float(reward))
-            end_l.append(bool(done))
+        labelled.seed = seed + i
+        for step in rollout(labelled, env, seed=seed + i).steps:
+            rewards.append(step.reward)
+            ends.append(step.done)
     env.close()
     return Demonstrations(
-        np.array(obs_l, dtype=np.float32),
-        np.array(act_l, dtype=np.int64),
-        np.array(mask_l, dtype=bool),
-        np.array(rew_l),
-        np.array(end_l, dtype=bool),
+        np.array(labelled.obs, dtype=np.float32),
+        np.array(labelled.labels, dtype=np.int64),
+        np.array(labelled.masks, dtype=bool),
+        np.array(rewards),
+        np.array(ends, dtype=bool),
     )
 
 

@@ -31,6 +31,7 @@ from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
+from greenrl.rollout import StaticPolicy, rollout
 
 __all__ = ["agent_config", "evaluate_policy_on", "main", "train"]
 
@@ -81,7 +82,7 @@ def agent_config(agent: str, scenario: str) -> dict[str, Any]:
 
 
 def evaluate_policy_on(policy: Any, scenario: Scenario, seeds: int = 1, val_episodes: int = 0) -> dict[str, float]:
-    """Run ``policy.predict`` (deterministic) and total energy and SLO outcomes.
+    """Run ``policy`` (deterministic, ``greenrl.rollout``) and total energy and SLO outcomes over the episodes.
 
     By default on every held-out evaluation window (``seeds`` seeds each). With ``val_episodes`` > 0,
     on that many validation episodes instead: training-split windows and rate scales drawn from the
@@ -98,17 +99,13 @@ def evaluate_policy_on(policy: Any, scenario: Scenario, seeds: int = 1, val_epis
     energy = missed = finished = slo_met = ret = 0.0
     clocks = []
     for env, seed in runs:
-        obs, _ = env.reset(seed=seed)
-        done = False
-        while not done:
-            kwargs = {"action_masks": env.action_masks()} if _is_maskable(policy) else {}
-            action, _ = policy.predict(obs, deterministic=True, **kwargs)
-            obs, reward, _, done, info = env.step(action)
+        for step in rollout(policy, env, seed=seed).steps:  # one running total over every episode's steps
+            info = step.info
             energy += info["energy_j"]
             missed += info["missed"]
             finished += info["finished"]
             slo_met += info["slo_met"]
-            ret += reward
+            ret += step.reward
             clocks.append(info["knobs"].sm_clock_mhz)
         env.close()
     arrived = slo_met + missed
@@ -119,23 +116,6 @@ def evaluate_policy_on(policy: Any, scenario: Scenario, seeds: int = 1, val_epis
         "return": ret,
         "mean_sm_clock_mhz": float(np.mean(clocks)),
     }
-
-
-def _is_maskable(policy: Any) -> bool:
-    return type(policy).__name__ == "MaskablePPO"
-
-
-class StaticPolicy:
-    """Always the same action (the static maximum configuration, for the final comparison)."""
-
-    def __init__(self, action: np.ndarray) -> None:
-        self.action = action
-
-    def predict(
-        self, obs: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True, **_: Any
-    ) -> tuple[np.ndarray, None]:
-        """The fixed action."""
-        return self.action, None
 
 
 def _versions() -> dict[str, str]:

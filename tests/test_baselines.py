@@ -6,29 +6,25 @@ import numpy as np
 import pytest
 
 from greenrl.baselines import BASELINES, baseline_names, decode_obs, make_baseline
-from greenrl.baselines.base import feasible_configs, run_fixed
+from greenrl.baselines.base import feasible_configs
 from greenrl.baselines.feedback import PidBaseline, ThresholdBaseline
 from greenrl.baselines.model_based import PhaseDvfsBaseline, PlannerBaseline, PredictiveDvfsBaseline, ttft_quantile_s
 from greenrl.baselines.oracle import OracleBaseline, Trial, choose
-from greenrl.baselines.static import FixedClock, StaticBest, sweep
+from greenrl.baselines.static import FixedClock, StaticBest, run_fixed, sweep
 from greenrl.env import ServingEnv
 from greenrl.errors import InputError
-from greenrl.evaluate import build_cases, case_env, run_episode
+from greenrl.evaluate_cases import build_cases, case_env
+from greenrl.evaluate_kpis import run_episode
+from greenrl.rollout import rollout
 
 
 def _episode(name: str, env: ServingEnv, seed: int = 0) -> tuple[ServingEnv, list[np.ndarray], object]:
     policy = make_baseline(name, env, seed)
-    env = policy.episode_env(env)
-    obs, _ = env.reset(seed=seed)
-    policy.bind(env)
-    actions, done = [], False
-    while not done:
-        action, state = policy.predict(obs, deterministic=True)
-        assert state is None
-        assert env.action_space.contains(action), (name, action)
-        actions.append(action)
-        obs, _, _, done, _ = env.step(action)
-    return env, actions, policy
+    episode = rollout(policy, env, seed=seed)
+    actions = [step.action for step in episode.steps]
+    for action in actions:
+        assert episode.env.action_space.contains(action), (name, action)
+    return episode.env, actions, policy
 
 
 @pytest.mark.parametrize("name", baseline_names())
@@ -60,7 +56,8 @@ def test_registry_lists_every_baseline_and_rejects_unknown_names() -> None:
 def test_predict_accepts_a_batch_of_one() -> None:
     env = ServingEnv("tiny", "eval", 0)
     obs, _ = env.reset(seed=0)
-    action, _ = make_baseline("static-max", env).predict(obs[None, :])
+    action, state = make_baseline("static-max", env).predict(obs[None, :], "state")
+    assert state == "state"  # passed through, as SB3's recurrent-state contract asks
     assert action.shape == (1, len(env.knob_names))
     assert env.knobs_for(action[0]) == env.initial
 

@@ -12,16 +12,8 @@ from greenrl import train as train_cli
 from greenrl.env import ServingEnv, load_scenario
 from greenrl.errors import InputError
 from greenrl.policy import load_controller
-from greenrl.train import StaticPolicy, evaluate_policy_on, train
-
-
-class RandomPolicy:
-    def __init__(self, env: ServingEnv, seed: int) -> None:
-        self.rng = np.random.default_rng(seed)
-        self.nvec = env.action_space.nvec
-
-    def predict(self, obs, state=None, episode_start=None, deterministic=True):
-        return self.rng.integers(self.nvec), None
+from greenrl.rollout import RandomPolicy, StaticPolicy
+from greenrl.train import evaluate_policy_on, train
 
 
 @pytest.fixture(scope="module")

@@ -1,39 +1,30 @@
-"""What every baseline shares: SB3's ``predict``, decoding the observation, the knob grid, fixed-config runs.
+"""What every baseline shares: SB3's ``predict``, decoding the observation, the knob grid and layouts.
 
-A baseline is bound to one ``ServingEnv`` (``bind(env)``, called by the evaluator after ``env.reset()``
-and before the episode's first ``predict``) and turns what it is entitled to see into a ``Knobs``
-choice each interval; ``predict`` maps that choice to the env's ``MultiDiscrete`` action.
+A baseline is bound to one ``ServingEnv`` (``bind(env)``, called by ``greenrl.rollout`` after
+``env.reset()`` and before the episode's first ``predict``) and turns what it is entitled to see into a
+``Knobs`` choice each interval; ``predict`` maps that choice to the env's ``MultiDiscrete`` action. It
+reads the node only through the ``greenrl.core.Node`` protocol; one that needs a simulator says why in
+``needs_simulator`` and is refused any other node.
 
-Public names: Baseline, decode_obs, knob_values, nearest_value, feasible_configs, env_with_initial,
-run_fixed, FixedRun.
+Public names: Baseline, decode_obs, knob_values, nearest_value, feasible_configs.
 """
 
 from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from greenrl.core import Knobs
+from greenrl.core import ForkableNode, Knobs, fit_replicas
 from greenrl.env.scenario import KNOB_NAMES
 from greenrl.env.serving_env import OBS_FIELDS, ServingEnv
 from greenrl.errors import InputError
-from greenrl.sim import SimNode
 
-__all__ = [
-    "Baseline",
-    "FixedRun",
-    "decode_obs",
-    "env_with_initial",
-    "feasible_configs",
-    "knob_values",
-    "nearest_value",
-    "run_fixed",
-]
+__all__ = ["Baseline", "decode_obs", "feasible_configs", "knob_values", "nearest_value"]
 
 
 def decode_obs(observation: npt.ArrayLike) -> dict[str, float]:
@@ -91,74 +82,28 @@ def feasible_configs(env: ServingEnv) -> list[Knobs]:
     return list(out)
 
 
-def env_with_initial(env: ServingEnv, knobs: Knobs) -> ServingEnv:
-    """A fresh copy of ``env`` (same scenario, window and requests) whose episodes start in ``knobs``.
-
-    Needs a simulated node (``SimNode``); its request trace is read after a reset of a fork if needed.
-    """
-    node = env.node
-    if not isinstance(node, SimNode):
-        raise InputError("env_with_initial", "node", "needs a simulated node (SimNode)", "evaluate on a sim scenario")
-    trace = node.trace
-    if trace is None:
-        probe = node.fork()
-        probe.reset(seed=0)
-        trace = probe.trace
-    assert trace is not None
-    initial = {
-        "tp": knobs.tp,
-        "replicas": knobs.replicas,
-        "max_num_seqs": knobs.max_num_seqs,
-        "sm_clock_mhz": knobs.sm_clock_mhz,
-        "max_num_batched_tokens": knobs.max_num_batched_tokens,
-        "prefill_sm_clock_mhz": knobs.prefill_sm_clock_mhz,
-    }
-    scenario = replace(env.scenario, node=replace(env.scenario.node, initial=initial))
-    fresh = SimNode(replace(node.config, initial=knobs), trace)
-    return ServingEnv(scenario, "eval", env.eval_index, node=fresh)
-
-
-@dataclass(frozen=True, slots=True)
-class FixedRun:
-    """One episode in a fixed configuration: its knobs, GPU energy (J) and SLO attainment (fraction)."""
-
-    knobs: Knobs
-    energy_j: float
-    slo_attainment: float
-
-
-def run_fixed(env: ServingEnv, knobs: Knobs, seed: int = 0) -> FixedRun:
-    """Run one whole episode of ``env``'s window starting in, and staying at, ``knobs``."""
-    e = env_with_initial(env, knobs)
-    e.reset(seed=seed)
-    action = e.action_for(knobs)
-    energy_j = 0.0
-    done = False
-    while not done:
-        _, _, _, done, info = e.step(action)
-        energy_j += float(info["energy_j"])
-    node = e.node
-    assert isinstance(node, SimNode)
-    return FixedRun(knobs, energy_j, node.slo_attainment())
-
-
 class Baseline(ABC):
     """A heuristic controller with SB3's ``predict`` over a ``ServingEnv``'s observation.
 
     Subclasses implement ``decide(signals)`` (signals: the decoded observation, see ``decode_obs``)
-    and may read what the node itself would tell its operator through ``self.env`` (scenario, node,
-    surrogate). ``predict`` counts intervals in ``self.step_index`` and remembers the last choice in
-    ``self.current``.
+    and may read what the node itself would tell its operator through ``self.env`` (scenario, the node
+    through the ``Node`` protocol, surrogate). ``predict`` counts intervals in ``self.step_index`` and
+    remembers the last choice in ``self.current``.
 
     Args:
-        env: the environment the baseline controls (re-bound before every episode by the evaluator).
+        env: the environment the baseline controls (re-bound before every episode by the rollout).
         seed: seed of any randomness the baseline uses.
+
+    Raises:
+        InputError: a baseline with ``needs_simulator`` bound to an env whose node cannot be forked.
     """
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     anchor: ClassVar[str] = ""
     deterministic: ClassVar[bool] = True
+    needs_simulator: ClassVar[str | None] = None
+    """Why the baseline needs a simulated node (one it can fork), or None: it runs on any node."""
 
     def __init__(self, env: ServingEnv, seed: int = 0) -> None:
         self.seed = seed
@@ -166,6 +111,13 @@ class Baseline(ABC):
 
     def bind(self, env: ServingEnv) -> None:
         """Attach to ``env`` for a new episode and clear per-episode state."""
+        if self.needs_simulator is not None and not isinstance(env.node, ForkableNode):
+            raise InputError(
+                self.name,
+                "node",
+                f"needs a simulated node ({self.needs_simulator}), got a {type(env.node).__name__}",
+                "run it on a scenario's simulated node; only the other baselines run on a live node",
+            )
         self.env = env
         self.step_index = 0
         self.current: Knobs = env.initial
@@ -212,5 +164,14 @@ class Baseline(ABC):
         snapped = {n: nearest_value(self.values(n), getattr(knobs, n)) for n in self.env.knob_names}
         knobs = replace(knobs, **snapped)
         if "replicas" not in self.env.knob_names:
-            knobs = replace(knobs, replicas=self.env.scenario.node.gpus // knobs.tp)
+            knobs = replace(knobs, replicas=fit_replicas(None, knobs.tp, self.env.scenario.node.gpus))
         return knobs
+
+    def layouts(self) -> list[tuple[int, int]]:
+        """(tp, replicas) pairs the env allows that fit the node; without a replicas knob, as many as fit."""
+        gpus = self.env.scenario.node.gpus
+        out = []
+        for tp in self.values("tp"):
+            reps = self.values("replicas") if "replicas" in self.env.knob_names else [fit_replicas(None, tp, gpus)]
+            out += [(tp, r) for r in reps if r >= 1 and tp * r <= gpus]
+        return out

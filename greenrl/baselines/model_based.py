@@ -18,7 +18,6 @@ import numpy.typing as npt
 from greenrl.baselines.base import Baseline
 from greenrl.core import Knobs
 from greenrl.env.serving_env import ServingEnv
-from greenrl.sim import SimNode
 from greenrl.surrogate import ReplicaModel, StepBatch, Surrogate, steady_state
 
 __all__ = ["PhaseDvfsBaseline", "PlanOption", "PlannerBaseline", "PredictiveDvfsBaseline", "ttft_quantile_s"]
@@ -41,8 +40,7 @@ class _SurrogateBaseline(Baseline):
             tps = sorted(set(env.feasible_tp) | {env.initial.tp})
             self._replicas = {tp: surrogate.replica(n.model, n.gpu, tp, n.stack) for tp in tps}
             self._key = key
-        node = env.node
-        self._mem_util = node.config.gpu_memory_utilization if isinstance(node, SimNode) else 0.9
+        self._mem_util = env.node.gpu_memory_utilization
         super().bind(env)
 
     def replica(self, tp: int) -> ReplicaModel:
@@ -248,21 +246,9 @@ class PlannerBaseline(_SurrogateBaseline):
         self.options: list[PlanOption] = []
 
     def _output_tokens(self) -> float:
-        node = self.env.node
-        if isinstance(node, SimNode) and node.trace is not None:
-            rec = node.requests()
-            done = rec["finished_at_s"] >= 0
-            if done.sum() >= 20:
-                return float(rec["generated_tokens"][done].mean())
-        return DEFAULT_OUTPUT_TOKENS
-
-    def _layouts(self) -> list[tuple[int, int]]:
-        gpus = self.env.scenario.node.gpus
-        out = []
-        for tp in self.values("tp"):
-            reps = self.values("replicas") if "replicas" in self.env.knob_names else [gpus // tp]
-            out += [(tp, r) for r in reps if r >= 1 and tp * r <= gpus]
-        return out
+        """Mean output length of the requests finished so far (once 20 have), as the front end sees it."""
+        tokens, finished = self.env.node.finished_output_tokens()
+        return tokens / finished if finished >= 20 else DEFAULT_OUTPUT_TOKENS
 
     def plan(self, rate_rps: float, prompt_tokens: float, output_tokens: float) -> list[PlanOption]:
         """Feasible options for a forecast load, least power first."""
@@ -276,7 +262,7 @@ class PlannerBaseline(_SurrogateBaseline):
         idle_w = self.env.gpu.idle_power_w
         gpus = self.env.scenario.node.gpus
         options = []
-        for tp, r in self._layouts():
+        for tp, r in self.layouts():
             rep = self.replica(tp)
             ss = steady_state(rep, grid[None, :], prompt_tokens, output_tokens, clocks[:, None])
             served_rps = grid[None, :] / (output_tokens * np.asarray(ss.mixed_step_s))

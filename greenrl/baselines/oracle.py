@@ -8,13 +8,16 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from greenrl.baselines.base import Baseline
 from greenrl.core import Knobs
 from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError
+from greenrl.rollout import play
 from greenrl.sim import SimNode
 from greenrl.sim import kernel as K
 
@@ -83,6 +86,28 @@ def doomed_requests(node: SimNode) -> int:
     return int(np.count_nonzero(arrived & missed))
 
 
+def _simulator(env: ServingEnv) -> SimNode:
+    """``env``'s node as a ``SimNode`` (``Baseline.bind`` has refused any other node)."""
+    node = env.node
+    assert isinstance(node, SimNode), "the oracle is bound only to simulated nodes"
+    return node
+
+
+class _Lookahead:
+    """A trial's schedule for ``play``: the candidate's action for one interval, then the recovery tail's."""
+
+    def __init__(self, candidate: npt.NDArray[np.int64], tail: npt.NDArray[np.int64]) -> None:
+        self.candidate, self.tail = candidate, tail
+        self.played = 0
+
+    def predict(
+        self, observation: Any, state: Any = None, episode_start: Any = None, deterministic: bool = True
+    ) -> tuple[npt.NDArray[np.int64], Any]:
+        """The candidate's action first, the tail's after."""
+        self.played += 1
+        return (self.candidate if self.played == 1 else self.tail), state
+
+
 class OracleBaseline(Baseline):
     """Lookahead with perfect knowledge of the next requests (an upper reference, not deployable).
 
@@ -105,6 +130,7 @@ class OracleBaseline(Baseline):
     name = "oracle"
     family = "hindsight lookahead (upper reference)"
     anchor = "clairvoyant one-step lookahead on the simulator (not deployable)"
+    needs_simulator = "it forks the node to try every candidate on the true upcoming requests"
 
     def __init__(self, env: ServingEnv, seed: int = 0, tail_steps: int = 1) -> None:
         if tail_steps < 0:
@@ -134,44 +160,31 @@ class OracleBaseline(Baseline):
             out.setdefault(k, None)
         dwell = max(self.env.scenario.control.min_dwell_steps.get(k, 0) for k in ("tp", "replicas"))
         if self.step_index - self.last_layout_change >= dwell:
-            gpus = self.env.scenario.node.gpus
-            for tp in self.values("tp"):
-                reps = self.values("replicas") if "replicas" in self.env.knob_names else [gpus // tp]
-                for r in reps:
-                    if (tp, r) == (cur.tp, cur.replicas) or tp * r > gpus:
-                        continue
-                    k = self.with_knobs(
-                        cur, tp=tp, replicas=r, sm_clock_mhz=clocks[-1], max_num_seqs=seqs[0], prefill_sm_clock_mhz=0
-                    )
-                    out.setdefault(k, None)
+            for tp, r in self.layouts():
+                if (tp, r) == (cur.tp, cur.replicas):
+                    continue
+                k = self.with_knobs(
+                    cur, tp=tp, replicas=r, sm_clock_mhz=clocks[-1], max_num_seqs=seqs[0], prefill_sm_clock_mhz=0
+                )
+                out.setdefault(k, None)
         return list(out)
 
     def _try(self, knobs: Knobs, missed_before: int) -> Trial:
         sim = copy.deepcopy(self.env)
-        _, _, _, done, info = sim.step(sim.action_for(knobs))
-        energy_j = float(info["energy_j"])
         tail = self.with_knobs(
             knobs,
             sm_clock_mhz=max(self.values("sm_clock_mhz")),
             max_num_seqs=max(self.values("max_num_seqs")),
             prefill_sm_clock_mhz=0,
         )
-        for _ in range(self.tail_steps):
-            if done:
-                break
-            _, _, _, done, info = sim.step(sim.action_for(tail))
-            energy_j += float(info["energy_j"])
-        node = sim.node
-        assert isinstance(node, SimNode)
-        new = doomed_requests(node) - missed_before
+        schedule = _Lookahead(sim.action_for(knobs), sim.action_for(tail))
+        energy_j = play(schedule, sim, max_steps=1 + self.tail_steps).energy_j
+        new = doomed_requests(_simulator(sim)) - missed_before
         return Trial(knobs, energy_j, new, new <= 0)
 
     def decide(self, signals: dict[str, float]) -> Knobs:
         """Try every candidate on a fork of the env and keep the cheapest SLO-meeting one."""
-        node = self.env.node
-        if not isinstance(node, SimNode):
-            raise InputError("oracle", "node", "needs a simulated node to fork", "evaluate it on a sim scenario")
-        before = doomed_requests(node)
+        before = doomed_requests(_simulator(self.env))
         trials = tuple(self._try(k, before) for k in self.candidates())
         i = choose(trials)
         chosen = trials[i].knobs

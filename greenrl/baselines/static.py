@@ -1,6 +1,10 @@
 """Fixed configurations and the random floor: static-max, fixed-clock, static-best (hindsight), random.
 
-Public names: StaticMax, FixedClock, StaticBest, RandomBaseline, sweep, best_static.
+static-best is the one baseline here that needs the simulator: it replays the evaluated window's
+requests once per fixed configuration (``run_fixed``) before the episode starts.
+
+Public names: StaticMax, FixedClock, StaticBest, RandomBaseline, sweep, best_static, FixedRun, run_fixed,
+env_with_initial.
 """
 
 from __future__ import annotations
@@ -8,16 +12,31 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from greenrl.baselines.base import Baseline, FixedRun, env_with_initial, feasible_configs, run_fixed
+from greenrl.baselines.base import Baseline, feasible_configs
 from greenrl.core import Knobs
 from greenrl.env.serving_env import ServingEnv
+from greenrl.errors import InputError
+from greenrl.rollout import StaticPolicy, rollout
 from greenrl.sim import SimNode
+from greenrl.workload import Trace
 
-__all__ = ["FixedClock", "RandomBaseline", "StaticBest", "StaticMax", "best_static", "sweep"]
+__all__ = [
+    "FixedClock",
+    "FixedRun",
+    "RandomBaseline",
+    "StaticBest",
+    "StaticMax",
+    "best_static",
+    "env_with_initial",
+    "run_fixed",
+    "sweep",
+]
+
+_SIMULATOR_USE = "it replays the window's requests in every fixed configuration, in hindsight"
 
 
 class StaticMax(Baseline):
@@ -57,19 +76,59 @@ class FixedClock(Baseline):
         return self.with_knobs(self.env.initial, sm_clock_mhz=int(round(self.clock_mhz)))
 
 
+def _simulator(env: ServingEnv) -> SimNode:
+    """``env``'s node as the simulator the fixed runs copy; ``InputError`` for any other node."""
+    node = env.node
+    if not isinstance(node, SimNode):
+        raise InputError("static-best", "node", f"needs a simulated node ({_SIMULATOR_USE})", "use a sim scenario")
+    return node
+
+
+def _window_trace(env: ServingEnv) -> Trace:
+    """The requests of ``env``'s episode (read from a reset copy of the node before the env's own reset)."""
+    node = _simulator(env)
+    if node.trace is not None:
+        return node.trace
+    probe = node.fork()
+    probe.reset(seed=0)
+    assert probe.trace is not None
+    return probe.trace
+
+
+def env_with_initial(env: ServingEnv, knobs: Knobs) -> ServingEnv:
+    """A fresh copy of ``env`` (same scenario, window and requests) whose episodes start in ``knobs``.
+
+    Raises:
+        InputError: ``env``'s node is not a ``SimNode``.
+    """
+    node = _simulator(env)
+    scenario = replace(env.scenario, node=replace(env.scenario.node, initial=asdict(knobs)))
+    fresh = SimNode(replace(node.config, initial=knobs), _window_trace(env))
+    return ServingEnv(scenario, "eval", env.eval_index, node=fresh)
+
+
+@dataclass(frozen=True, slots=True)
+class FixedRun:
+    """One episode in a fixed configuration: its knobs, GPU energy (J) and SLO attainment (fraction)."""
+
+    knobs: Knobs
+    energy_j: float
+    slo_attainment: float
+
+
+def run_fixed(env: ServingEnv, knobs: Knobs, seed: int = 0) -> FixedRun:
+    """Run one whole episode of ``env``'s window starting in, and staying at, ``knobs``."""
+    fixed = env_with_initial(env, knobs)
+    episode = rollout(StaticPolicy(fixed.action_for(knobs)), fixed, seed=seed)
+    return FixedRun(knobs, episode.energy_j, _simulator(fixed).slo_attainment())
+
+
 _SWEEPS: OrderedDict[str, list[FixedRun]] = OrderedDict()
 _SWEEP_CACHE_SIZE = 64
 
 
 def _sweep_key(env: ServingEnv) -> str:
-    node = env.node
-    assert isinstance(node, SimNode)
-    trace = node.trace
-    if trace is None:
-        probe = node.fork()
-        probe.reset(seed=0)
-        trace = probe.trace
-    assert trace is not None
+    trace = _window_trace(env)
     digest = hashlib.sha256()
     scenario = asdict(env.scenario)
     scenario["node"].pop("initial")  # runs start in their own configuration: the initial knobs do not matter
@@ -120,6 +179,7 @@ class StaticBest(Baseline):
     name = "static-best"
     family = "static (hindsight)"
     anchor = "offline profiling picks one configuration per service (e.g. the ML.ENERGY leaderboard's sweeps)"
+    needs_simulator = _SIMULATOR_USE
 
     def reset_state(self) -> None:
         """Forget the choice: a new env may be a new window."""

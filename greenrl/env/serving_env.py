@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from greenrl.catalog import load_gpu
-from greenrl.core import KnobDwell, Knobs, Node, NodeSnapshot, fit_replicas
+from greenrl.core import ForkableNode, KnobDwell, Knobs, Node, NodeSnapshot, fit_replicas
 from greenrl.env.observation import OBS_CLIP, OBS_FIELDS, ObservationBuilder, ObsField
 from greenrl.env.scenario import KNOB_NAMES, Scenario, load_scenario
 from greenrl.errors import InputError
@@ -208,7 +208,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         self._knobs = self.initial
         self._dwell_rule = KnobDwell(s.control.min_dwell_steps)
         self._expected_per_step = 1.0
-        self._shadow: SimNode | None = None
+        self._shadow: ForkableNode | None = None
 
     # ------------------------------------------------------------------------------------ knobs
 
@@ -267,7 +267,8 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
     ) -> tuple[npt.NDArray[np.float32], dict[str, Any]]:
         """Start an episode; the node's workload is drawn from this env's seeded generator."""
         super().reset(seed=seed)
-        if options and "eval_index" in options and isinstance(self.node, SimNode):
+        if options and "eval_index" in options and isinstance(self.node, ForkableNode):
+            # only a simulator is the scenario's node for any window; a live node keeps its own workload
             self.eval_index = int(options["eval_index"])
             self.node = build_node(self.scenario, "eval", self.eval_index)
         node_seed = int(self.np_random.integers(2**31 - 1))
@@ -279,7 +280,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         self._prev_rate = 0.0
         self._knobs = snap.knobs
         self._shadow = None
-        if self.scenario.reward.slo_reference == "static-max" and isinstance(self.node, SimNode):
+        if self.scenario.reward.slo_reference == "static-max" and isinstance(self.node, ForkableNode):
             self._shadow = self.node.fork()  # the initial configuration on the same requests
         return self._observe(snap), {"knobs": snap.knobs}
 
@@ -293,11 +294,10 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         snap = self.node.advance(self.scenario.control.interval_s)
         self._t += 1
         truncated = self._t >= self._steps
-        missed = _missed(snap, self.node if truncated else None)
+        missed = _missed(snap, truncated)
         reference_missed = 0
         if self._shadow is not None:
-            shadow_snap = self._shadow.advance(self.scenario.control.interval_s)
-            reference_missed = _missed(shadow_snap, self._shadow if truncated else None)
+            reference_missed = _missed(self._shadow.advance(self.scenario.control.interval_s), truncated)
         r = self.scenario.reward
         node_peak_j = self.scenario.node.gpus * self.gpu.tdp_w * self.scenario.control.interval_s
         terms = {
@@ -328,13 +328,12 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         self.node.close()
 
 
-def _missed(snap: NodeSnapshot, ended: Node | None) -> int:
-    """Requests that missed their SLO in the interval; at the episode end (``ended``) unfinished ones too."""
-    missed = snap.finished - snap.slo_met + snap.rejected
-    if isinstance(ended, SimNode):
-        counts = ended.state_counts()
-        missed += counts["running"] + counts["waiting"]
-    return missed
+def _missed(snap: NodeSnapshot, ended: bool) -> int:
+    """Requests that missed their SLO in the interval; at the episode end (``ended``) unfinished ones too.
+
+    Any node reports its unfinished requests, so simulated and live episodes are scored alike.
+    """
+    return snap.finished - snap.slo_met + snap.rejected + (snap.unfinished if ended else 0)
 
 
 def make_env(scenario: str = "default", split: str = "train", eval_index: int = 0) -> ServingEnv:

@@ -156,6 +156,16 @@ class LiveNode:
         """TP degrees whose weights fit on the node's GPUs (``ServingEnv`` masks the others)."""
         return self._sim.feasible_tp
 
+    @property
+    def gpu_memory_utilization(self) -> float:
+        """The memory share vLLM reserves, as the feasibility checks assume it (vLLM's default)."""
+        return self._sim.gpu_memory_utilization
+
+    def finished_output_tokens(self) -> tuple[int, int]:
+        """Tokens received by the requests the load generator saw finish in full since ``reset``, and how many."""
+        ok = [r for r in self.generator.records() if r.status == "ok"] if self.generator is not None else []
+        return sum(r.received_tokens for r in ok), len(ok)
+
     def check(self, knobs: Knobs, where: str = "knobs") -> None:
         """Raise ``InputError`` unless the configuration can run on this node."""
         self._sim.check(knobs, where)
