@@ -198,7 +198,14 @@ class ReplicaConsts:
     min_clock_frac: Num
 
 
-def replica_consts(card: ModelCard, gpu: GpuSpec, tp: int, allreduce_bandwidth_bps: float) -> ReplicaConsts:
+def replica_consts(
+    card: ModelCard,
+    gpu: GpuSpec,
+    tp: int,
+    allreduce_bandwidth_bps: float,
+    physics: int = 1,
+    allreduce: dict[str, dict[str, float]] | None = None,
+) -> ReplicaConsts:
     """Constants of one GPU of a replica serving ``card`` with tensor parallelism ``tp``."""
     wb = card.weight_bytes_per_param
     lm_head = card.vocab_size * card.hidden_size
