@@ -31,6 +31,7 @@ from greenrl.surrogate.model import (
     ReplicaConsts,
     StackParams,
     StepBatch,
+    act_elements_per_layer,
     replica_consts,
     soft_roofline,
     step,
@@ -65,7 +66,7 @@ KERNEL_BOUNDS: dict[str, tuple[float, float, float]] = {
 INPUT_TOKENS_BOUNDS = (16.0, 8192.0, 400.0)
 LATENCY_METRICS = ("prefill_s", "decode_step_s", "median_itl_s", "mixed_step_s")
 POWER_METRICS = ("power_w", "run_power_w")
-PHYSICS = 1
+PHYSICS = 2
 """Model version a fresh fit uses (see ``replica_consts``)."""
 KERNEL_GPU = {"a100": "a100-80gb", "h100": "h100-sxm-80gb"}  # specs used for Vidur's profiles
 
@@ -132,7 +133,8 @@ def _kernel_predict(frame: pd.DataFrame, p: dict[str, float], chip: str, physics
     )
     tp, tokens = frame["tp"].to_numpy(), frame["tokens"].to_numpy()
     compute_s = 2 * tokens * params / tp / (gpu.bf16_flops * p["eff_compute"])
-    memory_s = (params * 2 / tp + tokens * hidden * 2 * p["act_traffic"]) / (gpu.mem_bandwidth_bps * p["eff_memory"])
+    act = act_elements_per_layer(hidden, heads, kv, head_dim, frame["mlp_hidden"].to_numpy(), mlp_mats, tp, physics)
+    memory_s = (params * 2 / tp + tokens * act * 2 * p["act_traffic"]) / (gpu.mem_bandwidth_bps * p["eff_memory"])
     return np.asarray(soft_roofline(compute_s, memory_s, p["roofline_sharpness"]) + p["op_latency_s"])
 
 
@@ -196,25 +198,33 @@ class _Rows:
     consts: ReplicaConsts
     chip: np.ndarray
     workload: np.ndarray
+    allreduce_latency_s: np.ndarray  # measured (Vidur) latency of one all-reduce of the row's TP group (s)
+    physics: int = 1
 
     @staticmethod
     def build(frame: pd.DataFrame, allreduce: dict[str, dict[str, dict[str, float]]], physics: int = 1) -> _Rows:
         frame = frame.reset_index(drop=True)
-        cache: dict[tuple[str, str, int, str], ReplicaConsts] = {}
+        cache: dict[tuple[str, str, int, str], tuple[ReplicaConsts, str, float]] = {}
         per_row = []
-        chips = []
         for model, gpu_name, tp, dtype in frame[["model", "gpu", "tp", "weight_dtype"]].itertuples(index=False):
             key = (str(model), str(gpu_name), int(tp), str(dtype or ""))
             if key not in cache:
                 gpu = load_gpu(key[1])
                 card = load_model(key[0], key[3] or None)
-                bw = allreduce[gpu.interconnect][str(tp)]["bandwidth_bps"] if tp > 1 else 1.0
-                cache[key] = replica_consts(card, gpu, key[2], bw, physics, allreduce[gpu.interconnect])
+                ar = allreduce[gpu.interconnect][str(tp)] if tp > 1 else {"bandwidth_bps": 1.0, "latency_s": 0.0}
+                consts = replica_consts(card, gpu, key[2], ar["bandwidth_bps"], physics)
+                cache[key] = (consts, gpu.chip, ar["latency_s"])
             per_row.append(cache[key])
-            chips.append(load_gpu(key[1]).chip)
         names = list(ReplicaConsts.__dataclass_fields__)
-        consts = ReplicaConsts(**{n: np.array([getattr(c, n) for c in per_row], dtype=float) for n in names})
-        return _Rows(frame, consts, np.array(chips), frame["workload"].fillna("").to_numpy(dtype=str))
+        consts = ReplicaConsts(**{n: np.array([getattr(c[0], n) for c in per_row], dtype=float) for n in names})
+        return _Rows(
+            frame,
+            consts,
+            np.array([c[1] for c in per_row]),
+            frame["workload"].fillna("").to_numpy(dtype=str),
+            np.array([c[2] for c in per_row], dtype=float),
+            physics,
+        )
 
 
 CHUNKED_PREFILL = {"vllm-0.5.4": False, "splitwise": False}
@@ -231,7 +241,10 @@ def predict_rows(
     """The model's value for every row's metric (``chunked``: the scheduling mode; default: the rows' stack's)."""
     f = rows.frame
     kern = KernelParams(**{n: np.array([kernels[c][n] for c in rows.chip]) for n in KernelParams.names()})
-    stack = StackParams(**{n: np.array([stack_by_chip[c][n] for c in rows.chip]) for n in StackParams.names()})
+    values = {n: np.array([stack_by_chip[c][n] for c in rows.chip]) for n in StackParams.names()}
+    if rows.physics >= 2:
+        values["allreduce_latency_s"] = values["allreduce_latency_s"] + rows.allreduce_latency_s
+    stack = StackParams(**values)
     given = f["input_tokens"].to_numpy(dtype=float)
     fitted = np.array([input_by_workload.get(w, np.nan) for w in rows.workload])
     inp = np.where(np.isnan(given), fitted, given)
@@ -262,7 +275,7 @@ def predict_rows(
     return out_v
 
 
-def _free_names(frame: pd.DataFrame, chip: str, stack: str) -> list[str]:
+def _free_names(frame: pd.DataFrame) -> list[str]:
     """Stack parameters the rows of one chip can identify."""
     metrics = set(frame["metric"])
     names = [n for n in StackParams.names() if not n.startswith("power_") or metrics & set(POWER_METRICS)]
@@ -291,7 +304,7 @@ def fit_stack(
 
     bounds: dict[str, tuple[float, float, float]] = {}
     for chip in np.unique(rows.chip):
-        for name in _free_names(rows.frame[rows.chip == chip], chip, ""):
+        for name in _free_names(rows.frame[rows.chip == chip]):
             bounds[f"{chip}:{name}"] = STACK_BOUNDS[name]
     for w in np.unique(rows.workload[rows.frame["input_tokens"].isna().to_numpy()]):
         bounds[f"input:{w}"] = INPUT_TOKENS_BOUNDS

@@ -114,7 +114,8 @@ def cross_stack_rows(
             if source == target:
                 continue
             frame = serving[serving["stack"] == target]
-            frame = frame[frame["gpu"].map(lambda g: _chip(g) in stacks[source])].reset_index(drop=True)
+            chips = set(stacks[source])
+            frame = frame[[_chip(g) in chips for g in frame["gpu"]]].reset_index(drop=True)
             if frame.empty:
                 continue
             rows = _Rows.build(frame, allreduce, physics)
