@@ -136,7 +136,7 @@ def error_table(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame(columns=ERROR_COLUMNS)
     f = rows.assign(family=rows["metric"].map(family), rel=np.abs(rows["pred"] / rows["value"] - 1.0))
-    label = f["axis"]
+    label = f["axis"].to_numpy(dtype=object)
     if "source" in f:
         label = np.where(f["axis"] == "cross-stack", "cross-stack from " + f["source"].fillna("").astype(str), label)
     f = f.assign(validation=label)
