@@ -19,7 +19,7 @@ import pandas as pd
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
 from greenrl.surrogate.data import load_allreduce, load_public, load_user_csv, load_vidur_kernels
-from greenrl.surrogate.fit import fit_all
+from greenrl.surrogate.fit import PHYSICS, fit_all
 from greenrl.surrogate.model import _default_params_path
 from greenrl.surrogate.report import render_report, replace_block
 
@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
         help="markdown file whose generated block is replaced (skipped when absent)",
     )
     p.add_argument("--no-cv", action="store_true", help="skip cross-validation (fast refit)")
+    p.add_argument(
+        "--physics",
+        type=int,
+        choices=(1, 2),
+        default=PHYSICS,
+        help="model version: 1 = the shipped file's model, 2 = measured all-reduce latency and GEMM-shaped "
+        f"activation traffic (default {PHYSICS})",
+    )
     return p
 
 
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         load_vidur_kernels(),
         load_allreduce(),
         cross_validate=not args.no_cv,
+        physics=args.physics,
         progress=lambda msg: print(f"fitting {msg} ...", file=sys.stderr),
     )
     result.params["fit_seconds"] = round(time.perf_counter() - started, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from greenrl.catalog import gpu_names, load_gpu, model_names
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.surrogate.model import Surrogate
 from greenrl.surrogate.steady import steady_state
+from greenrl.surrogate.uncertainty import COVERAGE, check_domain, intervals
 
 __all__ = ["main", "predict"]
 
@@ -41,14 +43,20 @@ def predict(
     dtype: str | None = None,
     params_path: Path | None = None,
 ) -> dict[str, Any]:
-    """The prediction as a JSON-ready dict (see ``greenrl.surrogate.steady.SteadyState`` for definitions)."""
+    """The prediction as a JSON-ready dict (see ``greenrl.surrogate.steady.SteadyState`` for definitions).
+
+    ``intervals`` holds, per predicted metric, the range expected to contain the measured value with
+    probability ``interval_coverage`` (from held-out residuals, ``greenrl.surrogate.uncertainty``);
+    ``domain_warnings`` lists every way the query leaves the validated domain (empty inside it).
+    """
     for flag, value in (("--batch", batch), ("--input-tokens", input_tokens), ("--output-tokens", output_tokens)):
         _positive(flag, value)
     spec = load_gpu(gpu)
     clock = spec.max_sm_clock_mhz if sm_clock_mhz is None else spec.check_clock(sm_clock_mhz)
-    replica = Surrogate(path=params_path).replica(model, spec, tp, stack, dtype)
+    surrogate = Surrogate(path=params_path)
+    replica = surrogate.replica(model, spec, tp, stack, dtype)
     st = steady_state(replica, float(batch), float(input_tokens), float(output_tokens), float(clock))
-    return {
+    values = {
         "prefill_s": float(st.prefill_s),
         "decode_step_s": float(st.decode_step_s),
         "power_w": float(st.power_w),
@@ -56,6 +64,25 @@ def predict(
         "output_tokens_per_s": float(st.output_tokens_per_s),
         "median_itl_s": float(st.median_itl_s),
         "mixed_step_s": float(st.mixed_step_s),
+    }
+    warnings, left = check_domain(
+        surrogate.params,
+        replica.stack,
+        spec.chip,
+        replica.card.weight_bytes / 1e9,
+        tp,
+        float(batch),
+        float(input_tokens + output_tokens),
+    )
+    bands, missing = intervals(surrogate.params, replica.stack, spec.chip, values, left)
+    if clock != spec.max_sm_clock_mhz:
+        warnings.append("clock below the top one is modelled from first principles (no measured data), not validated")
+    return {
+        **values,
+        "intervals": bands,
+        "interval_coverage": COVERAGE,
+        "domain_warnings": warnings + missing,
+        "in_validated_domain": not warnings,
         "power_per_gpu_w": float(st.power_w) / tp,
         "kv_capacity_tokens": replica.kv_capacity_tokens(),
         "model": replica.card.name,
@@ -112,10 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         print(json.dumps(out))
-    else:
-        width = max(len(k) for k in out)
-        for key, value in out.items():
-            print(f"{key:<{width}}  {value:.6g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+        return 0
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        if key in ("intervals", "domain_warnings"):
+            continue
+        band = out["intervals"].get(key)
+        text = f"{value:.6g}" if isinstance(value, float) else f"{value}"
+        if band:
+            text += f"  [{band['lo']:.4g}, {band['hi']:.4g}] ({out['interval_coverage']:.0%})"
+        print(f"{key:<{width}}  {text}")
+    for line in out["domain_warnings"]:
+        print(f"warning: {line}", file=sys.stderr)
     return 0
 
 

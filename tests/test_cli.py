@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -132,3 +133,48 @@ def test_fit_bad_csv_exits_2_and_writes_nothing(
     assert expected in err and str(csv) in err
     assert out.read_text() == "previous"  # nothing half-written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.csv", "params.json"]  # no temp files left
+
+
+def _predict_json(capsys: pytest.CaptureFixture[str], args: list[str]) -> dict:
+    assert predict_cli.main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+IN_DOMAIN = [
+    *("--model", "llama-3.1-70b", "--gpu", "h100", "--tp", "4", "--batch", "64"),
+    *("--input-tokens", "300", "--output-tokens", "350"),
+]
+
+
+def test_predict_gives_intervals_around_the_prediction_inside_the_domain(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _predict_json(capsys, IN_DOMAIN)
+    assert out["in_validated_domain"] is True and out["domain_warnings"] == []
+    assert out["interval_coverage"] == pytest.approx(0.9)
+    for key in ("decode_step_s", "power_w", "energy_per_output_token_j", "output_tokens_per_s", "prefill_s"):
+        band = out["intervals"][key]
+        assert band["lo"] < out[key] * 1.0001 and out[key] * 0.9999 < band["hi"], key
+        assert band["hi"] / band["lo"] < 3.0, key  # an interval, not 'anything goes'
+    assert "leave-one-model-out" in out["intervals"]["decode_step_s"]["from"]
+    assert "vllm-0.11" in out["intervals"]["decode_step_s"]["from"]
+    assert "splitwise" in out["intervals"]["prefill_s"]["from"]  # ML.ENERGY has no prefill: borrowed, and said so
+
+
+def test_predict_warns_outside_the_validated_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    card = Path(str(resources.files("greenrl").joinpath("data/models/llama-3.1-405b.json")))
+    # Llama-3.1-405B with 160 layers instead of 126, in FP8 (~515 GB): larger than any fitted model
+    config = json.loads(card.read_text())["config"] | {"num_hidden_layers": 160, "torch_dtype": "fp8"}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    big = [*("--model", str(path), "--gpu", "h100", "--tp", "8", "--batch", "64"), *IN_DOMAIN[-4:]]
+    out = _predict_json(capsys, big)
+    assert out["in_validated_domain"] is False
+    assert any("larger than any validated model" in w for w in out["domain_warnings"])
+    assert "leave-largest-model-out" in out["intervals"]["decode_step_s"]["from"]
+    inside = _predict_json(capsys, IN_DOMAIN)
+    for key in ("decode_step_s", "power_w"):  # extrapolation never narrows the relative interval
+        wide, narrow = out["intervals"][key], inside["intervals"][key]
+        assert wide["hi"] / wide["lo"] >= narrow["hi"] / narrow["lo"] * (1 - 1e-9)
+    many = _predict_json(capsys, [*IN_DOMAIN[:6], "--batch", "3000", *IN_DOMAIN[-4:]])
+    assert any(w.startswith("batch 3000 is outside") for w in many["domain_warnings"])
+    assert predict_cli.main([*IN_DOMAIN[:6], "--batch", "3000", *IN_DOMAIN[-4:]]) == 0
+    assert "warning: batch 3000 is outside" in capsys.readouterr().err

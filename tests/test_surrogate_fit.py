@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from greenrl import fit as fit_cli
-from greenrl.surrogate import Surrogate, steady_state
+from greenrl.surrogate import StepBatch, Surrogate, steady_state
 from greenrl.surrogate.data import load_public
 from greenrl.surrogate.fit import _Rows, _stack_errors, predict_rows
 from greenrl.surrogate.report import clock_check
@@ -95,3 +95,65 @@ def test_refit_recovers_a_known_model(tmp_path: Path, surrogate: Surrogate) -> N
     want = steady_state(r, 32, 512, 256)
     for field in ("decode_step_s", "power_w", "prefill_s"):
         assert float(getattr(got, field)) == pytest.approx(float(getattr(want, field)), rel=0.05), field
+
+
+def test_validation_covers_every_axis_a_user_moves_along(surrogate: Surrogate) -> None:
+    table = pd.DataFrame(surrogate.params["validation"])
+    have = set(zip(table["dataset"], table["validation"], strict=True))
+    for stack in ("vllm-0.11", "vllm-0.5.4"):  # every stack with two or more models
+        assert (stack, "leave-one-model-out") in have
+        assert (stack, "leave-largest-model-out") in have
+    for stack in ("vllm-0.11", "vllm-0.5.4", "splitwise"):  # every stack with two or more TP degrees
+        assert (stack, "leave-one-TP-out") in have
+    assert ("vllm-0.11", "cross-stack from vllm-0.5.4") in have
+    assert ("vllm-0.5.4", "cross-stack from vllm-0.11") in have
+
+
+def test_intervals_cover_held_out_models_at_their_stated_rate(surrogate: Surrogate) -> None:
+    """Quantiles from all models but one contain that model's held-out errors about 90% of the time."""
+    inside = total = 0
+    for stack, chips in surrogate.params["residuals"].items():
+        for by_quantity in chips.values():
+            for by_axis in by_quantity.values():
+                entry = by_axis.get("leave-one-model-out")
+                if entry is None:
+                    continue
+                models, ratios = np.array(entry["models"]), np.array(entry["log_ratio"])
+                assert len(models) == len(ratios) == entry["n"], stack
+                for model in np.unique(models):
+                    lo, hi = np.quantile(ratios[models != model], (0.05, 0.95))
+                    mine = ratios[models == model]
+                    inside += int(((mine >= lo) & (mine <= hi)).sum())
+                    total += len(mine)
+    assert total > 1000
+    assert 0.8 <= inside / total <= 0.97  # stated 0.9; models differ, so a little under is expected
+
+
+def test_physics_2_keeps_the_simulator_kernel_in_step(surrogate: Surrogate) -> None:
+    """New-model parameters reach the compiled simulator through the same packed vector (no new fields)."""
+    from greenrl.sim import kernel as K
+    from greenrl.surrogate.model import pack
+
+    params = json.loads(json.dumps(surrogate.params)) | {"physics": 2}
+    old = surrogate.replica("llama-3.1-70b", "h100", 4)
+    new = Surrogate(params).replica("llama-3.1-70b", "h100", 4)
+    ar = params["allreduce"]["h100_dgx"]["4"]["latency_s"]
+    assert new.params.allreduce_latency_s == pytest.approx(old.params.allreduce_latency_s + ar, rel=1e-12)
+    assert new.consts.act_bytes_per_token != pytest.approx(old.consts.act_bytes_per_token, rel=0.01)
+    v = pack(new)
+    for p, d, c in ((0.0, 32.0, 500.0), (2048.0, 8.0, 900.0), (300.0, 200.0, 700.0)):
+        want = new.step(StepBatch(p, p * p / 2, d, d * c))
+        lat, power = K.step_scalar(v, p, p * p / 2, d, d * c, 1.0)
+        assert lat == pytest.approx(float(want.latency_s), rel=1e-9)
+        assert power == pytest.approx(float(want.power_w), rel=1e-9)
+
+
+def test_full_multi_head_attention_moves_more_activations_than_gqa() -> None:
+    from greenrl.surrogate.model import act_elements_per_layer
+
+    mha = act_elements_per_layer(4096, 32, 32, 128, 11008, 3, 1, physics=2)
+    gqa = act_elements_per_layer(4096, 32, 8, 128, 11008, 3, 1, physics=2)
+    assert mha - gqa == pytest.approx(2 * 24 * 128)  # 24 more K and V heads written per token
+    # sharded outputs shrink with TP; the replicated hidden-wide tensors do not
+    assert act_elements_per_layer(4096, 32, 8, 128, 11008, 3, 4, physics=2) > 4 * 4096
+    assert act_elements_per_layer(4096, 32, 8, 128, 11008, 3, 4, physics=1) == 4096

@@ -31,11 +31,13 @@ from greenrl.surrogate.model import (
     ReplicaConsts,
     StackParams,
     StepBatch,
+    act_elements_per_layer,
     replica_consts,
     soft_roofline,
     step,
 )
 from greenrl.surrogate.steady import steady_from_consts
+from greenrl.surrogate.validate import ERROR_COLUMNS, cross_stack_rows, error_table, family, held_out_rows, summarize
 
 __all__ = ["FitResult", "fit_all", "fit_allreduce", "fit_kernels", "fit_stack", "predict_rows"]
 
@@ -64,6 +66,8 @@ KERNEL_BOUNDS: dict[str, tuple[float, float, float]] = {
 INPUT_TOKENS_BOUNDS = (16.0, 8192.0, 400.0)
 LATENCY_METRICS = ("prefill_s", "decode_step_s", "median_itl_s", "mixed_step_s")
 POWER_METRICS = ("power_w", "run_power_w")
+PHYSICS = 2
+"""Model version a fresh fit uses (see ``replica_consts``)."""
 KERNEL_GPU = {"a100": "a100-80gb", "h100": "h100-sxm-80gb"}  # specs used for Vidur's profiles
 
 
@@ -114,12 +118,12 @@ def fit_allreduce(frame: pd.DataFrame) -> tuple[dict[str, dict[str, dict[str, fl
     return params, pd.DataFrame(rows, columns=_ERROR_COLUMNS)
 
 
-_ERROR_COLUMNS = ["dataset", "gpu", "metric", "validation", "n", "mape_pct", "worst_pct"]
+_ERROR_COLUMNS = ERROR_COLUMNS
 
 # -------------------------------------------------------------------------------------------- kernels
 
 
-def _kernel_predict(frame: pd.DataFrame, p: dict[str, float], chip: str) -> np.ndarray:
+def _kernel_predict(frame: pd.DataFrame, p: dict[str, float], chip: str, physics: int = 1) -> np.ndarray:
     gpu = load_gpu(KERNEL_GPU[chip])
     hidden, heads, kv = frame["hidden"].to_numpy(), frame["heads"].to_numpy(), frame["kv_heads"].to_numpy()
     head_dim = hidden / heads
@@ -129,7 +133,8 @@ def _kernel_predict(frame: pd.DataFrame, p: dict[str, float], chip: str) -> np.n
     )
     tp, tokens = frame["tp"].to_numpy(), frame["tokens"].to_numpy()
     compute_s = 2 * tokens * params / tp / (gpu.bf16_flops * p["eff_compute"])
-    memory_s = (params * 2 / tp + tokens * hidden * 2 * p["act_traffic"]) / (gpu.mem_bandwidth_bps * p["eff_memory"])
+    act = act_elements_per_layer(hidden, heads, kv, head_dim, frame["mlp_hidden"].to_numpy(), mlp_mats, tp, physics)
+    memory_s = (params * 2 / tp + tokens * act * 2 * p["act_traffic"]) / (gpu.mem_bandwidth_bps * p["eff_memory"])
     return np.asarray(soft_roofline(compute_s, memory_s, p["roofline_sharpness"]) + p["op_latency_s"])
 
 
@@ -139,7 +144,9 @@ def _kernel_sample(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["tokens"].isin(grid) | frame["tokens"].isin(grid + 1)]
 
 
-def fit_kernels(frame: pd.DataFrame, cross_validate: bool = True) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
+def fit_kernels(
+    frame: pd.DataFrame, cross_validate: bool = True, physics: int = 1
+) -> tuple[dict[str, dict[str, float]], pd.DataFrame]:
     """Per chip kernel efficiencies from Vidur's per-layer operator times; leave-one-model-out errors."""
     params: dict[str, dict[str, float]] = {}
     rows = []
@@ -152,7 +159,7 @@ def fit_kernels(frame: pd.DataFrame, cross_validate: bool = True) -> tuple[dict[
             measured = sub["time_s"].to_numpy()
 
             def residual(params: dict[str, float]) -> np.ndarray:
-                return np.log(_kernel_predict(sub, params, chip) / measured)
+                return np.log(_kernel_predict(sub, params, chip, physics) / measured)
 
             return _log_fit(residual, KERNEL_BOUNDS, start)
 
@@ -165,7 +172,7 @@ def fit_kernels(frame: pd.DataFrame, cross_validate: bool = True) -> tuple[dict[
                 "layer_linear_s",
                 "in-sample",
                 len(g),
-                *_errors(_kernel_predict(g, best, chip), meas),
+                *_errors(_kernel_predict(g, best, chip, physics), meas),
             )
         )
         if cross_validate:
@@ -173,7 +180,7 @@ def fit_kernels(frame: pd.DataFrame, cross_validate: bool = True) -> tuple[dict[
             for model in g["model"].unique():
                 held = (g["model"] == model).to_numpy()
                 p = fit_on(g[~held], best)
-                pred[held] = _kernel_predict(g[held], p, chip)
+                pred[held] = _kernel_predict(g[held], p, chip, physics)
             rows.append(
                 ("vidur-operators", chip, "layer_linear_s", "leave-one-model-out", len(g), *_errors(pred, meas))
             )
@@ -191,25 +198,33 @@ class _Rows:
     consts: ReplicaConsts
     chip: np.ndarray
     workload: np.ndarray
+    allreduce_latency_s: np.ndarray  # measured (Vidur) latency of one all-reduce of the row's TP group (s)
+    physics: int = 1
 
     @staticmethod
-    def build(frame: pd.DataFrame, allreduce: dict[str, dict[str, dict[str, float]]]) -> _Rows:
+    def build(frame: pd.DataFrame, allreduce: dict[str, dict[str, dict[str, float]]], physics: int = 1) -> _Rows:
         frame = frame.reset_index(drop=True)
-        cache: dict[tuple[str, str, int, str], ReplicaConsts] = {}
+        cache: dict[tuple[str, str, int, str], tuple[ReplicaConsts, str, float]] = {}
         per_row = []
-        chips = []
         for model, gpu_name, tp, dtype in frame[["model", "gpu", "tp", "weight_dtype"]].itertuples(index=False):
             key = (str(model), str(gpu_name), int(tp), str(dtype or ""))
             if key not in cache:
                 gpu = load_gpu(key[1])
                 card = load_model(key[0], key[3] or None)
-                bw = allreduce[gpu.interconnect][str(tp)]["bandwidth_bps"] if tp > 1 else 1.0
-                cache[key] = replica_consts(card, gpu, key[2], bw)
+                ar = allreduce[gpu.interconnect][str(tp)] if tp > 1 else {"bandwidth_bps": 1.0, "latency_s": 0.0}
+                consts = replica_consts(card, gpu, key[2], ar["bandwidth_bps"], physics)
+                cache[key] = (consts, gpu.chip, ar["latency_s"])
             per_row.append(cache[key])
-            chips.append(load_gpu(key[1]).chip)
         names = list(ReplicaConsts.__dataclass_fields__)
-        consts = ReplicaConsts(**{n: np.array([getattr(c, n) for c in per_row], dtype=float) for n in names})
-        return _Rows(frame, consts, np.array(chips), frame["workload"].fillna("").to_numpy(dtype=str))
+        consts = ReplicaConsts(**{n: np.array([getattr(c[0], n) for c in per_row], dtype=float) for n in names})
+        return _Rows(
+            frame,
+            consts,
+            np.array([c[1] for c in per_row]),
+            frame["workload"].fillna("").to_numpy(dtype=str),
+            np.array([c[2] for c in per_row], dtype=float),
+            physics,
+        )
 
 
 CHUNKED_PREFILL = {"vllm-0.5.4": False, "splitwise": False}
@@ -221,16 +236,21 @@ def predict_rows(
     kernels: dict[str, dict[str, float]],
     stack_by_chip: dict[str, dict[str, float]],
     input_by_workload: dict[str, float],
+    chunked: bool | None = None,
 ) -> np.ndarray:
-    """The model's value for every row's metric."""
+    """The model's value for every row's metric (``chunked``: the scheduling mode; default: the rows' stack's)."""
     f = rows.frame
     kern = KernelParams(**{n: np.array([kernels[c][n] for c in rows.chip]) for n in KernelParams.names()})
-    stack = StackParams(**{n: np.array([stack_by_chip[c][n] for c in rows.chip]) for n in StackParams.names()})
+    values = {n: np.array([stack_by_chip[c][n] for c in rows.chip]) for n in StackParams.names()}
+    if rows.physics >= 2:
+        values["allreduce_latency_s"] = values["allreduce_latency_s"] + rows.allreduce_latency_s
+    stack = StackParams(**values)
     given = f["input_tokens"].to_numpy(dtype=float)
     fitted = np.array([input_by_workload.get(w, np.nan) for w in rows.workload])
     inp = np.where(np.isnan(given), fitted, given)
     batch, out = f["batch"].to_numpy(dtype=float), f["output_tokens"].to_numpy(dtype=float)
-    chunked = CHUNKED_PREFILL.get(str(f["stack"].iloc[0]), True) if len(f) else True
+    if chunked is None:
+        chunked = CHUNKED_PREFILL.get(str(f["stack"].iloc[0]), True) if len(f) else True
     st = steady_from_consts(rows.consts, kern, stack, batch, inp, out, chunked_prefill=chunked)
     # Static-batch run (Splitwise): one prefill, then output-1 decode steps at the mean context.
     pre = step(rows.consts, kern, stack, StepBatch.prefill(batch, inp))
@@ -255,7 +275,7 @@ def predict_rows(
     return out_v
 
 
-def _free_names(frame: pd.DataFrame, chip: str, stack: str) -> list[str]:
+def _free_names(frame: pd.DataFrame) -> list[str]:
     """Stack parameters the rows of one chip can identify."""
     metrics = set(frame["metric"])
     names = [n for n in StackParams.names() if not n.startswith("power_") or metrics & set(POWER_METRICS)]
@@ -272,9 +292,10 @@ def fit_stack(
     kernels: dict[str, dict[str, float]],
     allreduce: dict[str, dict[str, dict[str, float]]],
     start: dict[str, Any] | None = None,
+    physics: int = 1,
 ) -> dict[str, Any]:
     """Fit one stack's parameters per chip, and unknown mean prompt lengths per workload."""
-    rows = _Rows.build(frame, allreduce)
+    rows = _Rows.build(frame, allreduce, physics)
     meas = rows.frame["metric"].to_numpy()
     group = rows.chip.astype(object) + "/" + meas.astype(object)
     counts = pd.Series(group).value_counts()
@@ -283,7 +304,7 @@ def fit_stack(
 
     bounds: dict[str, tuple[float, float, float]] = {}
     for chip in np.unique(rows.chip):
-        for name in _free_names(rows.frame[rows.chip == chip], chip, ""):
+        for name in _free_names(rows.frame[rows.chip == chip]):
             bounds[f"{chip}:{name}"] = STACK_BOUNDS[name]
     for w in np.unique(rows.workload[rows.frame["input_tokens"].isna().to_numpy()]):
         bounds[f"input:{w}"] = INPUT_TOKENS_BOUNDS
@@ -309,58 +330,15 @@ def fit_stack(
         flat_start |= {f"input:{w}": v for w, v in start["inputs"].items()}
     best = _log_fit(residual, bounds, flat_start)
     by_chip, inputs = unpack(best)
-    return {"chips": by_chip, "inputs": inputs, "fitted": sorted(bounds)}
-
-
-def _family(metric: str) -> str:
-    if metric in ("decode_step_s", "median_itl_s", "mixed_step_s"):
-        return "decode step time"
-    if metric == "prefill_s":
-        return "prefill time"
-    if metric in POWER_METRICS:
-        return "power"
-    if metric == "energy_per_output_token_j":
-        return "energy per token"
-    return "throughput"
+    return {"chips": by_chip, "inputs": inputs, "fitted": sorted(bounds), "physics": physics}
 
 
 def _stack_errors(rows_frame: pd.DataFrame, pred: np.ndarray, validation: str, dataset: str) -> list[tuple[Any, ...]]:
     out = []
-    f = rows_frame.assign(pred=pred, family=rows_frame["metric"].map(_family))
-    for (gpu, family), g in f.groupby(["gpu", "family"]):
-        out.append((dataset, gpu, family, validation, len(g), *_errors(g["pred"].to_numpy(), g["value"].to_numpy())))
+    f = rows_frame.assign(pred=pred, family=rows_frame["metric"].map(family))
+    for (gpu, quantity), g in f.groupby(["gpu", "family"]):
+        out.append((dataset, gpu, quantity, validation, len(g), *_errors(g["pred"].to_numpy(), g["value"].to_numpy())))
     return out
-
-
-def cross_validate_stack(
-    frame: pd.DataFrame,
-    fitted: dict[str, Any],
-    kernels: dict[str, dict[str, float]],
-    allreduce: dict[str, dict[str, dict[str, float]]],
-    dataset: str,
-) -> pd.DataFrame:
-    """Held-out errors: leave one model out, or one TP degree where the data has a single model."""
-    frame = frame.reset_index(drop=True)
-    if frame["model"].nunique() >= 3:
-        key, label = "model", "leave-one-model-out"
-    elif frame["tp"].nunique() >= 2:
-        key, label = "tp", "leave-one-TP-out"
-    else:
-        return pd.DataFrame(columns=_ERROR_COLUMNS)
-    pred = np.full(len(frame), np.nan)
-    for value in frame[key].unique():
-        held = (frame[key] == value).to_numpy()
-        train = frame[~held]
-        try:
-            fit = fit_stack(train, kernels, allreduce, start=fitted)
-        except (ValueError, KeyError) as err:  # a fold that cannot identify a needed parameter
-            logger.warning("%s: fold %s=%s skipped (%s)", dataset, key, value, err)
-            continue
-        chips = fit["chips"] | {c: fitted["chips"][c] for c in fitted["chips"] if c not in fit["chips"]}
-        held_rows = _Rows.build(frame[held], allreduce)
-        pred[held] = predict_rows(held_rows, kernels, chips, fitted["inputs"] | fit["inputs"])
-    ok = ~np.isnan(pred)
-    return pd.DataFrame(_stack_errors(frame[ok], pred[ok], label, dataset), columns=_ERROR_COLUMNS)
 
 
 def fit_all(
@@ -369,19 +347,25 @@ def fit_all(
     collectives: pd.DataFrame,
     cross_validate: bool = True,
     progress: Callable[[str], None] | None = None,
+    physics: int = PHYSICS,
 ) -> FitResult:
-    """Fit every parameter group and (optionally) cross-validate; returns the parameter file's content."""
+    """Fit every parameter group and (optionally) cross-validate; returns the parameter file's content.
+
+    ``physics`` picks the model version (``greenrl.surrogate.model.replica_consts``); 1 is the model of
+    the shipped parameter file, 2 adds the per-layer, all-reduce and attention-traffic terms.
+    """
     say = progress or (lambda _msg: None)
     say("all-reduce")
     allreduce, err_ar = fit_allreduce(collectives)
     say("kernels")
-    kernels, err_k = fit_kernels(vidur, cross_validate)
+    kernels, err_k = fit_kernels(vidur, cross_validate, physics)
     stacks: dict[str, dict[str, Any]] = {}
     inputs: dict[str, float] = {}
     errors = [err_ar, err_k]
+    held: list[pd.DataFrame] = []
     for stack, frame in serving.groupby("stack"):
         say(f"stack {stack}")
-        fit = fit_stack(frame, kernels, allreduce)
+        fit = fit_stack(frame, kernels, allreduce, physics=physics)
         stacks[str(stack)] = {
             c: {
                 **p,
@@ -391,21 +375,27 @@ def fit_all(
             for c, p in fit["chips"].items()
         }
         inputs |= fit["inputs"]
-        rows = _Rows.build(frame, allreduce)
+        rows = _Rows.build(frame, allreduce, physics)
         pred = predict_rows(rows, kernels, fit["chips"], fit["inputs"])
         errors.append(pd.DataFrame(_stack_errors(rows.frame, pred, "in-sample", str(stack)), columns=_ERROR_COLUMNS))
         if cross_validate:
             say(f"stack {stack}: cross-validation")
-            errors.append(cross_validate_stack(frame, fit, kernels, allreduce, str(stack)))
-    _fill_power_gaps(stacks)
+            held.append(held_out_rows(frame, fit, kernels, allreduce))
     params: dict[str, Any] = {
         "format": "greenrl-surrogate/1",
+        "physics": physics,
         "allreduce": allreduce,
         "kernels": kernels,
         "stacks": stacks,
         "workload_input_tokens": inputs,
         "default_stack": _default_stacks(stacks),
     }
+    if cross_validate:
+        held.append(cross_stack_rows(serving, stacks, inputs, kernels, allreduce, physics))
+        rows_out = pd.concat([h for h in held if len(h)], ignore_index=True)
+        errors.append(error_table(rows_out))
+        params |= summarize(rows_out[rows_out["axis"] != "cross-stack"], serving, inputs)
+    _fill_power_gaps(stacks)
     table = pd.concat([e for e in errors if len(e)], ignore_index=True)
     params["validation"] = table.round(3).to_dict(orient="records")
     return FitResult(params, table)

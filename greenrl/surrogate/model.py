@@ -198,7 +198,35 @@ class ReplicaConsts:
     min_clock_frac: Num
 
 
-def replica_consts(card: ModelCard, gpu: GpuSpec, tp: int, allreduce_bandwidth_bps: float) -> ReplicaConsts:
+def act_elements_per_layer(
+    hidden: Num, heads: Num, kv_heads: Num, head_dim: Num, inter: Num, mlp_mats: Num, tp: Num, physics: int = 1
+) -> Num:
+    """Activation elements one token moves through one layer's weight GEMMs on one GPU (in and out).
+
+    Physics 1 counts ``hidden`` (the fitted ``act_traffic`` factor absorbs the shape). Physics 2 counts
+    the GEMMs' inputs and outputs: the QKV projection reads ``hidden`` and writes (heads + 2·kv)·head_dim
+    / tp (wider for full multi-head attention than for GQA), the output projection reads heads·head_dim /
+    tp and writes ``hidden``, the MLP reads ``hidden``, writes ``mlp_mats - 1`` intermediate rows / tp,
+    reads one / tp and writes ``hidden``; column-parallel outputs are sharded, the replicated
+    ``hidden``-wide tensors are not.
+
+    Example:
+        >>> act_elements_per_layer(4096, 32, 8, 128, 14336, 3, 1, physics=2)
+        71680.0
+    """
+    if physics < 2:
+        return hidden * 1.0
+    kv = np.maximum(kv_heads / tp, 1.0) * tp  # KV heads replicate when tp exceeds them
+    return 4.0 * hidden + ((heads + 2.0 * kv) * head_dim + heads * head_dim + mlp_mats * inter) / tp
+
+
+def replica_consts(
+    card: ModelCard,
+    gpu: GpuSpec,
+    tp: int,
+    allreduce_bandwidth_bps: float,
+    physics: int = 1,
+) -> ReplicaConsts:
     """Constants of one GPU of a replica serving ``card`` with tensor parallelism ``tp``."""
     wb = card.weight_bytes_per_param
     lm_head = card.vocab_size * card.hidden_size
@@ -213,7 +241,18 @@ def replica_consts(card: ModelCard, gpu: GpuSpec, tp: int, allreduce_bandwidth_b
         experts_per_token=float(card.experts_per_token),
         kv_bytes_per_token=card.kv_bytes_per_token_per_gpu(tp),
         attn_flops_per_pair=4.0 * card.num_layers * card.num_heads * card.head_dim / tp,
-        act_bytes_per_token=card.num_layers * card.hidden_size * ACT_BYTES,
+        act_bytes_per_token=card.num_layers
+        * ACT_BYTES
+        * act_elements_per_layer(
+            card.hidden_size,
+            card.num_heads,
+            card.num_kv_heads,
+            card.head_dim,
+            card.intermediate_size * card.experts_per_token,
+            3 if card.gated_mlp else 2,
+            tp,
+            physics,
+        ),
         allreduce_bytes_per_token=card.hidden_size * ACT_BYTES,
         linear_peak_flops=gpu.fp8_flops if wb < 2 else gpu.bf16_flops,
         attn_peak_flops=gpu.bf16_flops,
@@ -388,9 +427,13 @@ class Surrogate:
         ar = self.params["allreduce"][spec.interconnect].get(str(tp)) if tp > 1 else None
         if tp > 1 and ar is None:
             raise InputError("--tp", "tp", f"no all-reduce profile for tp={tp} on {spec.interconnect}", "use 2, 4 or 8")
-        consts = replica_consts(card, spec, tp, ar["bandwidth_bps"] if ar else 1.0)
+        physics = int(self.params.get("physics", 1))
+        consts = replica_consts(card, spec, tp, ar["bandwidth_bps"] if ar else 1.0, physics)
         kernel = KernelParams(**self.params["kernels"][spec.chip])
-        stack_params = StackParams(**{k: chips[spec.chip][k] for k in StackParams.names()})
+        values = {k: chips[spec.chip][k] for k in StackParams.names()}
+        if physics >= 2 and ar is not None:  # measured all-reduce latency plus the stack's fitted extra
+            values["allreduce_latency_s"] += ar["latency_s"]
+        stack_params = StackParams(**values)
         chunked = bool(chips[spec.chip].get("chunked_prefill", True))
         replica = ReplicaModel(card, spec, tp, str(stack), consts, kernel, stack_params, chunked)
         replica.check_fits()
