@@ -18,8 +18,9 @@ import pandas as pd
 
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
+from greenrl.surrogate.calibrate import fit_all
 from greenrl.surrogate.data import load_allreduce, load_public, load_user_csv, load_vidur_kernels
-from greenrl.surrogate.fit import PHYSICS, fit_all
+from greenrl.surrogate.fit import PHYSICS
 from greenrl.surrogate.model import _default_params_path
 from greenrl.surrogate.report import render_report, replace_block
 

@@ -11,8 +11,9 @@ import pytest
 
 from greenrl import fit as fit_cli
 from greenrl.surrogate import StepBatch, Surrogate, steady_state
+from greenrl.surrogate.calibrate import _stack_errors
 from greenrl.surrogate.data import load_public
-from greenrl.surrogate.fit import _Rows, _stack_errors, predict_rows
+from greenrl.surrogate.fit import _Rows, predict_rows
 from greenrl.surrogate.report import clock_check
 
 

@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 
 from greenrl.catalog import load_gpu
-from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot
+from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot, fit_replicas
 from greenrl.errors import InputError
 from greenrl.sim import kernel as K
 from greenrl.slo import Slo
@@ -158,7 +158,7 @@ class SimNode:
                 where,
                 "replicas",
                 f"tp x replicas = {knobs.tp} x {knobs.replicas} does not fit {self.config.gpus} GPUs",
-                f"use 1 to {self.config.gpus // knobs.tp} replicas",
+                f"use 1 to {fit_replicas(None, knobs.tp, self.config.gpus)} replicas",
             )
         if not 1 <= knobs.max_num_seqs <= MAX_RUNNING:
             raise InputError(where, "max_num_seqs", f"{knobs.max_num_seqs} is out of range", f"use 1 to {MAX_RUNNING}")
@@ -208,7 +208,7 @@ class SimNode:
         return self._snapshot(0.0, np.zeros(self.config.gpus))
 
     def _build_slots(self, tp: int, replicas: int, loading: bool) -> None:
-        n_slots = self.config.gpus // tp
+        n_slots = fit_replicas(None, tp, self.config.gpus)  # replica slots: as many as fit
         tp_idx = self._tp_list.index(tp)
         self.slot_i = np.zeros((n_slots, K.N_SI), dtype=np.int64)
         self.slot_i[:, K.SI_QHEAD] = -1

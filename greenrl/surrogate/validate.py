@@ -24,13 +24,13 @@ import numpy as np
 import pandas as pd
 
 from greenrl.catalog import load_model
+from greenrl.surrogate.fit import CHUNKED_PREFILL, ERROR_COLUMNS, _Rows, fit_stack, predict_rows
 
 __all__ = ["AXES", "cross_stack_rows", "error_table", "held_out_rows", "summarize"]
 
 logger = logging.getLogger(__name__)
 
 AXES = ("leave-one-model-out", "leave-largest-model-out", "leave-one-TP-out", "cross-stack")
-ERROR_COLUMNS = ["dataset", "gpu", "metric", "validation", "n", "mape_pct", "worst_pct"]
 INTERVAL_QUANTILES = (0.05, 0.95)
 """The stated coverage of ``greenrl predict``'s intervals: the central 90% of held-out log ratios."""
 
@@ -57,8 +57,6 @@ def _fold_predictions(
     frame: pd.DataFrame, key: str, fitted: dict[str, Any], kernels: dict[str, Any], allreduce: dict[str, Any]
 ) -> np.ndarray:
     """Refit without each value of ``key`` in turn and predict the held-out rows (NaN where a fold fails)."""
-    from greenrl.surrogate.fit import _Rows, fit_stack, predict_rows  # fit imports this module
-
     physics = int(fitted.get("physics", 1))
     pred = np.full(len(frame), np.nan)
     for value in frame[key].unique():
@@ -105,8 +103,6 @@ def cross_stack_rows(
     physics: int = 1,
 ) -> pd.DataFrame:
     """Each vLLM stack's rows predicted with another vLLM stack's parameters for the same chip."""
-    from greenrl.surrogate.fit import CHUNKED_PREFILL, _Rows, predict_rows
-
     vllm = sorted(s for s in stacks if s.startswith("vllm-"))
     out = []
     for target in vllm:

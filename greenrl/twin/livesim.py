@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot
+from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot, fit_replicas
 from greenrl.errors import InputError
 from greenrl.sim import SimConfig, SimNode
 from greenrl.sim import kernel as K
@@ -139,7 +139,7 @@ class LiveSim:
         if given:
             knobs = dataclasses.replace(config.initial, **given)
             if "tp" in given and "replicas" not in given:
-                knobs = dataclasses.replace(knobs, replicas=max(1, config.gpus // knobs.tp))
+                knobs = dataclasses.replace(knobs, replicas=fit_replicas(None, knobs.tp, config.gpus))
             config = dataclasses.replace(config, initial=knobs)
         try:
             return cls(config, capacity)
