@@ -23,7 +23,7 @@ __all__ = ["Scenario", "load_scenario", "scenario_names", "scenarios_dir"]
 
 @dataclass(frozen=True, slots=True)
 class NodeSpec:
-    """The simulated node (see ``greenrl.sim.SimConfig``)."""
+    """The simulated node (see ``greenrl.sim.SimConfig``, whose fields these are; bandwidths in GB/s)."""
 
     model: str = "llama-2-70b"
     gpu: str = "h100-sxm-80gb"
@@ -32,6 +32,11 @@ class NodeSpec:
     mode: str = "fast"
     inflight: str = "drain"
     load_bandwidth_gbps: float = 2.5
+    host_load_bandwidth_per_gpu_gbps: float | None = None
+    engine_start_s: float = 0.0
+    idle_power_w: float | None = None
+    parked_power_w: float | None = None
+    max_model_len_tokens: int | None = None
     clock_latency_s: float = 0.05
     initial: dict[str, int] = field(
         default_factory=lambda: {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
@@ -40,14 +45,18 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class WorkloadSpec:
-    """Requests: a bundled trace (or CSV path) or a synthetic diurnal stream.
+    """Requests: a bundled trace (or CSV path), a synthetic diurnal stream, or ServeGen production days.
 
     Training episodes draw a window start in ``train_range_s`` and a rate scale in ``rate_scale``;
     evaluation uses the fixed ``eval_windows_s`` ([start, duration] pairs), disjoint from training.
+    ``servegen: {category: language/m-large, mean_rps: 2.0}`` generates a category's requests
+    (``greenrl.workload.servegen_trace``), every client's rate scaled so that the training days
+    average ``mean_rps``; times are seconds from the data's first midnight (day d starts at d x 86400).
     """
 
     trace: str = "azure-conv"
     synthetic: dict[str, float] | None = None
+    servegen: dict[str, Any] | None = None
     window_s: float = 900.0
     train_range_s: list[float] = field(default_factory=lambda: [0.0, 2700.0])
     eval_windows_s: list[list[float]] = field(default_factory=lambda: [[2700.0, 800.0]])

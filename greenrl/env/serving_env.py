@@ -21,7 +21,7 @@ from greenrl.env.observation import OBS_CLIP, OBS_FIELDS, ObservationBuilder, Ob
 from greenrl.env.scenario import KNOB_NAMES, Scenario, load_scenario
 from greenrl.errors import InputError
 from greenrl.sim import SimConfig, SimNode
-from greenrl.workload import Trace, load_trace, synthetic_trace
+from greenrl.workload import Trace, load_trace, scale_for_rate_rps, servegen_trace, synthetic_trace
 
 __all__ = ["OBS_CLIP", "OBS_FIELDS", "ObsField", "ServingEnv", "build_node", "episode_workload", "make_env"]
 
@@ -45,6 +45,8 @@ def episode_workload(s: Scenario, split: str, eval_index: int) -> Any:
             return synthetic_trace(duration, mean_rps * scale, seed=rng, start_hour=hour, **spec)  # type: ignore[arg-type]
 
         return synthetic
+    if w.servegen is not None:
+        return _servegen_workload(s, split, eval_index)
     trace = load_trace(w.trace)
 
     def replay(rng: np.random.Generator) -> Trace:
@@ -58,6 +60,27 @@ def episode_workload(s: Scenario, split: str, eval_index: int) -> Any:
         return trace.window(start, min(span, t1 - start)).scale_rate(scale)
 
     return replay
+
+
+def _servegen_workload(s: Scenario, split: str, eval_index: int) -> Any:
+    """Episodes of a ServeGen category: training windows in ``train_range_s``, fixed evaluation windows."""
+    w = s.workload
+    spec = w.servegen or {}
+    category = str(spec["category"])
+    base_scale = scale_for_rate_rps(category, float(spec["mean_rps"]))
+
+    def generate(rng: np.random.Generator) -> Trace:
+        if split == "eval":  # fixed, held-out seeds: 10_000 + window index
+            start, duration = w.eval_windows_s[eval_index % len(w.eval_windows_s)]
+            return servegen_trace(
+                category, start, duration, scale=base_scale * w.eval_rate_scale, seed=10_000 + eval_index
+            )
+        t0, t1 = w.train_range_s
+        start = float(rng.uniform(t0, max(t0, t1 - w.window_s)))
+        scale = float(rng.uniform(w.rate_scale[0], w.rate_scale[1]))
+        return servegen_trace(category, start, min(w.window_s, t1 - start), scale=base_scale * scale, seed=rng)
+
+    return generate
 
 
 def build_node(s: Scenario, split: str = "train", eval_index: int = 0) -> SimNode:
@@ -74,6 +97,13 @@ def build_node(s: Scenario, split: str = "train", eval_index: int = 0) -> SimNod
         clock_latency_s=n.clock_latency_s,
         prefill_clock_ttft_s=s.control.prefill_clock_ttft_s,
         load_bandwidth_bps=n.load_bandwidth_gbps * 1e9,
+        host_load_bandwidth_per_gpu_bps=(
+            None if n.host_load_bandwidth_per_gpu_gbps is None else n.host_load_bandwidth_per_gpu_gbps * 1e9
+        ),
+        engine_start_s=n.engine_start_s,
+        idle_power_w=n.idle_power_w,
+        parked_power_w=n.parked_power_w,
+        max_model_len_tokens=n.max_model_len_tokens,
         inflight=n.inflight,  # type: ignore[arg-type]
         slo=s.slo,
     )
@@ -275,6 +305,9 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         snap = self.node.reset(seed=node_seed)
         trace = getattr(self.node, "trace", None)
         self._expected_per_step = max(1.0, len(trace) / self._steps) if trace is not None else 1.0
+        start_hour = getattr(trace, "start_hour", None)  # a window of a day-scale trace knows its clock
+        if start_hour is not None:
+            self._observation = replace(self._observation, start_hour=start_hour)
         self._t = 0
         self._dwell_rule.reset()
         self._prev_rate = 0.0

@@ -18,7 +18,20 @@ Reconfiguration costs:
   waiting requests are re-routed at once. Then the GPUs reload weights for ``weight_bytes /
   load_bandwidth_bps`` seconds at idle + ``reload_power_frac`` x TDP each. A TP change reshapes every
   replica, so all of them drain before the new layout loads; a replica-count change touches only the
-  replicas added or removed.
+  replicas added or removed. A replica being added loads on GPUs that are free while the others keep
+  serving (make-before-break); one being removed drains (drain-before-break).
+* Weights load at ``load_bandwidth_bps`` (one shared source, e.g. a disk), or, with
+  ``host_load_bandwidth_per_gpu_bps``, from host memory over each GPU's own PCIe link (tp links in
+  parallel); ``engine_start_s`` (vLLM engine start-up) is added to every load.
+
+Power states of a GPU (per GPU, ``SimConfig``): running an iteration (the surrogate); serving but between
+iterations, model loaded (``idle_power_w``); parked, in a replica slot that is OFF, no process
+(``parked_power_w``); reloading (idle + ``reload_power_frac`` x TDP). By default the last two fall back to
+the GPU catalog's idle power (every GPU always holds a loaded model).
+
+A request whose prompt + output exceeds ``max_model_len_tokens`` is rejected when it reaches a replica
+(vLLM answers HTTP 400), and a TP degree whose KV cache cannot hold one such request is infeasible
+(vLLM refuses to start).
 
 Public names: SimConfig, SimNode.
 """
@@ -61,6 +74,13 @@ class SimConfig:
             for a prompt only when, at the base clock, its first token would come later than this
             after its arrival. None: whenever a prompt waits or prefills.
         load_bandwidth_bps: weight loading speed of a replica (B/s); 2.5 GB/s loads 138 GB in 55 s.
+        host_load_bandwidth_per_gpu_bps: if set, weights load from host memory at this speed per GPU,
+            the replica's tp GPUs in parallel (B/s), instead of ``load_bandwidth_bps``.
+        engine_start_s: engine start-up added to every replica load (s).
+        idle_power_w: power of a serving GPU between iterations, model loaded (W); None: the GPU's
+            catalog idle power.
+        parked_power_w: power of a GPU with no replica (W); None: ``idle_power_w``'s value.
+        max_model_len_tokens: vLLM's ``--max-model-len``; None: as long as the KV cache holds.
         reload_power_frac: extra power of a reloading GPU above idle, as a share of TDP (assumption).
         inflight: what happens to running requests of a replica being reconfigured.
         gpu_memory_utilization, block_tokens: vLLM's memory share and KV block size.
@@ -77,6 +97,11 @@ class SimConfig:
     clock_latency_s: float = 0.05
     prefill_clock_ttft_s: float | None = None
     load_bandwidth_bps: float = 2.5e9
+    host_load_bandwidth_per_gpu_bps: float | None = None
+    engine_start_s: float = 0.0
+    idle_power_w: float | None = None
+    parked_power_w: float | None = None
+    max_model_len_tokens: int | None = None
     reload_power_frac: float = 0.1
     inflight: Literal["drain", "requeue"] = "drain"
     gpu_memory_utilization: float = 0.9
@@ -114,8 +139,13 @@ class SimNode:
             except InputError:
                 continue
             blocks = r.kv_capacity_tokens(config.gpu_memory_utilization) // config.block_tokens
-            load_s = r.card.weight_bytes / config.load_bandwidth_bps
-            reload_w = tp * (self.gpu.idle_power_w + config.reload_power_frac * self.gpu.tdp_w)
+            if config.max_model_len_tokens is not None and blocks * config.block_tokens < config.max_model_len_tokens:
+                continue  # vLLM refuses to start: one max-length request would not fit the KV cache
+            per_gpu_bps = config.host_load_bandwidth_per_gpu_bps
+            load_bps = tp * per_gpu_bps if per_gpu_bps is not None else config.load_bandwidth_bps
+            load_s = r.card.weight_bytes / load_bps + config.engine_start_s
+            idle_gpu_w = self.gpu.idle_power_w if config.idle_power_w is None else config.idle_power_w
+            reload_w = tp * (idle_gpu_w + config.reload_power_frac * self.gpu.tdp_w)
             self._feasible[tp] = (pack(r), int(blocks), load_s, reload_w)
         if not self._feasible:
             raise InputError(
@@ -220,6 +250,10 @@ class SimNode:
         self.slot_f = np.zeros((n_slots, K.N_SF))
         self.slot_f[:, [K.SF_BUSY_UNTIL, K.SF_ACCOUNTED_TO]] = self.now_s
         self.slot_f[:, K.SF_RELOAD_W] = self._feasible[tp][3]
+        catalog_idle_w = self._packed[tp_idx, K.P_IDLE_W] * self._packed[tp_idx, K.P_TP]  # W per replica
+        idle_w = catalog_idle_w if self.config.idle_power_w is None else self.config.idle_power_w * tp
+        self.slot_f[:, K.SF_IDLE_W] = idle_w
+        self.slot_f[:, K.SF_OFF_W] = idle_w if self.config.parked_power_w is None else self.config.parked_power_w * tp
         self.slot_f[:, K.SF_PENDING_SINCE] = -1.0
         self.run_ids = np.full((n_slots, MAX_RUNNING), -1, dtype=np.int64)
         self._slot_tp = tp
@@ -244,6 +278,7 @@ class SimNode:
                 knobs.prefill_sm_clock_mhz / self.gpu.max_sm_clock_mhz,
                 self.config.clock_latency_s,
                 -1.0 if self.config.prefill_clock_ttft_s is None else self.config.prefill_clock_ttft_s,
+                float(self.config.max_model_len_tokens or 0),
             ]
         )
 

@@ -227,7 +227,8 @@ def servegen_trace(
     inputs, outputs = _lengths(where, rng, data, client, arrival_s)
     name = f"servegen:{data.name}[{start_s:g}s+{duration_s:g}s x{scale:g}]"
     logger.debug("%s: %d requests", name, len(arrival_s))
-    return Trace(name, arrival_s - start_s, inputs, outputs, duration_s=duration_s)
+    start_hour = (start_s / 3600.0) % 24.0  # window 0 starts at a midnight
+    return Trace(name, arrival_s - start_s, inputs, outputs, duration_s=duration_s, start_hour=start_hour)
 
 
 def over_context(trace: Trace, max_model_len_tokens: int) -> npt.NDArray[np.bool_]:

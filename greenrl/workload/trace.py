@@ -86,6 +86,8 @@ class Trace:
             read from a file it is the span from the first to the last arrival plus one mean
             inter-arrival gap, so that ``mean_rate_rps`` is ``(n - 1) / span`` and
             :meth:`tile` leaves one mean gap between copies.
+        start_hour: hour of day (0-24) at t = 0, where the source knows it (a ServeGen window), else
+            None; methods that derive a new trace drop it.
 
     Raises:
         InputError: if the arrays differ in length, arrivals are unsorted, negative, non-finite or
@@ -97,6 +99,7 @@ class Trace:
     input_tokens: npt.NDArray[np.int64]
     output_tokens: npt.NDArray[np.int64]
     duration_s: float
+    start_hour: float | None = None
 
     def __post_init__(self) -> None:
         where = f"Trace({self.name!r})"

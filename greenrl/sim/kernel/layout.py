@@ -45,14 +45,16 @@ OFF, SERVING, DRAINING, LOADING = 0, 1, 2, 3
 SF_BUSY_UNTIL, SF_ACCOUNTED_TO, SF_READY_AT, SF_ENERGY_J, SF_BUSY_S, SF_RELOAD_W = range(6)
 SF_CLOCK_NOW, SF_CLOCK_TARGET, SF_CLOCK_AT = 6, 7, 8  # the replica's clock under a prefill clock (fractions, s)
 SF_PENDING_SINCE = 9  # when a request first waited or prefilled since the replica last had none (s; -1: none)
-N_SF = 10
+SF_IDLE_W, SF_OFF_W = 10, 11  # the replica's GPUs' power between iterations (loaded, idle) and when OFF (W)
+N_SF = 12
 # node int state
 G_NEXT_ARRIVAL, G_PHEAD, G_PTAIL, G_PLEN = range(4)
 N_G = 4
 # config
 C_CLOCK_FRAC, C_MAX_SEQS, C_MAX_BATCHED, C_BLOCK, C_TBT_SLO, C_PREFILL_CLOCK_FRAC, C_SWITCH_S = range(7)
 C_BOOST_TTFT_S = 7  # < 0: the prefill clock whenever a request is pending; else the deadline governor's TTFT target (s)
-N_C = 8
+C_MAX_MODEL_LEN = 8  # vLLM's --max-model-len (tokens): a longer prompt + output is rejected at arrival; <= 0: none
+N_C = 9
 # interval counters
 K_ARRIVED, K_PROMPT_IN, K_TOKENS_OUT, K_PREFILL_TOKENS, K_FINISHED, K_SLO_MET, K_PREEMPTIONS = range(7)
 K_ITERATIONS, K_TTFT_SUM, K_TBT_SUM, K_REJECTED, K_FIRST_TOKENS, K_SCHEDULES = 7, 8, 9, 10, 11, 12

@@ -3,8 +3,9 @@
 ``run_until`` advances the whole node to ``t_end``: it routes each arrival, in time order, to the
 serving replica with the fewest outstanding requests (``_route``; with none serving it waits in the
 node-level queue, routed by ``_route_pending`` once one serves), finishes replica loads and runs the
-next iteration of the replica whose turn is first (``scheduler._iterate``). Idle replicas draw idle
-power and loading ones ``reload_power`` (``_account_idle``, ``finish_interval``).
+next iteration of the replica whose turn is first (``scheduler._iterate``). Between iterations a serving
+replica draws its loaded-idle power, an OFF one its parked power and a loading one ``reload_power``
+(``_account_idle``, ``finish_interval``; the watts are per-slot columns the node sets).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from greenrl.sim.kernel.governor import _boost_at
 from greenrl.sim.kernel.layout import (
     C_BLOCK,
     C_BOOST_TTFT_S,
+    C_MAX_MODEL_LEN,
     DONE,
     DRAINING,
     G_NEXT_ARRIVAL,
@@ -27,8 +29,6 @@ from greenrl.sim.kernel.layout import (
     K_REJECTED,
     LOADING,
     OFF,
-    P_IDLE_W,
-    P_TP,
     REJECTED,
     RF_ARRIVAL,
     RF_BOOST_AT,
@@ -42,6 +42,8 @@ from greenrl.sim.kernel.layout import (
     SF_ACCOUNTED_TO,
     SF_BUSY_UNTIL,
     SF_ENERGY_J,
+    SF_IDLE_W,
+    SF_OFF_W,
     SF_PENDING_SINCE,
     SF_READY_AT,
     SF_RELOAD_W,
@@ -78,9 +80,12 @@ def _route(
             best = s
     if best < 0:
         return False
-    # A request whose whole context can never fit in this replica's KV cache is rejected, as vLLM does.
-    need = _blocks(req_i[rid, RI_PROMPT] + req_i[rid, RI_OUTPUT], int(cfg[C_BLOCK]))
-    if need > cap_blocks[slot_i[best, SI_TP_IDX]]:
+    # A request longer than --max-model-len, or whose whole context can never fit in this replica's KV
+    # cache, is rejected, as vLLM does.
+    context = req_i[rid, RI_PROMPT] + req_i[rid, RI_OUTPUT]
+    need = _blocks(context, int(cfg[C_BLOCK]))
+    too_long = cfg[C_MAX_MODEL_LEN] > 0.0 and context > cfg[C_MAX_MODEL_LEN]
+    if too_long or need > cap_blocks[slot_i[best, SI_TP_IDX]]:
         req_i[rid, RI_STATE] = REJECTED
         req_f[rid, RF_FINISH] = now
         cnt[K_REJECTED] += 1.0
@@ -100,10 +105,16 @@ def _route(
 
 @njit(cache=True)
 def _account_idle(s: int, until: float, slot_f: np.ndarray, slot_i: np.ndarray, packed: np.ndarray) -> None:
+    """Charge replica ``s`` its between-iteration power (loaded idle, OFF or reloading) up to ``until``."""
     gap = until - slot_f[s, SF_ACCOUNTED_TO]
     if gap > 0.0:
-        v = packed[slot_i[s, SI_TP_IDX]]
-        watts = slot_f[s, SF_RELOAD_W] if slot_i[s, SI_STATUS] == LOADING else v[P_IDLE_W] * v[P_TP]
+        status = slot_i[s, SI_STATUS]
+        if status == LOADING:
+            watts = slot_f[s, SF_RELOAD_W]
+        elif status == OFF:
+            watts = slot_f[s, SF_OFF_W]
+        else:
+            watts = slot_f[s, SF_IDLE_W]
         slot_f[s, SF_ENERGY_J] += watts * gap
         slot_f[s, SF_ACCOUNTED_TO] = until
 
