@@ -306,6 +306,30 @@ def fit_replicas(replicas: int | None, tp: int, gpus: int) -> int:
     return max(1, min(most if replicas is None else replicas, most))
 
 
+def reload_time_s(
+    weight_bytes: float,
+    tp: int,
+    *,
+    shared_bandwidth_bps: float,
+    per_gpu_bandwidth_bps: float | None = None,
+    engine_start_s: float = 0.0,
+) -> float:
+    """How long a new replica takes to serve: its weights loaded, then the engine started (s).
+
+    The one rule for the simulator and every planner. Weights come either from one shared source (a
+    disk: ``shared_bandwidth_bps`` for the whole replica) or, with ``per_gpu_bandwidth_bps``, from host
+    memory over each GPU's own PCIe link, the replica's ``tp`` GPUs in parallel.
+
+    Example:
+        >>> round(reload_time_s(141e9, 4, shared_bandwidth_bps=2.5e9), 1)
+        56.4
+        >>> round(reload_time_s(141e9, 4, shared_bandwidth_bps=2.5e9, per_gpu_bandwidth_bps=20e9, engine_start_s=30), 2)
+        31.76
+    """
+    bandwidth_bps = tp * per_gpu_bandwidth_bps if per_gpu_bandwidth_bps is not None else shared_bandwidth_bps
+    return weight_bytes / bandwidth_bps + engine_start_s
+
+
 class KnobDwell:
     """Holds a costly knob (TP, replicas) at its value until its minimum dwell has passed since its last change.
 

@@ -82,9 +82,10 @@ def _scaled(base: Scenario, window: int, rate_scale: float) -> Scenario:
     if rate_scale == 1.0:
         return scaled
     interval = base.control.interval_s
-    drain_s = max(0.0, base.steps * interval - _exact_trace(base, window).duration_s)
+    drain_s = max(0.0, base.eval_steps * interval - _exact_trace(base, window).duration_s)
     span_s = _exact_trace(scaled, window).duration_s + drain_s
-    return replace(scaled, episode=replace(base.episode, steps=max(1, math.ceil(span_s / interval - 1e-9))))
+    steps = max(1, math.ceil(span_s / interval - 1e-9))
+    return replace(scaled, episode=replace(base.episode, steps=steps, eval_steps=steps))
 
 
 def build_cases(scenario: str, rate_scale: float, seeds: int, arrivals: Arrivals = "resample") -> list[Case]:

@@ -9,7 +9,10 @@
 | pid | feedback | TBT/TTFT slack -> SM clock, velocity-form PI |
 | predictive-dvfs | model-predictive | lowest clock the surrogate predicts meets the SLOs at the projected batch |
 | phase-dvfs | model-predictive | the same per phase: decode clock from TBT, prefill clock from TTFT (GreenLLM-style) |
-| planner | forecast + model | DynamoLLM-style: forecast load, least-power (tp, max_num_seqs, clock), TP hysteresis |
+| planner | forecast + model | DynamoLLM-style: forecast load, least-power (tp, replicas, max_num_seqs, clock), layout hysteresis |
+| autoscaler | reactive | Kubernetes HPA on requests in the engine: replicas up at once, down after a 5-min window; GPUs outside replicas park |
+| autoscaler-dvfs | reactive + model | the autoscaler's replicas with phase-dvfs clocks |
+| day-oracle | hindsight layout lookahead | every layout decision tries each (tp, replicas) on the true next 20 min, phase-dvfs clocks |
 | oracle | hindsight lookahead | forks the node, tries configurations on the true next requests, keeps the cheapest |
 | random | floor | seeded uniform feasible actions |
 
@@ -18,7 +21,9 @@ Public names: BASELINES, Baseline, baseline_names, make_baseline, decode_obs, pl
 
 from __future__ import annotations
 
+from greenrl.baselines.autoscaler import AutoscalerBaseline, AutoscalerDvfsBaseline
 from greenrl.baselines.base import Baseline, decode_obs
+from greenrl.baselines.day_oracle import DayOracleBaseline
 from greenrl.baselines.feedback import PidBaseline, ThresholdBaseline
 from greenrl.baselines.model_based import PhaseDvfsBaseline, PlannerBaseline, PredictiveDvfsBaseline
 from greenrl.baselines.oracle import OracleBaseline
@@ -28,7 +33,10 @@ from greenrl.errors import InputError
 
 __all__ = [
     "BASELINES",
+    "AutoscalerBaseline",
+    "AutoscalerDvfsBaseline",
     "Baseline",
+    "DayOracleBaseline",
     "FixedClock",
     "OracleBaseline",
     "PhaseDvfsBaseline",
@@ -55,6 +63,9 @@ BASELINES: dict[str, type[Baseline]] = {
         PredictiveDvfsBaseline,
         PhaseDvfsBaseline,
         PlannerBaseline,
+        AutoscalerBaseline,
+        AutoscalerDvfsBaseline,
+        DayOracleBaseline,
         OracleBaseline,
         RandomBaseline,
     )

@@ -199,7 +199,7 @@ class PlannerBaseline(_SurrogateBaseline):
     ``ttft_quantile`` TTFT of a queue of prompts (M/M/1, service = one prompt's prefill beside that
     batch, see ``ttft_quantile_s``) within (1 - headroom) x the prompt's TTFT SLO. As every cap >= B
     gives the same steady state, max_num_seqs is the largest allowed value (a tighter cap only queues
-    bursts). Node power = replicas x steady power + idle GPUs. The first interval, with no forecast
+    bursts). Node power = replicas x steady power + parked GPUs. The first interval, with no forecast
     yet, runs the initial (static-max) configuration.
 
     TP/replica changes (a weight reload with no service) have hysteresis: the other layout must win by
@@ -259,7 +259,7 @@ class PlannerBaseline(_SurrogateBaseline):
         grid = np.geomspace(0.05, float(max(seqs)), 80)
         ttft_limit = keep * self.ttft_slo_s(prompt_tokens)
         ctx = prompt_tokens + output_tokens / 2.0
-        idle_w = self.env.gpu.idle_power_w
+        parked_w = self.env.scenario.node.gpu_power_states_w[1] or self.env.gpu.idle_power_w
         gpus = self.env.scenario.node.gpus
         options = []
         for tp, r in self.layouts():
@@ -296,7 +296,7 @@ class PlannerBaseline(_SurrogateBaseline):
                     max_num_seqs=mns,
                     prefill_sm_clock_mhz=boost,
                 )
-                options.append(PlanOption(knobs, r * replica_w + (gpus - tp * r) * idle_w, batch))
+                options.append(PlanOption(knobs, r * replica_w + (gpus - tp * r) * parked_w, batch))
         return sorted(options, key=lambda o: o.power_w)
 
     def _boosted(
@@ -356,7 +356,7 @@ class PlannerBaseline(_SurrogateBaseline):
         self.pending_count = self.pending_count + 1 if self.pending == target else 1
         self.pending = target
         dwell = max(self.env.scenario.control.min_dwell_steps.get(k, 0) for k in ("tp", "replicas"))
-        reload_s = self.replica(best.knobs.tp).card.weight_bytes / (self.env.scenario.node.load_bandwidth_gbps * 1e9)
+        reload_s = self.env.scenario.node.reload_s(self.replica(best.knobs.tp).card.weight_bytes, best.knobs.tp)
         outage_frac = reload_s / (max(dwell, 1) * self.env.scenario.control.interval_s)
         dwell_ok = self.step_index - self.last_layout_change >= dwell
         worth = saving >= self.min_saving_frac and outage_frac <= self.max_outage_frac

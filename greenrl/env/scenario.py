@@ -8,6 +8,7 @@ Public names: Scenario, load_scenario, scenario_names, scenarios_dir.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -15,6 +16,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from greenrl.bundled import scenarios_dir
+from greenrl.core import reload_time_s
 from greenrl.errors import InputError
 from greenrl.slo import Slo
 
@@ -41,6 +43,22 @@ class NodeSpec:
     initial: dict[str, int] = field(
         default_factory=lambda: {"tp": 8, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
     )
+
+    def reload_s(self, weight_bytes: float, tp: int) -> float:
+        """Seconds a new replica of ``tp`` GPUs takes to serve (``greenrl.core.reload_time_s``)."""
+        per_gpu = self.host_load_bandwidth_per_gpu_gbps
+        return reload_time_s(
+            weight_bytes,
+            tp,
+            shared_bandwidth_bps=self.load_bandwidth_gbps * 1e9,
+            per_gpu_bandwidth_bps=None if per_gpu is None else per_gpu * 1e9,
+            engine_start_s=self.engine_start_s,
+        )
+
+    @property
+    def gpu_power_states_w(self) -> tuple[float | None, float | None]:
+        """(loaded idle, parked) power per GPU (W); None: the GPU catalog's idle power."""
+        return self.idle_power_w, self.parked_power_w if self.parked_power_w is not None else self.idle_power_w
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +116,12 @@ class RewardSpec:
 
 @dataclass(frozen=True, slots=True)
 class EpisodeSpec:
-    """Episode length in control steps (window_s / interval_s by default)."""
+    """Episode length in control steps: ``steps`` for training (window_s / interval_s by default),
+    ``eval_steps`` for the evaluation windows (default: ``steps``; a day-scale scenario trains on
+    hours and evaluates whole days)."""
 
     steps: int | None = None
+    eval_steps: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +143,11 @@ class Scenario:
     def steps(self) -> int:
         """Control steps per episode."""
         return self.episode.steps or max(1, round(self.workload.window_s / self.control.interval_s))
+
+    @property
+    def eval_steps(self) -> int:
+        """Control steps per evaluation episode."""
+        return self.episode.eval_steps or self.steps
 
 
 KNOB_NAMES = ("tp", "replicas", "max_num_seqs", "sm_clock_mhz", "max_num_batched_tokens", "prefill_sm_clock_mhz")
@@ -276,6 +302,7 @@ def _validate(s: Scenario, where: str) -> None:
         raise InputError(where, "workload.rate_scale", f"needs 0 < low <= high, got {[lo, hi]}", "e.g. [0.5, 1.5]")
     if not s.workload.eval_windows_s:
         raise InputError(where, "workload.eval_windows_s", "no evaluation windows", "add [[start_s, duration_s]]")
+    _validate_day_scale(s, where)
     t0, t1 = s.workload.train_range_s
     for start, duration in s.workload.eval_windows_s:
         if start < t1 and start + duration > t0 and s.workload.synthetic is None:
@@ -284,4 +311,78 @@ def _validate(s: Scenario, where: str) -> None:
                 "workload.eval_windows_s",
                 f"window [{start}, {start + duration}) overlaps train_range_s [{t0}, {t1})",
                 "make evaluation windows disjoint from training",
+            )
+
+
+def _validate_day_scale(s: Scenario, where: str) -> None:
+    """The fields of day-scale scenarios: power states, reloads, context length, ServeGen workloads."""
+    n = s.node
+    for key in ("idle_power_w", "parked_power_w", "host_load_bandwidth_per_gpu_gbps"):
+        value = getattr(n, key)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise InputError(where, f"node.{key}", f"must be a positive number, got {value!r}", "e.g. 71.8, or omit it")
+    if not (math.isfinite(n.load_bandwidth_gbps) and n.load_bandwidth_gbps > 0):
+        raise InputError(
+            where, "node.load_bandwidth_gbps", f"must be positive, got {n.load_bandwidth_gbps!r}", "e.g. 2.5"
+        )
+    if not (math.isfinite(n.engine_start_s) and n.engine_start_s >= 0):
+        raise InputError(where, "node.engine_start_s", f"must be >= 0 s, got {n.engine_start_s!r}", "e.g. 30.0")
+    if n.max_model_len_tokens is not None and n.max_model_len_tokens < 1:
+        raise InputError(
+            where, "node.max_model_len_tokens", f"must be >= 1, got {n.max_model_len_tokens}", "e.g. 32768, or omit it"
+        )
+    for key in ("steps", "eval_steps"):
+        steps = getattr(s.episode, key)
+        if steps is not None and steps < 1:
+            raise InputError(where, f"episode.{key}", f"must be >= 1, got {steps}", "e.g. 2880, or omit it")
+    reps = s.control.knobs.get("replicas", [])
+    for tp in s.control.knobs.get("tp", [s.node.initial.get("tp", 8)]):
+        if tp > n.gpus or n.gpus % tp:
+            raise InputError(
+                where, "control.knobs.tp", f"tp={tp} does not divide the node's {n.gpus} GPUs", "use divisors of gpus"
+            )
+    if reps and min(reps) * min(s.control.knobs.get("tp", [1])) > n.gpus:
+        raise InputError(
+            where,
+            "control.knobs.replicas",
+            f"no replicas value in {reps} fits {n.gpus} GPUs at any tp",
+            "use 1 up to gpus / tp",
+        )
+    init = s.node.initial
+    if "replicas" in init and init["replicas"] * init.get("tp", 8) > n.gpus:
+        raise InputError(
+            where,
+            "node.initial.replicas",
+            f"tp x replicas = {init.get('tp', 8)} x {init['replicas']} does not fit {n.gpus} GPUs",
+            "lower replicas or tp",
+        )
+    spec = s.workload.servegen
+    if spec is None:
+        return
+    from greenrl.workload.servegen import DAY_S, load_servegen  # only day-scale scenarios load the data
+
+    unknown = sorted(set(spec) - {"category", "mean_rps"})
+    if unknown or "category" not in spec or "mean_rps" not in spec:
+        raise InputError(
+            where,
+            "workload.servegen",
+            f"needs exactly category and mean_rps, got {sorted(spec)}",
+            "write servegen: {category: language/m-large, mean_rps: 2.0}",
+        )
+    rate = spec["mean_rps"]
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not (math.isfinite(rate) and rate > 0):
+        raise InputError(where, "workload.servegen.mean_rps", f"must be > 0, got {rate!r}", "e.g. 2.0")
+    try:
+        data = load_servegen(str(spec["category"]))
+    except InputError as err:
+        raise InputError(where, "workload.servegen.category", err.problem, err.fix) from None
+    windows = [(f"eval_windows_s[{i}]", a, d) for i, (a, d) in enumerate(s.workload.eval_windows_s)]
+    t0, t1 = s.workload.train_range_s
+    for name, start, duration in [("train_range_s", t0, t1 - t0), *windows]:
+        if not (start >= 0 and duration > 0 and start + duration <= data.span_s):
+            raise InputError(
+                where,
+                f"workload.{name}",
+                f"[{start}, {start + duration}) s is outside {data.name}'s {data.span_s / DAY_S:g} days",
+                f"keep it within [0, {data.span_s:g}) s (day d starts at d x {DAY_S:g} s)",
             )

@@ -183,7 +183,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
     fixed evaluation window).
 
     ## Episode End
-    Truncated after ``Scenario.steps`` intervals; never terminated.
+    Truncated after ``Scenario.steps`` intervals (``Scenario.eval_steps`` on the eval split); never terminated.
 
     ## Arguments
     ``scenario`` (name, path or ``Scenario``), ``split`` (``train`` or ``eval``), ``eval_index``
@@ -232,7 +232,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             else np.zeros(0, dtype=bool)
         )
         self._observation = ObservationBuilder.for_scenario(s, self.gpu)
-        self._steps = s.steps
+        self._steps = s.steps if split == "train" else s.eval_steps
         self._t = 0
         self._prev_rate = 0.0
         self._knobs = self.initial
@@ -285,6 +285,11 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         if "replicas" not in self.scenario.control.knobs:
             out = replace(out, replicas=fit_replicas(None, out.tp, self.scenario.node.gpus))
         return out
+
+    @property
+    def expected_requests_per_step(self) -> float:
+        """The episode's requests per interval (at least 1): the SLO term's unit of misses."""
+        return self._expected_per_step
 
     def action_masks(self) -> npt.NDArray[np.bool_]:
         """Per-dimension valid values, concatenated (sb3-contrib's MaskablePPO format)."""

@@ -46,7 +46,7 @@ from typing import Literal
 import numpy as np
 
 from greenrl.catalog import load_gpu
-from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot, fit_replicas
+from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S, Knobs, NodeSnapshot, fit_replicas, reload_time_s
 from greenrl.errors import InputError
 from greenrl.sim import kernel as K
 from greenrl.slo import Slo
@@ -141,9 +141,13 @@ class SimNode:
             blocks = r.kv_capacity_tokens(config.gpu_memory_utilization) // config.block_tokens
             if config.max_model_len_tokens is not None and blocks * config.block_tokens < config.max_model_len_tokens:
                 continue  # vLLM refuses to start: one max-length request would not fit the KV cache
-            per_gpu_bps = config.host_load_bandwidth_per_gpu_bps
-            load_bps = tp * per_gpu_bps if per_gpu_bps is not None else config.load_bandwidth_bps
-            load_s = r.card.weight_bytes / load_bps + config.engine_start_s
+            load_s = reload_time_s(
+                r.card.weight_bytes,
+                tp,
+                shared_bandwidth_bps=config.load_bandwidth_bps,
+                per_gpu_bandwidth_bps=config.host_load_bandwidth_per_gpu_bps,
+                engine_start_s=config.engine_start_s,
+            )
             idle_gpu_w = self.gpu.idle_power_w if config.idle_power_w is None else config.idle_power_w
             reload_w = tp * (idle_gpu_w + config.reload_power_frac * self.gpu.tdp_w)
             self._feasible[tp] = (pack(r), int(blocks), load_s, reload_w)
