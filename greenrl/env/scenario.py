@@ -8,13 +8,15 @@ Public names: Scenario, load_scenario, scenario_names, scenarios_dir.
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
 from greenrl.bundled import scenarios_dir
+from greenrl.env.scenario_checks import check_scenario, check_sections, check_shapes
 from greenrl.errors import InputError
 from greenrl.slo import Slo
 
@@ -135,8 +137,11 @@ def _check_type(where: str, key: str, value: Any, tp: Any) -> Any:
     text = str(tp)
     if value is None and "None" in text:
         return value
+    members = [a for a in get_args(tp) if a is not type(None)]
+    if len(members) == 1 and get_origin(tp) not in (list, dict):  # X | None, value given: check it as X
+        tp, text = members[0], str(members[0])
     if tp is float or text.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise InputError(where, key, f"expected a number, got {value!r}", "write a number such as 30.0")
         return float(value)
     if tp is int or text.startswith("int"):
@@ -151,6 +156,11 @@ def _check_type(where: str, key: str, value: Any, tp: Any) -> Any:
         raise InputError(where, key, f"expected a list, got {value!r}", "write [a, b, ...]")
     if text.startswith("dict") and not isinstance(value, dict):
         raise InputError(where, key, f"expected a mapping, got {value!r}", "write {key: value, ...}")
+    args = get_args(tp)
+    if text.startswith("list") and args:  # each item too: ["a", "b"] or [.nan] fail here, naming the item
+        return [_check_type(where, f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if text.startswith("dict") and len(args) == 2:
+        return {k: _check_type(where, f"{key}.{k}", v, args[1]) for k, v in value.items()}
     return value
 
 
@@ -205,9 +215,16 @@ def load_scenario(name_or_path: str) -> Scenario:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise InputError(where, "file", f"not valid YAML ({err})", "fix the syntax") from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise InputError(
+            where, "file", f"not a YAML text file ({type(err).__name__})", "give a scenario YAML"
+        ) from None
+    check_sections(raw, where)
     kwargs = _build(Scenario, raw or {}, where, "")
     scenario = Scenario(name=path.stem, path=where, **kwargs)
+    check_shapes(scenario, where)
     _validate(scenario, where)
+    check_scenario(scenario, where)
     return scenario
 
 

@@ -1,0 +1,145 @@
+"""Inputs that crashed, hung or lied (issue 18): each now fails at once, in one line naming file, field and fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from greenrl.env import ServingEnv, load_scenario, scenario_names
+from greenrl.errors import InputError
+from greenrl.workload import load_trace
+
+TINY = yaml.safe_load(Path(load_scenario("tiny").path).read_text())
+
+
+def _scenario(tmp_path: Path, change: dict[str, Any], base: dict[str, Any] = TINY) -> Path:
+    """Write ``base`` with dotted keys set (value ``...``: the key removed)."""
+    raw = copy.deepcopy(base)
+    for dotted, value in change.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is ...:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _fails(path: Path, field: str) -> InputError:
+    """Loading (or, to be sure nothing slips through, building the env) raises naming the file and field."""
+    with pytest.raises(InputError) as info:
+        scenario = load_scenario(str(path))
+        ServingEnv(scenario, "eval")  # pragma: no cover - only reached while the bug is present
+    err = info.value
+    assert err.where == str(path), str(err)
+    assert err.field == field, str(err)
+    assert "\n" not in str(err) and err.fix
+    return err
+
+
+# ----------------------------------------------------------------------------------- scenario YAML
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"node": ...}, "node"),
+        ({"control": ...}, "control"),
+        ({"workload": ...}, "workload"),
+        ({"control.knobs": {}}, "control.knobs"),
+        ({"control.interval_s": float("nan")}, "control.interval_s"),
+        ({"workload.window_s": float("nan")}, "workload.window_s"),
+        ({"workload.window_s": float("inf")}, "workload.window_s"),
+        ({"workload.rate_scale": [0.5, 1.0, 2.0]}, "workload.rate_scale"),
+        ({"workload.rate_scale": "abc"}, "workload.rate_scale"),
+        ({"workload.rate_scale": ["a", "b"]}, "workload.rate_scale[0]"),
+        ({"workload.eval_windows_s": [[2700]]}, "workload.eval_windows_s[0]"),
+        ({"workload.eval_windows_s": [2700, 300]}, "workload.eval_windows_s[0]"),
+        ({"workload.train_range_s": [0.0]}, "workload.train_range_s"),
+        ({"node.load_bandwidth_gbps": 0}, "node.load_bandwidth_gbps"),
+        ({"node.gpus": 0}, "node.gpus"),
+        ({"node.gpu": "tpu"}, "node.gpu"),
+        ({"node.model": "gpt-17"}, "node.model"),
+        ({"episode.steps": -5}, "episode.steps"),
+        ({"slo.ttft_floor_s": -0.5}, "slo.ttft_floor_s"),
+        ({"workload.eval_rate_scale": -0.6}, "workload.eval_rate_scale"),
+        ({"workload.eval_windows_s": [[3000.0, 900.0]]}, "workload.eval_windows_s[0]"),
+        (
+            {"workload.train_range_s": [0.0, 9000.0], "workload.eval_windows_s": [[9000.0, 100.0]]},
+            "workload.train_range_s",
+        ),
+        ({"control.knobs.tp": [1, 2, 3]}, "control.knobs.tp"),
+        ({"control.knobs.tp": [4]}, "control.knobs.tp"),
+        ({"control.knobs.replicas": [1, 4]}, "control.knobs.replicas"),
+        ({"control.knobs.tp": 2}, "control.knobs.tp"),
+        ({"node.initial": {"tp": [2]}}, "node.initial.tp"),
+        ({"workload.synthetic": {"mean_rps": 5.0, "colour": 1.0}}, "workload.synthetic.colour"),
+        ({"workload.synthetic": {"mean_rps": -1.0}}, "workload.synthetic.mean_rps"),
+    ],
+)
+def test_bad_scenario_fails_at_load(tmp_path: Path, change: dict[str, Any], field: str) -> None:
+    _fails(_scenario(tmp_path, change), field)
+
+
+def test_tp_that_does_not_divide_the_gpus_is_an_error_not_a_mask(tmp_path: Path) -> None:
+    default = yaml.safe_load(Path(load_scenario("default").path).read_text())
+    err = _fails(_scenario(tmp_path, {"control.knobs.tp": [2, 3, 8]}, default), "control.knobs.tp")
+    assert "3" in err.problem and "[1, 2, 4, 8]" in err.fix
+    # weights that do not fit stay masked (a run-time fact, not a typo)
+    path = _scenario(tmp_path, {"control.knobs.tp": [1, 8]}, default)
+    assert ServingEnv(load_scenario(str(path))).action_masks()[:2].tolist() == [False, True]
+
+
+def test_binary_scenario_file(tmp_path: Path) -> None:
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(bytes(range(256)) * 4)
+    _fails(path, "file")
+
+
+def test_shipped_scenarios_still_load() -> None:
+    for name in scenario_names():
+        assert load_scenario(name).control.knobs
+
+
+# ---------------------------------------------------------------------------------------- trace CSV
+
+
+def _csv(tmp_path: Path, rows: list[str]) -> Path:
+    path = tmp_path / "reqs.csv"
+    path.write_text("\n".join(["arrival_s,input_tokens,output_tokens", *rows]) + "\n")
+    return path
+
+
+def test_trace_error_names_the_csv_and_column_not_node_initial(tmp_path: Path) -> None:
+    trace = _csv(tmp_path, ["0,10,5", "1,oops,5", "2,10,5"])
+    path = _scenario(tmp_path, {"workload.trace": str(trace), "workload.train_range_s": [0.0, 2.0]})
+    with pytest.raises(InputError) as info:
+        ServingEnv(load_scenario(str(path)))
+    assert info.value.where == str(trace) and info.value.field == "input_tokens", str(info.value)
+
+
+def test_trace_nan_is_not_an_empty_cell(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        load_trace(_csv(tmp_path, ["0,10,5", "1,nan,5", "2,10,5"]))
+    assert "'nan' is not a number" in info.value.problem and "empty" not in info.value.problem
+    with pytest.raises(InputError) as info:
+        load_trace(_csv(tmp_path, ["0,10,5", "1,,5", "2,10,5"]))
+    assert "an empty cell" in info.value.problem
+
+
+def test_trace_huge_token_count_is_reported_as_written(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        load_trace(_csv(tmp_path, ["0,10,5", "1,1e30,5", "2,10,5"]))
+    err = info.value
+    assert err.field == "input_tokens" and "1e+30" in err.problem and "-9223372036854775808" not in str(err)
+    with pytest.raises(InputError) as info:
+        load_trace(_csv(tmp_path, ["0,10,5", "1,9000000000000000000,5", "2,10,5"]))
+    assert info.value.field == "input_tokens" and info.value.where == str(tmp_path / "reqs.csv")
