@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,102 @@ def test_trace_huge_token_count_is_reported_as_written(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         load_trace(_csv(tmp_path, ["0,10,5", "1,9000000000000000000,5", "2,10,5"]))
     assert info.value.field == "input_tokens" and info.value.where == str(tmp_path / "reqs.csv")
+
+
+# -------------------------------------------------------------------------------------- config.json
+
+LLAMA = {
+    "num_hidden_layers": 32,
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 14336,
+    "vocab_size": 128256,
+}
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"hidden_size": "4096"}, "hidden_size"),
+        ({"num_key_value_heads": "8"}, "num_key_value_heads"),
+        ({"num_local_experts": "8"}, "num_local_experts"),
+        ({"head_dim": "128"}, "head_dim"),
+        ({"num_key_value_heads": -8}, "num_key_value_heads"),
+        ({"head_dim": 0}, "head_dim"),
+        ({"num_local_experts": 8, "num_experts_per_tok": 9}, "num_experts_per_tok"),
+        ({"hidden_size": 10**400}, "hidden_size"),
+        ({"num_attention_heads": 10**12 + 1}, "num_attention_heads"),
+        ({"hidden_size": 16, "num_attention_heads": 32, "num_key_value_heads": 32}, "head_dim"),
+        ({"tie_word_embeddings": "no"}, "tie_word_embeddings"),
+    ],
+)
+def test_bad_config_json_fields(tmp_path: Path, change: dict[str, Any], field: str) -> None:
+    from greenrl.catalog import load_model
+
+    path = _config(tmp_path, json.dumps(LLAMA | change))
+    with pytest.raises(InputError) as info:
+        load_model(str(path))
+    assert (info.value.where, info.value.field) == (str(path), field), str(info.value)
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_config_json_nan_and_infinity(tmp_path: Path, token: str) -> None:
+    from greenrl.catalog import load_model
+
+    for key in ("hidden_size", "num_key_value_heads", "num_local_experts"):
+        text = json.dumps(LLAMA | {key: 0}).replace(f'"{key}": 0', f'"{key}": {token}')
+        with pytest.raises(InputError) as info:
+            load_model(str(_config(tmp_path, text)))
+        assert info.value.field == key
+
+
+def test_config_json_directory_and_binary(tmp_path: Path) -> None:
+    from greenrl.catalog import load_model
+
+    with pytest.raises(InputError) as info:
+        load_model(str(tmp_path))
+    assert info.value.where == str(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(InputError):
+        load_model(str(path))
+
+
+def test_huge_head_count_with_tp_does_not_hang(tmp_path: Path) -> None:
+    from greenrl.catalog.models import ModelCard
+
+    card = ModelCard("big", 1, 8, 10**12 + 1, 1, 8, 8, 8)
+    with pytest.raises(InputError) as info:
+        card.check_tp(2)
+    assert "use one of 1" in info.value.fix
+
+
+# ---------------------------------------------------------------------------------------------- predict
+
+PREDICT = ["--model", "llama-3.1-70b", "--gpu", "h100", "--tp", "4", "--input-tokens", "300", "--output-tokens", "350"]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--batch", "inf"), ("--batch", "nan"), ("--batch", "1e9")])
+def test_predict_rejects_batches_it_cannot_answer(capsys: pytest.CaptureFixture[str], flag: str, value: str) -> None:
+    from greenrl import predict
+
+    with pytest.raises(SystemExit) as info:
+        predict.main([*PREDICT, flag, value, "--json"])
+    assert info.value.code == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1 and "--batch" in out.err and "fix:" in out.err
+
+
+def test_predict_warns_when_the_batch_overflows_the_kv_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    from greenrl import predict
+
+    assert predict.main([*PREDICT, "--batch", "3000", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert any("KV" in w and "at most" in w for w in out["domain_warnings"])
