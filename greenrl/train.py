@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
+import os
 import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from datetime import datetime
@@ -201,16 +204,16 @@ def _make_callbacks(run: Path, scenario: Scenario, cfg: dict[str, Any]) -> Any:
             if val["return"] > self.best:
                 self.best = val["return"]
                 (run / "best").mkdir(exist_ok=True)
-                self.model.save(run / "best" / "model.zip")
+                _save_model(self.model, run / "best" / "model.zip")
                 atomic_write_text(run / "best" / "eval.json", json.dumps(row, indent=1) + "\n")
 
     return Progress()
 
 
 def train(
-    scenario_name: str = "default",
-    agent: str = "maskable_ppo",
-    seed: int = 0,
+    scenario_name: str | None = None,
+    agent: str | None = None,
+    seed: int | None = None,
     total_timesteps: int | None = None,
     n_envs: int | None = None,
     out: Path = Path("runs"),
@@ -220,18 +223,33 @@ def train(
     progress_bar: bool = True,
     overrides: dict[str, Any] | None = None,
     slo_weight: float | None = None,
+    trust_pickle: bool = False,
 ) -> Path:
     """Train, evaluate against static-max, export the best controller; returns the run folder.
 
     ``overrides`` replace hyperparameters of the agent file (``--warm-start`` is one); ``slo_weight``
     replaces the scenario's ``reward.slo_weight`` (one point of an energy-SLO Pareto front).
+    ``resume`` continues a run folder with its recorded scenario, agent, seed and hyperparameters
+    (``total_timesteps`` and ``n_envs`` may be given to change them); its checkpoint must match the
+    sha256 recorded when it was saved unless ``trust_pickle`` (an SB3 zip is a pickle: loading runs code).
+    A run interrupted before its first checkpoint (during the warm start) starts over when resumed.
     """
+    recorded: dict[str, Any] | None = None
+    if resume is not None:
+        recorded = _recorded_run(Path(resume))
+        scenario_name, agent, seed = _resume_args(recorded, scenario_name, agent, seed, overrides, slo_weight)
+    scenario_name = scenario_name or "default"
+    agent = agent or "maskable_ppo"
+    seed = 0 if seed is None else seed
     scenario = load_scenario(scenario_name)
+    if recorded is not None:  # the run's reward (its --slo-weight, the agent file's slo_reference)
+        reward = recorded["scenario_config"].get("reward", {})
+        scenario = replace(scenario, reward=replace(scenario.reward, **reward))
     if slo_weight is not None:
         if not (slo_weight >= 0 and np.isfinite(slo_weight)):
             raise InputError("--slo-weight", "slo_weight", f"{slo_weight} is not >= 0", "e.g. 10")
         scenario = replace(scenario, reward=replace(scenario.reward, slo_weight=float(slo_weight)))
-    cfg = agent_config(agent, scenario.name)
+    cfg = agent_config(agent, scenario.name) if recorded is None else dict(recorded["hyperparameters"])
     for key, value in (overrides or {}).items():
         if key not in _AGENT_KEYS:
             raise InputError("train", key, "unknown hyperparameter", f"use {', '.join(sorted(_AGENT_KEYS))}")
@@ -267,19 +285,26 @@ def train(
         raise InputError("--vec", "vec", f"unknown vector env {vec!r}", "use dummy or subproc")
 
     import torch
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
     from torch.distributions import Distribution
 
     Distribution.set_default_validate_args(False)  # measured: +10-25% PPO throughput on this CPU
     if vec == "subproc":
         torch.set_num_threads(1)
 
-    if resume is not None:
-        run = Path(resume)
-        if not (run / "checkpoint" / "model.zip").is_file():
-            raise InputError("--resume", "resume", f"{run} has no checkpoint/model.zip", "give a run folder to resume")
+    if recorded is not None:
+        run = Path(str(resume))
+        if recorded["scenario_config"] != asdict(scenario):
+            raise InputError(
+                str(run / "config.yaml"),
+                "scenario_config",
+                f"the scenario file {scenario.path} changed since this run started",
+                "restore it, or start a new run",
+            )
+        if not (run / "checkpoint" / "model.zip").is_file():  # interrupted before its first checkpoint
+            print(f"{run} has no checkpoint yet: starting the run over in it", file=sys.stderr)
+            resume = None
+        else:
+            _check_checkpoint(run / "checkpoint" / "model.zip", trust_pickle)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run = Path(out) / scenario.name / f"{name}_{stamp}"
@@ -297,6 +322,38 @@ def train(
             run / "command.txt", shlex.join([sys.executable, "-m", "greenrl.train", *sys.argv[1:]]) + "\n"
         )
         atomic_write_text(run / "versions.json", json.dumps(_versions(), indent=1) + "\n")
+    try:
+        return _train_in(run, scenario, agent, seed, cfg, resume, vec, progress_bar, ship, name, trust_pickle)
+    except KeyboardInterrupt:
+        if (run / "checkpoint" / "model.zip").is_file():
+            print(f"interrupted; resume with: python -m greenrl.train --resume {run}", file=sys.stderr)
+        else:
+            print(
+                f"interrupted before the first checkpoint (during the warm start): nothing trained is kept; "
+                f"start it over with: python -m greenrl.train --resume {run}",
+                file=sys.stderr,
+            )
+        return run
+
+
+def _train_in(
+    run: Path,
+    scenario: Scenario,
+    agent: str,
+    seed: int,
+    cfg: dict[str, Any],
+    resume: Path | None,
+    vec: str,
+    progress_bar: bool,
+    ship: bool,
+    name: str,
+    trust_pickle: bool,
+) -> Path:
+    """Build the envs and the model (or load the checkpoint), learn, evaluate and export."""
+    import torch
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
 
     def factory(i: int) -> Any:
         return lambda: ServingEnv(scenario, "train")
@@ -355,20 +412,20 @@ def train(
     except KeyboardInterrupt:
         interrupted = True
     (run / "checkpoint").mkdir(exist_ok=True)
-    model.save(run / "checkpoint" / "model.zip")  # resumable with --resume
+    _save_model(model, run / "checkpoint" / "model.zip")  # resumable with --resume
     stats = {"mean": float(env.ret_rms.mean), "var": float(env.ret_rms.var), "count": float(env.ret_rms.count)}
     atomic_write_text(norm_file, json.dumps(stats))
     env.close()
     if interrupted:
         print(
-            f"interrupted at {model.num_timesteps} timesteps; resume with: python -m greenrl.train "
-            f"--scenario {scenario.name} --agent {agent} --resume {run}",
+            f"interrupted at {model.num_timesteps} timesteps; resume with: python -m greenrl.train --resume {run}",
             file=sys.stderr,
         )
         return run
     callback.evaluate()  # the final policy is a candidate too
     wall = time.perf_counter() - started
 
+    _check_checkpoint(run / "best" / "model.zip", trust_pickle)
     best_model = algo.load(run / "best" / "model.zip", device="cpu")
     eval_env = ServingEnv(scenario, "eval")
     static = StaticPolicy(eval_env.action_for(eval_env.initial))
@@ -407,6 +464,89 @@ def train(
         export_controller(best_model, eval_env, Path("checkpoints") / scenario.name / name, extra)
     _print_summary(run, summary)
     return run
+
+
+def _recorded_run(run: Path) -> dict[str, Any]:
+    """The run folder's config.yaml: the scenario, agent, seed and hyperparameters it was started with."""
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise InputError("--resume", "resume", f"{run} has no config.yaml", "give a run folder made by greenrl.train")
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError(str(path), "file", f"not readable ({type(err).__name__})", "start a new run") from None
+    keys = ("scenario_file", "agent", "seed", "hyperparameters", "scenario_config")
+    if not isinstance(recorded, dict) or any(k not in recorded for k in keys):
+        raise InputError(str(path), "file", f"lacks one of {', '.join(keys)}", "start a new run")
+    return recorded
+
+
+def _resume_args(
+    recorded: dict[str, Any],
+    scenario_name: str | None,
+    agent: str | None,
+    seed: int | None,
+    overrides: dict[str, Any] | None,
+    slo_weight: float | None,
+) -> tuple[str, str, int]:
+    """The recorded run's arguments; a given one that differs is an error (a run is one configuration)."""
+    if scenario_name is not None and load_scenario(scenario_name).path != recorded["scenario_file"]:
+        raise InputError(
+            "--scenario",
+            "scenario",
+            f"the run was trained on {recorded['scenario_file']}, not {scenario_name}",
+            "drop --scenario when resuming (the run's own is used)",
+        )
+    for flag, given, key in (("--agent", agent, "agent"), ("--seed", seed, "seed")):
+        if given is not None and given != recorded[key]:
+            raise InputError(flag, key, f"the run used {recorded[key]!r}, not {given!r}", f"drop {flag} when resuming")
+    if overrides or slo_weight is not None:
+        raise InputError(
+            "--resume",
+            "warm_start/slo_weight",
+            "hyperparameters and the SLO weight are the run's own when resuming",
+            "drop --warm-start and --slo-weight, or start a new run",
+        )
+    return str(recorded["scenario_file"]), str(recorded["agent"]), int(recorded["seed"])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _save_model(model: Any, path: Path) -> None:
+    """Save to memory, write the zip atomically (never a truncated file), then record its sha256 beside it."""
+    buffer = io.BytesIO()
+    model.save(buffer)
+    data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+
+
+def _check_checkpoint(path: Path, trust_pickle: bool) -> None:
+    """Refuse a zip whose sha256 is not the one recorded when this run saved it (SB3 zips are pickles)."""
+    if trust_pickle:
+        return
+    record = path.with_name(path.name + ".sha256")
+    want = record.read_text().strip() if record.is_file() else None
+    if want is None or _sha256(path) != want:
+        problem = "has no recorded sha256" if want is None else "does not match the sha256 recorded when it was saved"
+        raise InputError(
+            str(path),
+            "sha256",
+            f"{problem}; an SB3 zip is a pickle and loading it runs its code",
+            "resume only checkpoints this run saved, or pass --trust-pickle if you trust the file",
+        )
 
 
 def _warm_start(model: Any, env: Any, scenario: Scenario, cfg: dict[str, Any], seed: int, run: Path) -> None:
@@ -486,14 +626,28 @@ def _print_summary(run: Path, s: dict[str, Any]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m greenrl.train", description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", default="default", help="scenario name (envs/*.yaml) or path")
-    p.add_argument("--agent", default="maskable_ppo", choices=sorted(AGENTS), help="hyperparameters: agents/*.yaml")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenario", default=None, help="scenario name (envs/*.yaml) or path (default: default)")
+    p.add_argument(
+        "--agent", default=None, choices=sorted(AGENTS), help="hyperparameters: agents/*.yaml (default: maskable_ppo)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="(default: 0)")
     p.add_argument("--total-timesteps", type=int, default=None)
     p.add_argument("--n-envs", type=int, default=None, help="parallel environments")
     p.add_argument("--vec", default="dummy", help="dummy (one process; fastest on 2 cores) or subproc")
     p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run folder")
-    p.add_argument("--resume", type=Path, default=None, help="a run folder to continue")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a run folder to continue with its recorded scenario, agent, seed and hyperparameters "
+        "(--total-timesteps may extend it); its checkpoint zip must match the sha256 the run recorded",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load a --resume checkpoint whose sha256 does not match the run's record (an SB3 zip is a "
+        "pickle: loading it runs code; only for files you trust)",
+    )
     p.add_argument("--ship", action="store_true", help="also export to checkpoints/<scenario>/<agent>_s<seed>/")
     p.add_argument(
         "--warm-start", default=None, help="baseline to clone before PPO (default: the agent file's; 'none': off)"
@@ -507,7 +661,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and train."""
     args = _parser().parse_args(argv)
-    train(
+    run = train(
         args.scenario,
         args.agent,
         args.seed,
@@ -520,8 +674,9 @@ def main(argv: list[str] | None = None) -> int:
         not args.no_progress,
         {"warm_start": args.warm_start} if args.warm_start is not None else None,
         args.slo_weight,
+        args.trust_pickle,
     )
-    return 0
+    return 0 if (run / "summary.json").is_file() else 130  # 130: interrupted (Ctrl-C), resumable
 
 
 if __name__ == "__main__":

@@ -243,3 +243,106 @@ def test_predict_warns_when_the_batch_overflows_the_kv_cache(capsys: pytest.Capt
     assert predict.main([*PREDICT, "--batch", "3000", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert any("KV" in w and "at most" in w for w in out["domain_warnings"])
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def _interrupting_learn(calls: list[int]) -> Any:
+    """A stand-in for PPO.learn that records the steps asked for and is 'interrupted' at once."""
+
+    def learn(self: Any, total_timesteps: int, *args: Any, **kwargs: Any) -> Any:
+        calls.append(total_timesteps)
+        raise KeyboardInterrupt
+
+    return learn
+
+
+def _train_cli(argv: list[str]) -> int:
+    from greenrl import train
+
+    try:
+        return train.main(argv)
+    except KeyboardInterrupt:  # pragma: no cover - the bug: Ctrl-C escapes as a traceback
+        pytest.fail("KeyboardInterrupt escaped greenrl.train")
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+
+
+@pytest.fixture
+def interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, list[int]]:
+    """A tiny run of 96 recorded timesteps, interrupted before learning: a checkpoint, no summary."""
+    from sb3_contrib import MaskablePPO
+
+    calls: list[int] = []
+    monkeypatch.setattr(MaskablePPO, "learn", _interrupting_learn(calls))
+    argv = ["--scenario", "tiny", "--total-timesteps", "96", "--n-envs", "1", "--out", str(tmp_path), "--no-progress"]
+    assert _train_cli(argv) in (0, 130)
+    (run,) = (tmp_path / "tiny").iterdir()
+    assert (run / "checkpoint" / "model.zip").is_file() and calls == [96]
+    return run, calls
+
+
+def test_ctrl_c_during_the_warm_start_is_clean_and_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sb3_contrib import MaskablePPO
+
+    from greenrl import train
+
+    def warm_start(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "_warm_start", warm_start)
+    argv = ["--scenario", "tiny", "--warm-start", "static-max", "--total-timesteps", "64", "--n-envs", "1"]
+    assert _train_cli([*argv, "--out", str(tmp_path), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--resume" in err
+    (run,) = (tmp_path / "tiny").iterdir()
+    calls: list[int] = []
+    monkeypatch.setattr(train, "_warm_start", lambda *a, **k: None)
+    monkeypatch.setattr(MaskablePPO, "learn", _interrupting_learn(calls))
+    assert _train_cli(["--resume", str(run), "--no-progress"]) == 130  # starts over in the same folder
+    assert calls == [64] and (run / "checkpoint" / "model.zip").is_file()
+
+
+def test_resume_uses_the_runs_scenario_and_total_timesteps(interrupted_run: tuple[Path, list[int]]) -> None:
+    run, calls = interrupted_run
+    assert _train_cli(["--resume", str(run), "--no-progress"]) == 130  # no --scenario: the run's own (tiny)
+    assert calls == [96, 96]  # the recorded total_timesteps, not the agent file's 30_000
+    assert _train_cli(["--resume", str(run), "--scenario", "default", "--no-progress"]) == 2
+
+
+def test_a_planted_checkpoint_is_refused_unless_trusted(
+    interrupted_run: tuple[Path, list[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zipfile
+
+    run, calls = interrupted_run
+    with zipfile.ZipFile(run / "checkpoint" / "model.zip", "a") as zipped:
+        zipped.writestr("payload.pkl", b"planted")
+    capsys.readouterr()
+    assert _train_cli(["--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model.zip: sha256" in err and "--trust-pickle" in err and calls == [96]
+    assert _train_cli(["--resume", str(run), "--trust-pickle", "--no-progress"]) == 130
+    assert calls == [96, 96]
+
+
+def test_a_failed_checkpoint_save_leaves_the_old_one_whole(
+    interrupted_run: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sb3_contrib import MaskablePPO
+
+    run, _ = interrupted_run
+    before = (run / "checkpoint" / "model.zip").read_bytes()
+
+    def save(self: Any, path: Any, *args: Any, **kwargs: Any) -> None:
+        handle = open(path, "wb") if isinstance(path, str | Path) else path  # noqa: SIM115
+        handle.write(before[:100])  # half-written, then the disk fills
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(MaskablePPO, "save", save)
+    with pytest.raises(OSError, match="No space"):
+        _train_cli(["--resume", str(run), "--no-progress"])
+    assert (run / "checkpoint" / "model.zip").read_bytes() == before
