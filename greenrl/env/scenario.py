@@ -214,7 +214,7 @@ def load_scenario(name_or_path: str) -> Scenario:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise InputError(where, "file", f"not valid YAML ({err})", "fix the syntax") from None
+        raise InputError(where, "file", f"not valid YAML ({' '.join(str(err).split())})", "fix the syntax") from None
     except (UnicodeDecodeError, RecursionError) as err:
         raise InputError(
             where, "file", f"not a YAML text file ({type(err).__name__})", "give a scenario YAML"

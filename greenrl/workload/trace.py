@@ -345,7 +345,8 @@ def _read_file(
     except pd.errors.EmptyDataError:
         raise InputError(where, "(file)", "the file is empty", "write a header row and one row per request") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
-        raise InputError(where, "(file)", f"cannot be read as a table: {err}", "pass a CSV or Parquet file") from None
+        text = " ".join(str(err).split())  # one line
+        raise InputError(where, "(file)", f"cannot be read as a table: {text}", "pass a CSV or Parquet file") from None
     columns = [str(c) for c in frame.columns]
     t_col = _pick_column(where, columns, time_col, _TIME_COLS, "time_col", "arrival time")
     i_col = _pick_column(where, columns, input_col, _INPUT_COLS, "input_col", "input tokens")
