@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
-import os
 import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, replace
 from datetime import datetime
@@ -35,6 +32,7 @@ from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
 from greenrl.rollout import StaticPolicy, rollout
+from greenrl.train_resume import check_checkpoint, recorded_run, resume_args, save_model
 
 __all__ = ["agent_config", "evaluate_policy_on", "main", "train"]
 
@@ -204,7 +202,7 @@ def _make_callbacks(run: Path, scenario: Scenario, cfg: dict[str, Any]) -> Any:
             if val["return"] > self.best:
                 self.best = val["return"]
                 (run / "best").mkdir(exist_ok=True)
-                _save_model(self.model, run / "best" / "model.zip")
+                save_model(self.model, run / "best" / "model.zip")
                 atomic_write_text(run / "best" / "eval.json", json.dumps(row, indent=1) + "\n")
 
     return Progress()
@@ -236,8 +234,8 @@ def train(
     """
     recorded: dict[str, Any] | None = None
     if resume is not None:
-        recorded = _recorded_run(Path(resume))
-        scenario_name, agent, seed = _resume_args(recorded, scenario_name, agent, seed, overrides, slo_weight)
+        recorded = recorded_run(Path(resume))
+        scenario_name, agent, seed = resume_args(recorded, scenario_name, agent, seed, overrides, slo_weight)
     scenario_name = scenario_name or "default"
     agent = agent or "maskable_ppo"
     seed = 0 if seed is None else seed
@@ -304,7 +302,7 @@ def train(
             print(f"{run} has no checkpoint yet: starting the run over in it", file=sys.stderr)
             resume = None
         else:
-            _check_checkpoint(run / "checkpoint" / "model.zip", trust_pickle)
+            check_checkpoint(run / "checkpoint" / "model.zip", trust_pickle)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run = Path(out) / scenario.name / f"{name}_{stamp}"
@@ -412,7 +410,7 @@ def _train_in(
     except KeyboardInterrupt:
         interrupted = True
     (run / "checkpoint").mkdir(exist_ok=True)
-    _save_model(model, run / "checkpoint" / "model.zip")  # resumable with --resume
+    save_model(model, run / "checkpoint" / "model.zip")  # resumable with --resume
     stats = {"mean": float(env.ret_rms.mean), "var": float(env.ret_rms.var), "count": float(env.ret_rms.count)}
     atomic_write_text(norm_file, json.dumps(stats))
     env.close()
@@ -425,7 +423,7 @@ def _train_in(
     callback.evaluate()  # the final policy is a candidate too
     wall = time.perf_counter() - started
 
-    _check_checkpoint(run / "best" / "model.zip", trust_pickle)
+    check_checkpoint(run / "best" / "model.zip", trust_pickle)
     best_model = algo.load(run / "best" / "model.zip", device="cpu")
     eval_env = ServingEnv(scenario, "eval")
     static = StaticPolicy(eval_env.action_for(eval_env.initial))
@@ -464,89 +462,6 @@ def _train_in(
         export_controller(best_model, eval_env, Path("checkpoints") / scenario.name / name, extra)
     _print_summary(run, summary)
     return run
-
-
-def _recorded_run(run: Path) -> dict[str, Any]:
-    """The run folder's config.yaml: the scenario, agent, seed and hyperparameters it was started with."""
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise InputError("--resume", "resume", f"{run} has no config.yaml", "give a run folder made by greenrl.train")
-    try:
-        recorded = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError(str(path), "file", f"not readable ({type(err).__name__})", "start a new run") from None
-    keys = ("scenario_file", "agent", "seed", "hyperparameters", "scenario_config")
-    if not isinstance(recorded, dict) or any(k not in recorded for k in keys):
-        raise InputError(str(path), "file", f"lacks one of {', '.join(keys)}", "start a new run")
-    return recorded
-
-
-def _resume_args(
-    recorded: dict[str, Any],
-    scenario_name: str | None,
-    agent: str | None,
-    seed: int | None,
-    overrides: dict[str, Any] | None,
-    slo_weight: float | None,
-) -> tuple[str, str, int]:
-    """The recorded run's arguments; a given one that differs is an error (a run is one configuration)."""
-    if scenario_name is not None and load_scenario(scenario_name).path != recorded["scenario_file"]:
-        raise InputError(
-            "--scenario",
-            "scenario",
-            f"the run was trained on {recorded['scenario_file']}, not {scenario_name}",
-            "drop --scenario when resuming (the run's own is used)",
-        )
-    for flag, given, key in (("--agent", agent, "agent"), ("--seed", seed, "seed")):
-        if given is not None and given != recorded[key]:
-            raise InputError(flag, key, f"the run used {recorded[key]!r}, not {given!r}", f"drop {flag} when resuming")
-    if overrides or slo_weight is not None:
-        raise InputError(
-            "--resume",
-            "warm_start/slo_weight",
-            "hyperparameters and the SLO weight are the run's own when resuming",
-            "drop --warm-start and --slo-weight, or start a new run",
-        )
-    return str(recorded["scenario_file"]), str(recorded["agent"]), int(recorded["seed"])
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _save_model(model: Any, path: Path) -> None:
-    """Save to memory, write the zip atomically (never a truncated file), then record its sha256 beside it."""
-    buffer = io.BytesIO()
-    model.save(buffer)
-    data = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    atomic_write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
-
-
-def _check_checkpoint(path: Path, trust_pickle: bool) -> None:
-    """Refuse a zip whose sha256 is not the one recorded when this run saved it (SB3 zips are pickles)."""
-    if trust_pickle:
-        return
-    record = path.with_name(path.name + ".sha256")
-    want = record.read_text().strip() if record.is_file() else None
-    if want is None or _sha256(path) != want:
-        problem = "has no recorded sha256" if want is None else "does not match the sha256 recorded when it was saved"
-        raise InputError(
-            str(path),
-            "sha256",
-            f"{problem}; an SB3 zip is a pickle and loading it runs its code",
-            "resume only checkpoints this run saved, or pass --trust-pickle if you trust the file",
-        )
 
 
 def _warm_start(model: Any, env: Any, scenario: Scenario, cfg: dict[str, Any], seed: int, run: Path) -> None:
