@@ -219,8 +219,8 @@ def load_scenario(name_or_path: str) -> Scenario:
         raise InputError(
             where, "file", f"not a YAML text file ({type(err).__name__})", "give a scenario YAML"
         ) from None
-    check_sections(raw, where)
     kwargs = _build(Scenario, raw or {}, where, "")
+    check_sections(raw, where)
     scenario = Scenario(name=path.stem, path=where, **kwargs)
     check_shapes(scenario, where)
     _validate(scenario, where)
