@@ -29,7 +29,12 @@ def recorded_run(run: Path) -> dict[str, Any]:
     """The run folder's config.yaml: the scenario, agent, seed and hyperparameters it was started with."""
     path = run / "config.yaml"
     if not path.is_file():
-        raise InputError("--resume", "resume", f"{run} has no config.yaml", "give a run folder made by greenrl.train")
+        raise InputError(
+            "--resume",
+            "resume",
+            f"{run} has no config.yaml and no checkpoint: not a run folder",
+            "give a run folder made by greenrl.train",
+        )
     try:
         recorded = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as err:
