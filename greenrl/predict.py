@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ __all__ = ["main", "predict"]
 
 
 def _positive(flag: str, value: float) -> None:
-    if not value > 0:
+    if not (math.isfinite(value) and value > 0):
         raise InputError(
-            flag, flag.lstrip("-").replace("-", "_"), f"must be positive, got {value:g}", "give a number > 0"
+            flag, flag.lstrip("-").replace("-", "_"), f"must be positive and finite, got {value:g}", "give a number > 0"
         )
 
 
@@ -52,9 +53,19 @@ def predict(
     for flag, value in (("--batch", batch), ("--input-tokens", input_tokens), ("--output-tokens", output_tokens)):
         _positive(flag, value)
     spec = load_gpu(gpu)
+    if sm_clock_mhz is not None and not math.isfinite(sm_clock_mhz):
+        raise InputError("--sm-clock-mhz", "sm_clock_mhz", f"must be finite, got {sm_clock_mhz:g}", "e.g. 1605")
     clock = spec.max_sm_clock_mhz if sm_clock_mhz is None else spec.check_clock(sm_clock_mhz)
     surrogate = Surrogate(path=params_path)
     replica = surrogate.replica(model, spec, tp, stack, dtype)
+    capacity = replica.kv_capacity_tokens()
+    if batch > capacity:  # not even one token of context per sequence fits: no such steady state
+        raise InputError(
+            "--batch",
+            "batch",
+            f"{batch:g} running sequences exceed the KV cache of {capacity} tokens ({replica.card.name}, tp={tp})",
+            f"use --batch <= {max(1, capacity // int(input_tokens + output_tokens))}",
+        )
     st = steady_state(replica, float(batch), float(input_tokens), float(output_tokens), float(clock))
     values = {
         "prefill_s": float(st.prefill_s),
@@ -75,6 +86,13 @@ def predict(
         float(input_tokens + output_tokens),
     )
     bands, missing = intervals(surrogate.params, replica.stack, spec.chip, values, left)
+    need = float(batch) * float(input_tokens + output_tokens)
+    if need > capacity:
+        warnings.append(
+            f"batch {batch:g} x {input_tokens + output_tokens:g} tokens of context needs {need:.3g} KV tokens, more "
+            f"than the {capacity} the KV cache holds: vLLM would run at most "
+            f"{max(1, int(capacity // (input_tokens + output_tokens)))} of them at once"
+        )
     if clock != spec.max_sm_clock_mhz:
         warnings.append("clock below the top one is modelled from first principles (no measured data), not validated")
     return {

@@ -32,6 +32,7 @@ from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
 from greenrl.rollout import StaticPolicy, rollout
+from greenrl.train_resume import check_checkpoint, recorded_run, resume_args, save_model
 
 __all__ = ["agent_config", "evaluate_policy_on", "main", "train"]
 
@@ -201,16 +202,16 @@ def _make_callbacks(run: Path, scenario: Scenario, cfg: dict[str, Any]) -> Any:
             if val["return"] > self.best:
                 self.best = val["return"]
                 (run / "best").mkdir(exist_ok=True)
-                self.model.save(run / "best" / "model.zip")
+                save_model(self.model, run / "best" / "model.zip")
                 atomic_write_text(run / "best" / "eval.json", json.dumps(row, indent=1) + "\n")
 
     return Progress()
 
 
 def train(
-    scenario_name: str = "default",
-    agent: str = "maskable_ppo",
-    seed: int = 0,
+    scenario_name: str | None = None,
+    agent: str | None = None,
+    seed: int | None = None,
     total_timesteps: int | None = None,
     n_envs: int | None = None,
     out: Path = Path("runs"),
@@ -220,18 +221,33 @@ def train(
     progress_bar: bool = True,
     overrides: dict[str, Any] | None = None,
     slo_weight: float | None = None,
+    trust_pickle: bool = False,
 ) -> Path:
     """Train, evaluate against static-max, export the best controller; returns the run folder.
 
     ``overrides`` replace hyperparameters of the agent file (``--warm-start`` is one); ``slo_weight``
     replaces the scenario's ``reward.slo_weight`` (one point of an energy-SLO Pareto front).
+    ``resume`` continues a run folder with its recorded scenario, agent, seed and hyperparameters
+    (``total_timesteps`` and ``n_envs`` may be given to change them); its checkpoint must match the
+    sha256 recorded when it was saved unless ``trust_pickle`` (an SB3 zip is a pickle: loading runs code).
+    A run interrupted before its first checkpoint (during the warm start) starts over when resumed.
     """
+    recorded: dict[str, Any] | None = None
+    if resume is not None:
+        recorded = recorded_run(Path(resume))
+        scenario_name, agent, seed = resume_args(recorded, scenario_name, agent, seed, overrides, slo_weight)
+    scenario_name = scenario_name or "default"
+    agent = agent or "maskable_ppo"
+    seed = 0 if seed is None else seed
     scenario = load_scenario(scenario_name)
+    if recorded is not None:  # the run's reward (its --slo-weight, the agent file's slo_reference)
+        reward = recorded["scenario_config"].get("reward", {})
+        scenario = replace(scenario, reward=replace(scenario.reward, **reward))
     if slo_weight is not None:
         if not (slo_weight >= 0 and np.isfinite(slo_weight)):
             raise InputError("--slo-weight", "slo_weight", f"{slo_weight} is not >= 0", "e.g. 10")
         scenario = replace(scenario, reward=replace(scenario.reward, slo_weight=float(slo_weight)))
-    cfg = agent_config(agent, scenario.name)
+    cfg = agent_config(agent, scenario.name) if recorded is None else dict(recorded["hyperparameters"])
     for key, value in (overrides or {}).items():
         if key not in _AGENT_KEYS:
             raise InputError("train", key, "unknown hyperparameter", f"use {', '.join(sorted(_AGENT_KEYS))}")
@@ -267,19 +283,26 @@ def train(
         raise InputError("--vec", "vec", f"unknown vector env {vec!r}", "use dummy or subproc")
 
     import torch
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
     from torch.distributions import Distribution
 
     Distribution.set_default_validate_args(False)  # measured: +10-25% PPO throughput on this CPU
     if vec == "subproc":
         torch.set_num_threads(1)
 
-    if resume is not None:
-        run = Path(resume)
-        if not (run / "checkpoint" / "model.zip").is_file():
-            raise InputError("--resume", "resume", f"{run} has no checkpoint/model.zip", "give a run folder to resume")
+    if recorded is not None:
+        run = Path(str(resume))
+        if recorded["scenario_config"] != asdict(scenario):
+            raise InputError(
+                str(run / "config.yaml"),
+                "scenario_config",
+                f"the scenario file {scenario.path} changed since this run started",
+                "restore it, or start a new run",
+            )
+        if not (run / "checkpoint" / "model.zip").is_file():  # interrupted before its first checkpoint
+            print(f"{run} has no checkpoint yet: starting the run over in it", file=sys.stderr)
+            resume = None
+        else:
+            check_checkpoint(run / "checkpoint" / "model.zip", trust_pickle)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         run = Path(out) / scenario.name / f"{name}_{stamp}"
@@ -297,6 +320,38 @@ def train(
             run / "command.txt", shlex.join([sys.executable, "-m", "greenrl.train", *sys.argv[1:]]) + "\n"
         )
         atomic_write_text(run / "versions.json", json.dumps(_versions(), indent=1) + "\n")
+    try:
+        return _train_in(run, scenario, agent, seed, cfg, resume, vec, progress_bar, ship, name, trust_pickle)
+    except KeyboardInterrupt:
+        if (run / "checkpoint" / "model.zip").is_file():
+            print(f"interrupted; resume with: python -m greenrl.train --resume {run}", file=sys.stderr)
+        else:
+            print(
+                f"interrupted before the first checkpoint (during the warm start): nothing trained is kept; "
+                f"start it over with: python -m greenrl.train --resume {run}",
+                file=sys.stderr,
+            )
+        return run
+
+
+def _train_in(
+    run: Path,
+    scenario: Scenario,
+    agent: str,
+    seed: int,
+    cfg: dict[str, Any],
+    resume: Path | None,
+    vec: str,
+    progress_bar: bool,
+    ship: bool,
+    name: str,
+    trust_pickle: bool,
+) -> Path:
+    """Build the envs and the model (or load the checkpoint), learn, evaluate and export."""
+    import torch
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
 
     def factory(i: int) -> Any:
         return lambda: ServingEnv(scenario, "train")
@@ -355,20 +410,20 @@ def train(
     except KeyboardInterrupt:
         interrupted = True
     (run / "checkpoint").mkdir(exist_ok=True)
-    model.save(run / "checkpoint" / "model.zip")  # resumable with --resume
+    save_model(model, run / "checkpoint" / "model.zip")  # resumable with --resume
     stats = {"mean": float(env.ret_rms.mean), "var": float(env.ret_rms.var), "count": float(env.ret_rms.count)}
     atomic_write_text(norm_file, json.dumps(stats))
     env.close()
     if interrupted:
         print(
-            f"interrupted at {model.num_timesteps} timesteps; resume with: python -m greenrl.train "
-            f"--scenario {scenario.name} --agent {agent} --resume {run}",
+            f"interrupted at {model.num_timesteps} timesteps; resume with: python -m greenrl.train --resume {run}",
             file=sys.stderr,
         )
         return run
     callback.evaluate()  # the final policy is a candidate too
     wall = time.perf_counter() - started
 
+    check_checkpoint(run / "best" / "model.zip", trust_pickle)
     best_model = algo.load(run / "best" / "model.zip", device="cpu")
     eval_env = ServingEnv(scenario, "eval")
     static = StaticPolicy(eval_env.action_for(eval_env.initial))
@@ -486,14 +541,28 @@ def _print_summary(run: Path, s: dict[str, Any]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m greenrl.train", description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", default="default", help="scenario name (envs/*.yaml) or path")
-    p.add_argument("--agent", default="maskable_ppo", choices=sorted(AGENTS), help="hyperparameters: agents/*.yaml")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenario", default=None, help="scenario name (envs/*.yaml) or path (default: default)")
+    p.add_argument(
+        "--agent", default=None, choices=sorted(AGENTS), help="hyperparameters: agents/*.yaml (default: maskable_ppo)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="(default: 0)")
     p.add_argument("--total-timesteps", type=int, default=None)
     p.add_argument("--n-envs", type=int, default=None, help="parallel environments")
     p.add_argument("--vec", default="dummy", help="dummy (one process; fastest on 2 cores) or subproc")
     p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run folder")
-    p.add_argument("--resume", type=Path, default=None, help="a run folder to continue")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        help="a run folder to continue with its recorded scenario, agent, seed and hyperparameters "
+        "(--total-timesteps may extend it); its checkpoint zip must match the sha256 the run recorded",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load a --resume checkpoint whose sha256 does not match the run's record (an SB3 zip is a "
+        "pickle: loading it runs code; only for files you trust)",
+    )
     p.add_argument("--ship", action="store_true", help="also export to checkpoints/<scenario>/<agent>_s<seed>/")
     p.add_argument(
         "--warm-start", default=None, help="baseline to clone before PPO (default: the agent file's; 'none': off)"
@@ -507,7 +576,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse flags and train."""
     args = _parser().parse_args(argv)
-    train(
+    run = train(
         args.scenario,
         args.agent,
         args.seed,
@@ -520,8 +589,9 @@ def main(argv: list[str] | None = None) -> int:
         not args.no_progress,
         {"warm_start": args.warm_start} if args.warm_start is not None else None,
         args.slo_weight,
+        args.trust_pickle,
     )
-    return 0
+    return 0 if (run / "summary.json").is_file() else 130  # 130: interrupted (Ctrl-C), resumable
 
 
 if __name__ == "__main__":

@@ -113,26 +113,56 @@ class ModelCard:
             )
 
 
-def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+def _divisors(n: int, limit: int = 64) -> list[int]:
+    """Divisors of ``n`` up to ``limit`` (a TP degree is small; never loop to a huge head count)."""
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
+
+
+MAX_FIELD = 2**31 - 1
+"""The largest config.json size field accepted (hidden sizes, heads, layers, vocab, experts)."""
+
+
+def _int_field(config: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
+    """A positive integer field (``default`` when absent or null); anything else is an InputError."""
+    value = config.get(key)
+    if value is None and default is not None:
+        return default
+    if value is None:
+        raise InputError(where, key, "missing from the model config", f"add the config.json field {key!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_FIELD:
+        raise InputError(
+            where,
+            key,
+            f"must be a positive integer up to {MAX_FIELD}, got {value!r}"[:200],
+            "copy it from the model's config.json (a number, not text)",
+        )
+    return value
 
 
 def card_from_config(config: dict[str, Any], name: str, where: str, dtype: str | None = None) -> ModelCard:
     """Build a card from config.json fields; ``where`` names the file in error messages."""
     for key in _REQUIRED:
-        if key not in config:
-            raise InputError(where, key, "missing from the model config", f"add the config.json field {key!r}")
-        value = config[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise InputError(where, key, f"must be a positive integer, got {value!r}", "copy it from config.json")
+        _int_field(config, key, where)
     heads = config["num_attention_heads"]
-    kv = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv = _int_field(config, "num_key_value_heads", where, default=heads)
+    head_dim = _int_field(config, "head_dim", where, default=config["hidden_size"] // heads or None)
     torch_dtype = str(dtype or config.get("torch_dtype") or "bfloat16").lower()
     if torch_dtype not in _DTYPE_BYTES:
-        raise InputError(where, "torch_dtype", f"unsupported dtype {torch_dtype!r}", f"use {', '.join(_DTYPE_BYTES)}")
-    experts = int(config.get("num_local_experts") or 1)
-    topk = int(config.get("num_experts_per_tok") or 1) if experts > 1 else 1
+        raise InputError(
+            where, "torch_dtype", f"unsupported dtype {torch_dtype!r}"[:200], f"use {', '.join(_DTYPE_BYTES)}"
+        )
+    experts = _int_field(config, "num_local_experts", where, default=1)
+    topk = _int_field(config, "num_experts_per_tok", where, default=1) if experts > 1 else 1
+    if topk > experts:
+        raise InputError(
+            where,
+            "num_experts_per_tok",
+            f"{topk} experts per token but only {experts} experts (num_local_experts)",
+            "check config.json",
+        )
+    for key in ("gated_mlp", "tie_word_embeddings"):
+        if not isinstance(config.get(key, False), bool):
+            raise InputError(where, key, f"must be true or false, got {config[key]!r}"[:200], "write true or false")
     if heads % kv:
         raise InputError(where, "num_key_value_heads", f"{kv} does not divide {heads} heads", "check config.json")
     return ModelCard(
@@ -192,6 +222,10 @@ def load_model(name_or_path: str, dtype: str | None = None, where: str = "--mode
         except json.JSONDecodeError as err:
             raise InputError(
                 str(path), "model", f"not valid JSON ({err.msg}, line {err.lineno})", "fix the file"
+            ) from None
+        except (OSError, UnicodeDecodeError, RecursionError, ValueError) as err:  # a folder, binary, too deep
+            raise InputError(
+                str(path), "model", f"cannot be read as a JSON file ({type(err).__name__})", "give a config.json file"
             ) from None
         if not isinstance(config, dict):
             raise InputError(str(path), "model", "not a JSON object", "give a Hugging Face config.json")

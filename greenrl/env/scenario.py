@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
 from greenrl.bundled import scenarios_dir
 from greenrl.core import reload_time_s
+from greenrl.env.scenario_checks import check_scenario, check_sections, check_shapes
 from greenrl.errors import InputError
 from greenrl.slo import Slo
 
@@ -170,8 +171,11 @@ def _check_type(where: str, key: str, value: Any, tp: Any) -> Any:
     text = str(tp)
     if value is None and "None" in text:
         return value
+    members = [a for a in get_args(tp) if a is not type(None)]
+    if len(members) == 1 and get_origin(tp) not in (list, dict):  # X | None, value given: check it as X
+        tp, text = members[0], str(members[0])
     if tp is float or text.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise InputError(where, key, f"expected a number, got {value!r}", "write a number such as 30.0")
         return float(value)
     if tp is int or text.startswith("int"):
@@ -186,6 +190,11 @@ def _check_type(where: str, key: str, value: Any, tp: Any) -> Any:
         raise InputError(where, key, f"expected a list, got {value!r}", "write [a, b, ...]")
     if text.startswith("dict") and not isinstance(value, dict):
         raise InputError(where, key, f"expected a mapping, got {value!r}", "write {key: value, ...}")
+    args = get_args(tp)
+    if text.startswith("list") and args:  # each item too: ["a", "b"] or [.nan] fail here, naming the item
+        return [_check_type(where, f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if text.startswith("dict") and len(args) == 2:
+        return {k: _check_type(where, f"{key}.{k}", v, args[1]) for k, v in value.items()}
     return value
 
 
@@ -239,10 +248,17 @@ def load_scenario(name_or_path: str) -> Scenario:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise InputError(where, "file", f"not valid YAML ({err})", "fix the syntax") from None
+        raise InputError(where, "file", f"not valid YAML ({' '.join(str(err).split())})", "fix the syntax") from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise InputError(
+            where, "file", f"not a YAML text file ({type(err).__name__})", "give a scenario YAML"
+        ) from None
     kwargs = _build(Scenario, raw or {}, where, "")
+    check_sections(raw, where)
     scenario = Scenario(name=path.stem, path=where, **kwargs)
+    check_shapes(scenario, where)
     _validate(scenario, where)
+    check_scenario(scenario, where)
     return scenario
 
 
@@ -321,10 +337,6 @@ def _validate_day_scale(s: Scenario, where: str) -> None:
         value = getattr(n, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise InputError(where, f"node.{key}", f"must be a positive number, got {value!r}", "e.g. 71.8, or omit it")
-    if not (math.isfinite(n.load_bandwidth_gbps) and n.load_bandwidth_gbps > 0):
-        raise InputError(
-            where, "node.load_bandwidth_gbps", f"must be positive, got {n.load_bandwidth_gbps!r}", "e.g. 2.5"
-        )
     if not (math.isfinite(n.engine_start_s) and n.engine_start_s >= 0):
         raise InputError(where, "node.engine_start_s", f"must be >= 0 s, got {n.engine_start_s!r}", "e.g. 30.0")
     if n.max_model_len_tokens is not None and n.max_model_len_tokens < 1:
@@ -335,19 +347,6 @@ def _validate_day_scale(s: Scenario, where: str) -> None:
         steps = getattr(s.episode, key)
         if steps is not None and steps < 1:
             raise InputError(where, f"episode.{key}", f"must be >= 1, got {steps}", "e.g. 2880, or omit it")
-    reps = s.control.knobs.get("replicas", [])
-    for tp in s.control.knobs.get("tp", [s.node.initial.get("tp", 8)]):
-        if tp > n.gpus or n.gpus % tp:
-            raise InputError(
-                where, "control.knobs.tp", f"tp={tp} does not divide the node's {n.gpus} GPUs", "use divisors of gpus"
-            )
-    if reps and min(reps) * min(s.control.knobs.get("tp", [1])) > n.gpus:
-        raise InputError(
-            where,
-            "control.knobs.replicas",
-            f"no replicas value in {reps} fits {n.gpus} GPUs at any tp",
-            "use 1 up to gpus / tp",
-        )
     init = s.node.initial
     if "replicas" in init and init["replicas"] * init.get("tp", 8) > n.gpus:
         raise InputError(

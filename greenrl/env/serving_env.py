@@ -107,8 +107,9 @@ def build_node(s: Scenario, split: str = "train", eval_index: int = 0) -> SimNod
         inflight=n.inflight,  # type: ignore[arg-type]
         slo=s.slo,
     )
+    workload = episode_workload(s, split, eval_index)  # a bad trace file names itself, not node.initial
     try:
-        return SimNode(config, episode_workload(s, split, eval_index))
+        return SimNode(config, workload)
     except InputError as err:
         raise InputError(s.path, f"node.initial.{err.field}", err.problem, err.fix) from None
 

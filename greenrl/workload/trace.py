@@ -49,6 +49,8 @@ _BUILTINS: dict[str, _Builtin] = {
 
 # Column names tried, in order, when the caller does not name a column: greenrl's own schema,
 # then the Azure LLM inference trace's, then Mooncake's.
+MAX_TOKENS = 2**31 - 1
+"""The longest prompt or output a trace may ask for (tokens); larger counts are typos or overflow."""
 _TIME_COLS = ("arrival_s", "TIMESTAMP", "timestamp")
 _INPUT_COLS = ("input_tokens", "ContextTokens", "input_length")
 _OUTPUT_COLS = ("output_tokens", "GeneratedTokens", "output_length")
@@ -341,11 +343,13 @@ def _read_file(
         raise InputError(where, "time_unit", f"unknown unit {time_unit!r}", "use 's', 'ms' or 'datetime'")
     try:
         parquet = path.suffix.lower() == ".parquet"
-        frame = pd.read_parquet(path) if parquet else pd.read_csv(path, skipinitialspace=True)
+        # keep_default_na=False: an empty cell stays "" and the text "nan" stays text, so messages tell them apart
+        frame = pd.read_parquet(path) if parquet else pd.read_csv(path, skipinitialspace=True, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise InputError(where, "(file)", "the file is empty", "write a header row and one row per request") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
-        raise InputError(where, "(file)", f"cannot be read as a table: {err}", "pass a CSV or Parquet file") from None
+        text = " ".join(str(err).split())  # one line
+        raise InputError(where, "(file)", f"cannot be read as a table: {text}", "pass a CSV or Parquet file") from None
     columns = [str(c) for c in frame.columns]
     t_col = _pick_column(where, columns, time_col, _TIME_COLS, "time_col", "arrival time")
     i_col = _pick_column(where, columns, input_col, _INPUT_COLS, "input_col", "input tokens")
@@ -363,7 +367,10 @@ def _read_file(
     span_s = float(arrival_s[-1])
     if span_s <= 0:
         raise InputError(where, t_col, "every request arrives at the same instant", "give distinct arrival times")
-    return Trace(name, arrival_s, inputs, outputs, duration_s=span_s * len(arrival_s) / (len(arrival_s) - 1))
+    duration_s = span_s * len(arrival_s) / (len(arrival_s) - 1)
+    if not np.isfinite(duration_s):
+        raise InputError(where, t_col, f"spans {span_s:g} s, too long to represent", "use times in seconds")
+    return Trace(name, arrival_s, inputs, outputs, duration_s=duration_s)
 
 
 def _pick_column(
@@ -398,7 +405,7 @@ def _more(count: int) -> str:
 
 def _show(value: object) -> str:
     """How a bad cell reads in a message: its text, or 'an empty cell' for missing values."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, str) and not value.strip()):
         return "an empty cell"
     return repr(value.item() if isinstance(value, np.generic) else value)
 
@@ -406,7 +413,7 @@ def _show(value: object) -> str:
 def _parse_tokens(where: str, col: str, values: pd.Series) -> npt.NDArray[np.int64]:
     if pd.api.types.is_integer_dtype(values.dtype) and not isinstance(values.dtype, pd.api.extensions.ExtensionDtype):
         ints = values.to_numpy(dtype=np.int64)
-        if (ints >= 1).all():  # fast path: a clean integer column
+        if (ints >= 1).all() and (ints <= MAX_TOKENS).all():  # fast path: a clean integer column
             return ints
     raw = values.to_numpy(dtype=object)
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
@@ -433,6 +440,15 @@ def _parse_tokens(where: str, col: str, values: pd.Series) -> npt.NDArray[np.int
             col,
             f"data row {row}{_more(count)}: {raw[row - 1]!r} tokens; counts must be >= 1",
             "drop or fix requests with zero or negative lengths",
+        )
+    bad = numbers > MAX_TOKENS
+    if bad.any():
+        row, count = _rows(bad)
+        raise InputError(
+            where,
+            col,
+            f"data row {row}{_more(count)}: {raw[row - 1]!r} tokens is more than {MAX_TOKENS}",
+            "fix the count (a token count, not bytes or a timestamp?)",
         )
     return numbers.astype(np.int64)
 
@@ -470,6 +486,12 @@ def _parse_times(where: str, col: str, values: pd.Series, unit: TimeUnit | None)
                 f"give every request a numeric arrival time in {unit}, or pass time_unit='datetime'",
             )
         seconds = (numbers - numbers[0]) / (1000.0 if unit == "ms" else 1.0)
+        bad = ~np.isfinite(seconds)
+        if bad.any():
+            row, count = _rows(bad)
+            raise InputError(
+                where, col, f"data row {row}{_more(count)}: {raw[row - 1]!r} is out of range", "use times in seconds"
+            )
     back = np.flatnonzero(np.diff(seconds) < 0)
     if len(back):
         row = int(back[0]) + 2
