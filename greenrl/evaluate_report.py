@@ -171,7 +171,9 @@ def _plot_timeline(episode: Episode, scenario: Scenario, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = episode.timeline
-    edges = np.concatenate([[0.0], np.array(s["t_end_s"])]) / 60.0  # each value holds over its interval
+    span_s = float(s["t_end_s"][-1]) if s["t_end_s"] else 0.0
+    unit, per = ("h", 3600.0) if span_s > 3 * 3600.0 else ("min", 60.0)  # a day reads in hours
+    edges = np.concatenate([[0.0], np.array(s["t_end_s"])]) / per  # each value holds over its interval
     fig, axes = plt.subplots(4, 1, figsize=(9, 9), sharex=True)
     axes[0].stairs(s["arrival_rate_rps"], edges)
     axes[0].set_ylabel("arrivals (req/s)")
@@ -183,10 +185,10 @@ def _plot_timeline(episode: Episode, scenario: Scenario, path: Path) -> None:
         ax.stairs(boost, edges, label="prefill SM clock (MHz)", baseline=None, linestyle="-.")
     ax.set_ylabel("SM clock (MHz)")
     twin = ax.twinx()
-    for name, color, dash in (("tp", "red", "--"), ("max_num_seqs", "green", ":")):
+    for name, color, dash in (("tp", "red", "--"), ("replicas", "purple", "-"), ("max_num_seqs", "green", ":")):
         if name in s:
             twin.stairs(s[name], edges, color=color, linestyle=dash, label=name, baseline=None)
-    twin.set_ylabel("tp / max_num_seqs")
+    twin.set_ylabel("tp / replicas / max_num_seqs" if "replicas" in s else "tp / max_num_seqs")
     twin.set_yscale("log", base=2)
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(handles=handles, fontsize=7, loc="lower right")
@@ -198,7 +200,7 @@ def _plot_timeline(episode: Episode, scenario: Scenario, path: Path) -> None:
     axes[3].axhline(scenario.slo.tbt_mean_s, color="C1", linestyle=":", label="TBT SLO")
     axes[3].set_yscale("log")
     axes[3].set_ylabel("latency (s)")
-    axes[3].set_xlabel("time (min)")
+    axes[3].set_xlabel(f"time ({unit})")
     axes[3].legend(fontsize=7, loc="upper right")
     fig.suptitle(
         f"{episode.policy} on {episode.scenario} x{episode.rate_scale:g}, window {episode.window}, seed {episode.seed}",

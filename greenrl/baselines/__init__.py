@@ -9,10 +9,10 @@
 | pid | feedback | TBT/TTFT slack -> SM clock, velocity-form PI |
 | predictive-dvfs | model-predictive | lowest clock the surrogate predicts meets the SLOs at the projected batch |
 | phase-dvfs | model-predictive | the same per phase: decode clock from TBT, prefill clock from TTFT (GreenLLM-style) |
-| planner | forecast + model | DynamoLLM-style: forecast load, least-power (tp, replicas, max_num_seqs, clock), layout hysteresis |
-| autoscaler | reactive | Kubernetes HPA on requests in the engine: replicas up at once, down after a 5-min window; GPUs outside replicas park |
+| planner | forecast + model | DynamoLLM-style: forecast, least-power (tp, replicas, seqs, clock), hysteresis |
+| autoscaler | reactive | Kubernetes HPA on requests in the engine: up at once, down after 5 min; spare GPUs park |
 | autoscaler-dvfs | reactive + model | the autoscaler's replicas with phase-dvfs clocks |
-| day-oracle | hindsight layout lookahead | every layout decision tries each (tp, replicas) on the true next 20 min, phase-dvfs clocks |
+| day-oracle | hindsight layout | each layout decision tries every (tp, replicas) on the true next 20 min |
 | oracle | hindsight lookahead | forks the node, tries configurations on the true next requests, keeps the cheapest |
 | random | floor | seeded uniform feasible actions |
 

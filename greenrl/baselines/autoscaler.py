@@ -1,4 +1,4 @@
-"""A reactive autoscaler, as Kubernetes' Horizontal Pod Autoscaler scales vLLM replicas, alone or with phase-DVFS clocks.
+"""A reactive autoscaler, as Kubernetes' HPA scales vLLM replicas, alone or with phase-DVFS clocks.
 
 Public names: AutoscalerBaseline, AutoscalerDvfsBaseline.
 """

@@ -117,9 +117,11 @@ class RewardSpec:
 
 @dataclass(frozen=True, slots=True)
 class EpisodeSpec:
-    """Episode length in control steps: ``steps`` for training (window_s / interval_s by default),
-    ``eval_steps`` for the evaluation windows (default: ``steps``; a day-scale scenario trains on
-    hours and evaluates whole days)."""
+    """Episode lengths in control steps.
+
+    ``steps`` for training (window_s / interval_s by default), ``eval_steps`` for the evaluation
+    windows (default: ``steps``; a day-scale scenario trains on hours and evaluates whole days).
+    """
 
     steps: int | None = None
     eval_steps: int | None = None
