@@ -79,6 +79,9 @@ class _Observer:
 
 
 class _Backend:
+    time_scale = 1.0
+    discrete_time = False
+
     def __init__(self) -> None:
         self.calls: list[dict[str, int]] = []
 
@@ -143,7 +146,7 @@ def test_export_refuses_non_finite_weights(tmp_path: Path) -> None:
     env = ServingEnv("tiny", "eval", 0)
     model = MaskablePPO("MlpPolicy", env, n_steps=64, batch_size=64, policy_kwargs={"net_arch": [8]}, seed=0)
     with torch.no_grad():
-        model.policy.action_net.bias[0] = float("nan")
+        model.policy.action_net.bias[0] = float("nan")  # type: ignore[operator]
     with pytest.raises(InputError, match="NaN or Inf"):
         export_controller(model, env, tmp_path / "ctl")
     assert not any(tmp_path.iterdir())  # no folder, no temp folder left
