@@ -1,0 +1,186 @@
+"""Fault drills on localhost, each bounded to a few seconds: slow, frozen, garbage and absurd ``/metrics``
+against the controller (falls back within one interval, names the true reason, recovers), and the admission
+proxy with its upstream killed or frozen and its clients leaving (no client waits past the stated bound,
+the proxy's counters return to zero)."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenrl.controller import ServingController, build_controller, build_parser
+from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S
+from greenrl.live.metrics import MetricsError, MetricsTimeout, scrape
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "default" / "maskable_ppo_s0"
+
+
+def _page(n: int, running: float = 2.0, waiting: float = 1.0, kv: float = 0.3) -> bytes:
+    """A plausible vLLM /metrics page; counters grow with ``n``."""
+    lines = [
+        f"vllm:num_requests_running {running!r}",
+        f"vllm:num_requests_waiting {waiting!r}",
+        f"vllm:kv_cache_usage_perc {kv!r}",
+        f"vllm:prompt_tokens_total {100.0 * n}",
+        f"vllm:generation_tokens_total {50.0 * n}",
+        "vllm:num_preemptions_total 0.0",
+        f"vllm:request_success_total {float(n)}",
+    ]
+    for name, bounds in (
+        ("vllm:time_to_first_token_seconds", VLLM_TTFT_BUCKETS_S),
+        ("vllm:inter_token_latency_seconds", VLLM_ITL_BUCKETS_S),
+    ):
+        lines.append(f"# TYPE {name} histogram")
+        for le in [*(repr(float(b)) for b in bounds), "+Inf"]:
+            lines.append(f'{name}_bucket{{le="{le}"}} {float(n)}')
+        lines.append(f"{name}_count {float(n)}")
+        lines.append(f"{name}_sum {0.01 * n}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+class _Metrics(http.server.BaseHTTPRequestHandler):
+    """``mode`` (on the server): good, drip (headers, then a byte every 0.4 s), drip_headers, frozen, absurd_*."""
+
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        server: Any = self.server
+        server.n += 1
+        mode = server.mode
+        try:
+            if mode == "frozen":
+                server.release.wait(5.0)
+                return
+            if mode == "drip_headers":
+                for b in b"HTTP/1.0 200 OK\r\nX-Slow: " + b"x" * 50:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    if server.release.wait(0.4):
+                        return
+                return
+            body = {
+                "good": _page(server.n),
+                "drip": _page(server.n),
+                "absurd_running": _page(server.n, running=-1e9),
+                "absurd_waiting": _page(server.n, waiting=1e12),
+                "absurd_kv": _page(server.n, kv=50.0),
+            }[mode]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if mode == "drip":
+                for b in body:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    if server.release.wait(0.4):
+                        return
+            else:
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def metrics_server() -> Iterator[Any]:
+    server: Any = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
+    server.daemon_threads = True
+    server.mode, server.n, server.release = "good", 0, threading.Event()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _controller(base: str) -> tuple[ServingController, io.StringIO]:
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", base, "--interval-s", "1", "--gpus", "fake"]
+    args = build_parser().parse_args([*argv, "--timeout-s", "1"])
+    log = io.StringIO()
+    return build_controller(args, log, sleep=lambda s: False), log
+
+
+@pytest.mark.parametrize("mode", ["drip", "drip_headers", "frozen"])
+def test_a_slow_metrics_page_times_out_as_a_whole(metrics_server: Any, mode: str) -> None:
+    metrics_server.mode = mode
+    t0 = time.monotonic()
+    with pytest.raises(MetricsTimeout, match="timed out"):
+        scrape(f"http://127.0.0.1:{metrics_server.server_port}", timeout_s=1.0)
+    assert time.monotonic() - t0 < 1.8
+
+
+@pytest.mark.parametrize("mode", ["absurd_running", "absurd_waiting", "absurd_kv"])
+def test_an_absurd_metrics_page_is_refused(metrics_server: Any, mode: str) -> None:
+    metrics_server.mode = mode
+    with pytest.raises(MetricsError, match="absurd"):
+        scrape(f"http://127.0.0.1:{metrics_server.server_port}", timeout_s=2.0)
+
+
+def test_controller_falls_back_within_one_interval_names_the_reason_and_recovers(metrics_server: Any) -> None:
+    ctl, log = _controller(f"http://127.0.0.1:{metrics_server.server_port}")
+    try:
+        assert ctl.run_interval()["mode"] == "priming"
+        record = ctl.run_interval()
+        assert record["mode"] == "applied", record
+        for mode, reason in [
+            ("drip", "metrics_timeout"),
+            ("frozen", "metrics_timeout"),
+            ("absurd_running", "metrics_invalid"),
+            ("absurd_waiting", "metrics_invalid"),
+            ("absurd_kv", "metrics_invalid"),
+        ]:
+            metrics_server.mode = mode
+            t0 = time.monotonic()
+            record = ctl.run_interval()
+            took = time.monotonic() - t0
+            assert record["mode"] == "fallback" and record["fallback_reason"] == reason, (mode, record)
+            assert took < ctl.interval_s + 0.8, (mode, took)  # within one interval (deadline 1 s)
+            assert record["knobs"]["sm_clock_mhz"] == 1980  # the low clock is not kept
+        metrics_server.mode = "good"
+        modes = [ctl.run_interval()["mode"] for _ in range(2)]
+        assert modes[-1] == "applied" and ctl.failures == 0
+    finally:
+        ctl.close()
+    reasons = [r.get("fallback_reason") for r in map(json.loads, log.getvalue().splitlines())]
+    assert "policy_invalid" not in reasons
+
+
+def test_stop_during_a_frozen_scrape_returns_within_the_deadline(metrics_server: Any) -> None:
+    ctl, _ = _controller(f"http://127.0.0.1:{metrics_server.server_port}")
+    ctl.run_interval()
+    metrics_server.mode = "frozen"
+    done = threading.Event()
+
+    def loop() -> None:
+        ctl.run()
+        done.set()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    ctl.stop()
+    assert done.wait(3.0), "run() did not return"
+    assert time.monotonic() - t0 < 1.8
+    ctl.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
