@@ -184,3 +184,110 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# ------------------------------------------------------------------ the proxy forwards only the serving API
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """An upstream that answers 200 to everything and records each method and path."""
+
+    def _answer(self) -> None:
+        server: Any = self.server
+        server.seen.append((self.command, self.path))
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b'{"object": "list", "data": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer  # noqa: N815 - http.server's names
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _request(url: str, method: str, body: bytes | None = None) -> tuple[int, bytes]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5.0) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_the_proxy_forwards_only_the_serving_api() -> None:
+    from greenrl.live.proxy import AdmissionProxy
+
+    upstream: Any = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    upstream.daemon_threads, upstream.seen = True, []
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        with AdmissionProxy(f"http://127.0.0.1:{upstream.server_port}") as proxy:
+            refused = [
+                ("POST", "/greenrl/knobs", b'{"sm_clock_mhz": 345}'),
+                ("GET", "/greenrl/state", None),
+                ("POST", "/sleep", b"{}"),
+                ("POST", "/reset_prefix_cache", b"{}"),
+                ("POST", "/v1/load_lora_adapter", b"{}"),
+                ("DELETE", "/v1/models", None),
+                ("GET", "/v1/models/../greenrl/state", None),
+            ]
+            for method, path, body in refused:
+                status, text = _request(proxy.url + path, method, body)
+                assert status == 404 and json.loads(text)["object"] == "error", (method, path)
+            for method, path in [
+                ("GET", "/v1/models"),
+                ("GET", "/health"),
+                ("GET", "/metrics"),
+                ("GET", "/v1/models/m"),
+            ]:
+                assert _request(proxy.url + path, method)[0] == 200, path
+            assert _request(proxy.url + "/v1/completions", "POST", b'{"prompt": "a", "max_tokens": 1}')[0] == 200
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+    assert [p for _, p in upstream.seen] == ["/v1/models", "/health", "/metrics", "/v1/models/m", "/v1/completions"]
+
+
+def test_the_twin_serves_knob_changes_and_remote_hosts_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    import asyncio
+
+    from greenrl.env.scenario import load_scenario
+    from greenrl.twin.cli import main as twin_main
+    from greenrl.twin.livesim import LiveSim
+    from greenrl.twin.server import TwinServer
+
+    with pytest.raises(SystemExit) as exc:
+        twin_main(["--host", "0.0.0.0", "--port", "0"])
+    assert exc.value.code == 2 and "--allow-remote" in capsys.readouterr().err
+    sim = LiveSim.from_scenario(load_scenario("tiny").name, 10, {})
+    for allow, expected in ((False, 403), (True, 200)):
+        server = TwinServer(sim, model_name="m", port=0, allow_control=allow)
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve(loop: asyncio.AbstractEventLoop = loop, server: TwinServer = server) -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(server.start())
+            ready.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            assert ready.wait(10.0)
+            status, body = _request(f"http://127.0.0.1:{server.port}/greenrl/knobs", "POST", b'{"sm_clock_mhz": 1005}')
+            assert status == expected, body
+            if not allow:
+                assert b"--allow-control" in body
+        finally:
+            asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10.0)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5.0)
+            loop.close()

@@ -43,7 +43,28 @@ PendingListener = Callable[[int, float], None]
 """``listener(pending_first_token, boost_at_s)``: the count, and the earliest boost time of those requests."""
 
 ADMITTED_PATHS = ("/v1/completions", "/v1/chat/completions")
-"""POST paths that go through admission control (everything else is passed through)."""
+"""POST paths that go through admission control."""
+
+READ_PATHS = ("/v1/models", "/health", "/metrics", "/version", "/ping")
+"""GET (and HEAD) paths passed through as they are; with ``/v1/models/<id>``, the only other paths forwarded.
+
+Nothing else reaches the server: no control path (the twin's ``/greenrl/knobs``, vLLM's ``/sleep``,
+``/reset_prefix_cache``, LoRA loading...), so a client of the proxy cannot change what the controller
+controls. Other paths are answered 404 in vLLM's error format."""
+
+
+def forwarded(method: str, path: str) -> bool:
+    """Whether the proxy sends ``method path`` on to the server (the serving API and health/metrics reads).
+
+    Example:
+        >>> forwarded("POST", "/v1/completions"), forwarded("GET", "/metrics"), forwarded("POST", "/greenrl/knobs")
+        (True, True, False)
+    """
+    if method == "POST":
+        return path in ADMITTED_PATHS
+    if method in ("GET", "HEAD"):
+        return path in READ_PATHS or (path.startswith("/v1/models/") and ".." not in path)
+    return False
 
 
 class AdmissionProxy:
@@ -277,6 +298,10 @@ class AdmissionProxy:
             return req.keep_alive
         if req.method == "POST" and req.path in ADMITTED_PATHS:
             return await self._admitted(req, writer)
+        if not forwarded(req.method, req.path):
+            msg = f"{req.method} {req.path} is not forwarded by greenrl's admission proxy (only the serving API)"
+            await respond(writer, 404, error_body(404, msg), "application/json", req.keep_alive)
+            return req.keep_alive
         return await self._upstream.passthrough(req, writer)
 
     async def _admitted(self, req: Request, writer: asyncio.StreamWriter) -> bool:
