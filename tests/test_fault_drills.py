@@ -291,3 +291,129 @@ def test_the_twin_serves_knob_changes_and_remote_hosts_only_when_asked(capsys: p
             loop.call_soon_threadsafe(loop.stop)
             thread.join(5.0)
             loop.close()
+
+
+# ------------------------------------------------------------------ the proxy: upstream killed or frozen, clients leaving
+
+
+class _Frozen:
+    """An upstream that accepts connections, reads requests and never answers; counts connections open."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.open = 0
+        self.accepted = 0
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with self._lock:
+                self.open += 1
+                self.accepted += 1
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        conn.settimeout(0.2)
+        with conn:
+            while not self.stopped.is_set():
+                try:
+                    if not conn.recv(65536):
+                        break  # the proxy closed its side
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+        with self._lock:
+            self.open -= 1
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+def _post_raw(url: str, body: dict[str, Any]) -> socket.socket:
+    """Send a completion request on a raw socket (the test decides when the client leaves)."""
+    host, port = url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    s = socket.create_connection((host, int(port)), timeout=5.0)
+    head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    s.sendall(head.encode() + data)
+    return s
+
+
+def _until(pred: Any, timeout_s: float) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout_s, "condition not met in time"
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def _idle(stats: dict[str, Any]) -> bool:
+    return stats["in_flight"] == 0 and stats["queued"] == 0 and stats["pending_first_token"] == 0
+
+
+@pytest.mark.parametrize("upstream_kind", ["frozen", "killed"])
+def test_a_waiting_client_hears_the_truth_within_max_wait(upstream_kind: str) -> None:
+    from greenrl.live.proxy import AdmissionProxy
+
+    frozen = _Frozen()
+    url = frozen.url
+    if upstream_kind == "killed":
+        frozen.close()  # nothing listens any more: every attempt is refused
+    try:
+        with AdmissionProxy(url, cap=2, max_wait_s=1.0, health_poll_s=0.05, connect_timeout_s=0.5) as proxy:
+            t0 = time.monotonic()
+            status, text = _request(proxy.url + "/v1/completions", "POST", b'{"prompt": "a", "max_tokens": 3}')
+            waited = time.monotonic() - t0
+            assert status == 504 and json.loads(text)["object"] == "error", text
+            assert waited < 1.0 + 0.6
+            _until(lambda: _idle(proxy.stats()), 1.0)
+            stats = proxy.stats()
+            assert stats["errors"] == 1 and stats["arrived"] == 1
+            if upstream_kind == "frozen":
+                _until(lambda: frozen.open == 0, 2.0)  # the upstream request was cancelled
+    finally:
+        frozen.close()
+
+
+def test_clients_that_leave_are_dropped_with_their_upstream_requests() -> None:
+    from greenrl.live.proxy import AdmissionProxy
+
+    frozen = _Frozen()
+    try:
+        with AdmissionProxy(frozen.url, cap=1, max_wait_s=60.0, watch_s=0.05) as proxy:
+            clients = [_post_raw(proxy.url, {"prompt": "a b c", "max_tokens": 5, "stream": True}) for _ in range(3)]
+            _until(lambda: proxy.stats()["arrived"] == 3 and frozen.open == 1, 3.0)
+            stats = proxy.stats()
+            assert stats["in_flight"] == 1 and stats["queued"] == 2 and stats["pending_first_token"] == 3
+            for c in clients:
+                c.close()
+            took = _until(lambda: _idle(proxy.stats()), 2.0)
+            assert took < 1.0
+            assert proxy.stats()["cancelled"] == 3
+            _until(lambda: frozen.open == 0, 2.0)  # the proxy closed its upstream request too
+    finally:
+        frozen.close()
+
+
+def test_a_client_leaving_a_frozen_stream_is_dropped(gated_upstream: Any) -> None:
+    from greenrl.live.proxy import AdmissionProxy
+
+    with AdmissionProxy(gated_upstream.url, cap=4, watch_s=0.05) as proxy:
+        client = _post_raw(proxy.url, {"prompt": "a b", "max_tokens": 5, "stream": True})
+        assert client.recv(100).startswith(b"HTTP/1.1 200")  # headers and an empty chunk; then nothing
+        assert proxy.stats()["in_flight"] == 1
+        client.close()
+        _until(lambda: _idle(proxy.stats()) and proxy.stats()["decoding"] == 0, 2.0)
+        assert proxy.stats()["cancelled"] == 1

@@ -36,6 +36,7 @@ def _is_loopback(host: str) -> bool:
     except ValueError:
         return False
 
+
 DESCRIPTION = (
     "Digital twin: a loopback HTTP server that speaks vLLM's OpenAI-compatible protocol, served by the simulator."
 )

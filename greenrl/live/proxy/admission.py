@@ -70,6 +70,10 @@ class Admission:
         """A request starts waiting for a slot (on arrival, and again before a retry)."""
         self.waiting += 1
 
+    def leave(self) -> None:
+        """A request that ``enter``-ed stops waiting without a slot (its client went away, or it timed out)."""
+        self.waiting -= 1
+
     async def admit(self, retry: bool) -> None:
         """Wait for a slot upstream (the caller has ``enter``-ed); a retry goes first in line."""
         if not self._queue and self.room():

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -80,6 +81,10 @@ class AdmissionProxy:
         retry_wait_s: longest time one request waits in all for the upstream to be healthy again (s).
         connect_timeout_s: upstream connect timeout (s).
         read_timeout_s: longest silence from the upstream within a response (s); None: no limit.
+        max_wait_s: longest a client waits for the first byte of its answer, queueing, retries and the
+            server's time included (s): past it the client gets a 504 in vLLM's error format.
+        watch_s: how often a waiting request checks whether its client went away (s); a request whose
+            client left is dropped (counted ``cancelled``), its upstream request cancelled.
         health_poll_s: time between two ``/health`` probes while waiting for the upstream (s).
         on_pending: ``on_pending(pending_first_token, boost_at_s)`` on every change, from the loop thread.
         deadline: predicts each request's boost time at arrival; None: every request at once.
@@ -97,9 +102,11 @@ class AdmissionProxy:
         port: int = 0,
         slo: SloJudge | None = None,
         max_retries: int = 5,
-        retry_wait_s: float = 900.0,
+        retry_wait_s: float = 300.0,
         connect_timeout_s: float = 5.0,
-        read_timeout_s: float | None = 3600.0,
+        read_timeout_s: float | None = 300.0,
+        max_wait_s: float = 300.0,
+        watch_s: float = 0.25,
         health_poll_s: float = 0.25,
         on_pending: PendingListener | None = None,
         deadline: BoostPredictor | None = None,
@@ -109,6 +116,10 @@ class AdmissionProxy:
         self.upstream_url = upstream_url.rstrip("/")
         self.host, self.port = host, port
         self.max_retries, self.retry_wait_s = max_retries, retry_wait_s
+        for name, value in (("max_wait_s", max_wait_s), ("watch_s", watch_s)):
+            if not (math.isfinite(value) and value > 0):
+                raise InputError("AdmissionProxy", name, f"{value} is not > 0", "e.g. 300")
+        self.max_wait_s, self.watch_s = max_wait_s, watch_s
         self._gate = Admission(cap)
         self._upstream = Upstream(self.upstream_url, connect_timeout_s, read_timeout_s, health_poll_s)
         self._acct = Accounting(slo)
@@ -320,7 +331,7 @@ class AdmissionProxy:
         self._report()
         outcome, status = "error", 0
         try:
-            status = await self._attempts(req, writer, track)
+            status = await self._watched(req, writer, track)
             outcome = "finished" if 200 <= status < 300 else "error"
         except (ConnectionError, asyncio.IncompleteReadError):
             outcome = "cancelled"
@@ -334,6 +345,35 @@ class AdmissionProxy:
                 self._report()
             self._acct.close(track, outcome, status)
         return req.keep_alive
+
+    async def _watched(self, req: Request, writer: asyncio.StreamWriter, track: Track) -> int:
+        """``_attempts``, dropped when the client goes away, and answered 504 past ``max_wait_s`` with no byte sent.
+
+        Raises:
+            ConnectionError: the client went away (the attempt upstream is cancelled).
+        """
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(self._attempts(req, writer, track))
+        deadline_s = track.arrived_at_s + self.max_wait_s
+        gone = req.client_gone
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.watch_s)
+                if task in done:
+                    return task.result()
+                if gone is not None and gone():
+                    raise ConnectionError("the client went away")
+                if not track.sent and loop.time() >= deadline_s:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    track.sent = True
+                    msg = f"no answer from the server within {self.max_wait_s:g} s; try again later"
+                    await respond(writer, 504, error_body(504, msg), "application/json", req.keep_alive)
+                    return 504
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _attempts(self, req: Request, writer: asyncio.StreamWriter, track: Track) -> int:
         """Send the request until an answer reaches the client or retries run out; returns its status."""
@@ -349,6 +389,7 @@ class AdmissionProxy:
                 waited_s = loop.time() - first_fail_at_s
                 if retries >= self.max_retries or waited_s >= self.retry_wait_s:
                     msg = f"upstream unavailable after {retries} retries over {waited_s:.1f} s ({err})"
+                    track.sent = True
                     await respond(writer, 503, error_body(503, msg), "application/json", req.keep_alive)
                     return 503
                 retries += 1
@@ -357,4 +398,8 @@ class AdmissionProxy:
             finally:
                 self._gate.release()
             self._gate.enter()
-            await self._upstream.wait_healthy(first_fail_at_s + self.retry_wait_s)
+            try:
+                await self._upstream.wait_healthy(first_fail_at_s + self.retry_wait_s)
+            except BaseException:
+                self._gate.leave()  # cancelled while waiting for the upstream
+                raise
