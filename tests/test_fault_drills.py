@@ -272,7 +272,9 @@ def test_the_twin_serves_knob_changes_and_remote_hosts_only_when_asked(capsys: p
         loop = asyncio.new_event_loop()
         ready = threading.Event()
 
-        def serve(loop: asyncio.AbstractEventLoop = loop, server: TwinServer = server) -> None:
+        def serve(
+            loop: asyncio.AbstractEventLoop = loop, server: TwinServer = server, ready: threading.Event = ready
+        ) -> None:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(server.start())
             ready.set()
@@ -293,7 +295,7 @@ def test_the_twin_serves_knob_changes_and_remote_hosts_only_when_asked(capsys: p
             loop.close()
 
 
-# ------------------------------------------------------------------ the proxy: upstream killed or frozen, clients leaving
+# ------------------------------------------------------------------ the proxy: upstream killed or frozen, clients leave
 
 
 class _Frozen:
@@ -346,7 +348,8 @@ def _post_raw(url: str, body: dict[str, Any]) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     data = json.dumps(body).encode()
     s = socket.create_connection((host, int(port)), timeout=5.0)
-    head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(data)}\r\n\r\n"
     s.sendall(head.encode() + data)
     return s
 
