@@ -334,3 +334,60 @@ def test_fuzzed_controller_json_bytes_raise_only_input_error(
     (folder / "controller.json").write_bytes(data)
     with pytest.raises(InputError):
         load_controller(folder)
+
+
+# ------------------------------------------------------------------ 7: SB3 zips are pickles
+
+
+def _planted_zip(path: Path, marker: Path) -> Path:
+    """A zip shaped like an SB3 save whose policy_class, when unpickled, creates ``marker``."""
+    import base64
+    import pickle
+    import zipfile
+
+    class Payload:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (open, (str(marker), "w"))
+
+    blob = base64.b64encode(pickle.dumps(Payload())).decode()
+    data = {"policy_class": {":type:": "<class 'abc.ABCMeta'>", ":serialized:": blob, "__module__": "x"}}
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("data", json.dumps(data))
+    return path
+
+
+def test_a_planted_zip_is_refused_before_it_is_unpickled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from greenrl import evaluate as ev
+
+    marker = tmp_path / "pwned"
+    planted = _planted_zip(tmp_path / "model.zip", marker)
+    with pytest.raises(SystemExit) as exc:
+        ev.main(["--policies", str(planted), "--scenarios", "tiny", "--no-progress", "--no-plots"])
+    assert exc.value.code == 2 and "--trust-pickle" in capsys.readouterr().err
+    assert not marker.exists()
+    with pytest.raises(InputError, match="pickle"):
+        ev.evaluate([str(planted)], ["tiny"], seeds=1, arrivals="exact", progress=False)
+    assert not marker.exists()
+
+
+def test_a_zip_is_loaded_only_as_its_run_recorded_it(tmp_path: Path) -> None:
+    from greenrl.evaluate_policies import resolve_policies
+    from greenrl.trust import PICKLE_RECORD, check_pickle, record_pickle
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    zipped = run / "best" / "model.zip"
+    zipped.write_bytes(b"PK-stand-in")
+    with pytest.raises(InputError, match=PICKLE_RECORD):
+        check_pickle(zipped)
+    record_pickle(run, zipped)
+    check_pickle(zipped)
+    assert resolve_policies([str(zipped)])[0].kind == "sb3"
+    zipped.write_bytes(b"PK-changed")
+    with pytest.raises(InputError, match="changed since training"):
+        resolve_policies([str(zipped)])
+    assert resolve_policies([str(zipped)], trust_pickle=True)[0].trust_pickle
+    other = run / "other.zip"
+    other.write_bytes(b"x")
+    with pytest.raises(InputError, match="does not record"):
+        check_pickle(other)

@@ -316,7 +316,12 @@ class AdmissionProxy:
         return await self._upstream.passthrough(req, writer)
 
     async def _admitted(self, req: Request, writer: asyncio.StreamWriter) -> bool:
-        """One admission-controlled request, from arrival to its last byte: wait, send, retry, account."""
+        """One admission-controlled request, from arrival to its last byte: wait, send, retry, account.
+
+        While it runs, every ``watch_s`` it checks whether the client went away (then the request and its
+        attempt upstream are cancelled, counted ``cancelled``) and, until a byte reached the client,
+        whether ``max_wait_s`` passed (then the client gets a 504 in vLLM's error format).
+        """
         loop = asyncio.get_running_loop()
         try:
             body: Any = json.loads(req.body or b"{}")
@@ -325,35 +330,11 @@ class AdmissionProxy:
         track = self._acct.arrive(body, loop.time())
         must_wait = self._gate.must_wait()
         self._gate.enter()
-        track.load = load = self._load.arrive(
+        track.load = self._load.arrive(
             track.arrived_at_s, track.estimated_prompt_tokens, self._deadline, must_wait=must_wait
         )
         self._report()
-        outcome, status = "error", 0
-        try:
-            status = await self._watched(req, writer, track)
-            outcome = "finished" if 200 <= status < 300 else "error"
-        except (ConnectionError, asyncio.IncompleteReadError):
-            outcome = "cancelled"
-            raise
-        except httpx.HTTPError as err:  # the upstream failed after bytes reached the client: the response is cut
-            logger.warning("upstream failed mid-response (%s: %s); the response is cut", type(err).__name__, err)
-            status = 502
-            raise ConnectionError("response cut") from err
-        finally:
-            if self._load.end(load):
-                self._report()
-            self._acct.close(track, outcome, status)
-        return req.keep_alive
-
-    async def _watched(self, req: Request, writer: asyncio.StreamWriter, track: Track) -> int:
-        """``_attempts``, dropped when the client goes away, and answered 504 past ``max_wait_s`` with no byte sent.
-
-        Raises:
-            ConnectionError: the client went away (the attempt upstream is cancelled).
-        """
-        loop = asyncio.get_running_loop()
-        task = asyncio.ensure_future(self._attempts(req, writer, track))
+        task = asyncio.ensure_future(self._settled(req, writer, track))
         deadline_s = track.arrived_at_s + self.max_wait_s
         gone = req.client_gone
         try:
@@ -362,18 +343,42 @@ class AdmissionProxy:
                 if task in done:
                     return task.result()
                 if gone is not None and gone():
-                    raise ConnectionError("the client went away")
-                if not track.sent and loop.time() >= deadline_s:
+                    track.abort = "gone"
                     task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                    track.sent = True
-                    msg = f"no answer from the server within {self.max_wait_s:g} s; try again later"
-                    await respond(writer, 504, error_body(504, msg), "application/json", req.keep_alive)
-                    return 504
+                elif not track.sent and loop.time() >= deadline_s:
+                    track.abort = "timeout"
+                    task.cancel()
         finally:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    async def _settled(self, req: Request, writer: asyncio.StreamWriter, track: Track) -> bool:
+        """``_attempts``, then the request's accounting (also when cancelled: client gone, or late)."""
+        outcome, status = "error", 0
+        try:
+            status = await self._attempts(req, writer, track)
+            outcome = "finished" if 200 <= status < 300 else "error"
+        except asyncio.CancelledError:
+            if track.abort != "timeout" or track.sent:
+                outcome = "cancelled"
+                raise
+            status = 504  # no byte reached the client yet: tell it the truth
+            track.sent = True
+            msg = f"no answer from the server within {self.max_wait_s:g} s; try again later"
+            await respond(writer, 504, error_body(504, msg), "application/json", req.keep_alive)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            outcome = "cancelled"
+            raise
+        except httpx.HTTPError as err:  # the upstream failed after bytes reached the client: the response is cut
+            logger.warning("upstream failed mid-response (%s: %s); the response is cut", type(err).__name__, err)
+            status = 502
+            raise ConnectionError("response cut") from err
+        finally:
+            if track.load is not None and self._load.end(track.load):
+                self._report()
+            self._acct.close(track, outcome, status)
+        return req.keep_alive
 
     async def _attempts(self, req: Request, writer: asyncio.StreamWriter, track: Track) -> int:
         """Send the request until an answer reaches the client or retries run out; returns its status."""
