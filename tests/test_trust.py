@@ -391,3 +391,118 @@ def test_a_zip_is_loaded_only_as_its_run_recorded_it(tmp_path: Path) -> None:
     other.write_bytes(b"x")
     with pytest.raises(InputError, match="does not record"):
         check_pickle(other)
+
+
+# ------------------------------------------------------------------ fuzz: Prometheus text, SSE, HTTP requests, bodies
+
+_METRIC_NAMES = [
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+    "vllm:generation_tokens_total",
+    "vllm:prompt_tokens_total",
+    "vllm:time_to_first_token_seconds_bucket",
+    "vllm:time_to_first_token_seconds_sum",
+    "vllm:inter_token_latency_seconds_bucket",
+    "junk",
+]
+_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["NaN", "+Inf", "-Inf", "1e400", "-0", "x", ""]),
+)
+_labels = st.one_of(
+    st.just(""),
+    st.sampled_from(['{le="0.1"}', '{le="+Inf"}', '{le="x"}', '{le=""}', '{model_name="m"}', "{", '{le="0.1"']),
+)
+_lines = st.one_of(
+    st.tuples(st.sampled_from(_METRIC_NAMES), _labels, _values).map(lambda t: f"{t[0]}{t[1]} {t[2]}"),
+    st.sampled_from(["# TYPE vllm:time_to_first_token_seconds histogram", "# HELP x y", "#", "{}", " "]),
+    st.text(max_size=30),
+)
+
+
+@FUZZ
+@given(lines=st.lists(_lines, max_size=25))
+def test_fuzzed_prometheus_text_raises_only_metrics_error(lines: list[str]) -> None:
+    from greenrl.live.metrics import MetricsError, parse
+
+    try:
+        m = parse("\n".join(lines) + "\n")
+    except MetricsError:
+        return
+    assert 0 <= m.running <= 1e6 and 0 <= m.waiting <= 1e6 and 0 <= m.kv_cache_usage_frac <= 1.0 + 1e-6
+    assert np.all(np.isfinite(m.ttft_hist)) and np.all(m.ttft_hist >= 0)
+
+
+_sse_events = st.one_of(
+    st.binary(max_size=40),
+    _json.map(lambda v: b"data: " + json.dumps(v).encode() + b"\n\n"),
+    st.sampled_from([b"data: [DONE]\n\n", b'data: {"choices": [{"text": "x"}]}\n\n', b"\r\n", b"data:", b": c\n"]),
+)
+
+
+@FUZZ
+@given(events=st.lists(_sse_events, max_size=12), cut=st.integers(1, 7))
+def test_fuzzed_sse_streams_never_raise(events: list[bytes], cut: int) -> None:
+    from greenrl.live.tokens import SseTokenCounter
+
+    data = b"".join(events)
+    counter = SseTokenCounter()
+    total = sum(counter.feed(data[i : i + cut]) for i in range(0, len(data), cut))
+    assert total >= 0
+
+
+@FUZZ
+@given(body=st.one_of(st.binary(max_size=80), _json.map(lambda v: json.dumps(v).encode())))
+def test_fuzzed_request_bodies_raise_only_input_error(body: bytes) -> None:
+    from greenrl.live.http import json_object
+    from greenrl.live.proxy.accounting import Accounting
+    from greenrl.live.tokens import approx_prompt_tokens
+
+    try:
+        obj = json_object(body, "/v1/completions")
+    except InputError:
+        obj = None
+    track = Accounting().arrive(obj, 0.0)
+    assert track.estimated_prompt_tokens >= 0 and approx_prompt_tokens(obj) >= 0
+
+
+@FUZZ
+@given(
+    raw=st.one_of(
+        st.binary(max_size=200),
+        st.tuples(
+            st.sampled_from(["GET", "POST", "X"]),
+            st.sampled_from(["/v1/completions", "/", "*", ""]),
+            st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2", ""]),
+            st.lists(
+                st.sampled_from(
+                    [
+                        "Content-Length: 3",
+                        "Content-Length: -1",
+                        "Content-Length: x",
+                        "Transfer-Encoding: chunked",
+                        "Connection: close",
+                        "bad header",
+                        "",
+                    ]
+                ),
+                max_size=4,
+            ),
+            st.binary(max_size=10),
+        ).map(lambda t: f"{t[0]} {t[1]} {t[2]}\r\n{chr(10).join(t[3])}\r\n\r\n".encode() + t[4]),
+    )
+)
+def test_fuzzed_http_requests_raise_only_http_errors(raw: bytes) -> None:
+    import asyncio
+
+    from greenrl.live.http import HttpError, read_request
+
+    async def read() -> Any:
+        reader = asyncio.StreamReader(limit=1024)
+        reader.feed_data(raw)
+        reader.feed_eof()
+        return await read_request(reader)
+
+    with contextlib.suppress(HttpError, asyncio.IncompleteReadError):
+        asyncio.run(read())
