@@ -506,3 +506,100 @@ def test_fuzzed_http_requests_raise_only_http_errors(raw: bytes) -> None:
 
     with contextlib.suppress(HttpError, asyncio.IncompleteReadError):
         asyncio.run(read())
+
+
+# ------------------------------------------------------------------ 8: the privileged clock helper
+
+
+@pytest.fixture
+def clock_helper(tmp_path: Path) -> Any:
+    import threading
+
+    from greenrl.live.clockd import ClockHelper
+    from greenrl.live.gpu import FakeGpu, GpuSet
+
+    served = GpuSet([FakeGpu(0, min_interval_s=0.0), FakeGpu(1, min_interval_s=0.0)])
+    helper = ClockHelper(served, tmp_path / "clock.sock")
+    thread = threading.Thread(target=helper.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield helper
+    finally:
+        helper.shutdown()
+        helper.close()
+        thread.join(5.0)
+
+
+def test_the_clock_helper_changes_only_clocks_for_an_unprivileged_controller(clock_helper: Any) -> None:
+    import os
+    import socket
+    import stat
+
+    from greenrl.live.clockd import HelperGpu
+    from greenrl.live.gpu import FakeGpu, GpuError, GpuPermissionError
+
+    assert stat.S_IMODE(os.stat(clock_helper.path).st_mode) == 0o600
+    reader = FakeGpu(1, min_interval_s=0.0)
+    reader.deny_permission()  # the controller's own NVML handle may not change clocks
+    gpu = HelperGpu(reader, clock_helper.path, min_interval_s=0.0)
+    assert gpu.lock_sm_clock(1203) == 1200
+    assert clock_helper.gpus[1].locked_sm_clock_mhz == 1200 and reader.calls == []
+    gpu.reset_sm_clock()
+    assert clock_helper.gpus[1].locked_sm_clock_mhz is None
+    # requests that are not clock changes of a served GPU are refused; the helper keeps serving
+    for line in [
+        b"garbage\n",
+        b"[]\n",
+        b'{"op": "exec", "gpu": 0}\n',
+        b'{"op": "lock", "gpu": 7, "mhz": 1}\n',
+        b'{"op": "lock", "gpu": 0, "mhz": NaN}\n',
+        b'{"op": "lock", "gpu": true, "mhz": 1}\n',
+        b"x" * 5000 + b"\n",
+    ]:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5.0)
+            s.connect(str(clock_helper.path))
+            s.sendall(line)
+            answer = json.loads(s.makefile().readline())
+        assert answer["ok"] is False and answer["kind"] == "request", line[:40]
+    assert clock_helper.gpus[0].calls == []
+    clock_helper.gpus[0].deny_permission()
+    with pytest.raises(GpuPermissionError):
+        HelperGpu(FakeGpu(0), clock_helper.path).lock_sm_clock(1200)
+    with pytest.raises(GpuError, match="did not answer"):
+        HelperGpu(FakeGpu(0), clock_helper.path.with_name("none.sock")).lock_sm_clock(1200)
+    gpu.lock_sm_clock(1500)
+    gpu.close()  # the controller's close resets through the helper
+    assert clock_helper.gpus[1].locked_sm_clock_mhz is None
+
+
+@FUZZ
+@given(line=st.one_of(st.binary(max_size=100), _json.map(lambda v: json.dumps(v).encode())))
+def test_fuzzed_clock_helper_requests_get_an_answer(tmp_path_factory: pytest.TempPathFactory, line: bytes) -> None:
+    from greenrl.live.clockd import ClockHelper
+    from greenrl.live.gpu import FakeGpu, GpuSet
+
+    helper = ClockHelper(GpuSet([FakeGpu(0, min_interval_s=0.0)]), tmp_path_factory.mktemp("h") / "c.sock")
+    try:
+        answer = helper.handle(line)
+        assert isinstance(answer, dict) and isinstance(answer["ok"], bool)
+    finally:
+        helper.close()
+
+
+def test_the_controller_uses_the_clock_helper_when_given(clock_helper: Any) -> None:
+    from greenrl.controller import build_controller, build_parser
+    from greenrl.live.clockd import HelperGpu
+
+    argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:1", "--gpus", "0,1"]
+    args = build_parser().parse_args([*argv, "--clock-helper", str(clock_helper.path)])
+    args.gpus = "fake"  # the readers: fake GPUs 0 (one is enough to see the wiring)
+    ctl = build_controller(args, None, sleep=lambda s: False)
+    try:
+        gpus = list(ctl.backend.gpus)  # type: ignore[attr-defined]
+        assert gpus and all(isinstance(g, HelperGpu) for g in gpus)
+        gpus[0].lock_sm_clock(1005)
+        assert clock_helper.gpus[0].locked_sm_clock_mhz == 1005
+    finally:
+        ctl.close()
+    assert clock_helper.gpus[0].locked_sm_clock_mhz is None
