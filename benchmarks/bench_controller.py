@@ -55,7 +55,7 @@ def interval_overhead() -> dict[str, float]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "default"]
+    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "default", "--allow-control"]
     cmd += ["--time-scale", "30", "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

@@ -60,6 +60,7 @@ def evaluate(
     rate_scales: list[float] | None = None,
     arrivals: Arrivals = "resample",
     progress: bool = True,
+    trust_pickle: bool = False,
 ) -> Evaluation:
     """Evaluate every policy on every (scenario, rate scale) over windows x seeds.
 
@@ -70,13 +71,14 @@ def evaluate(
         rate_scales: arrival-rate multipliers on top of each scenario's own evaluation scale (default: [1]).
         arrivals: ``resample`` (Poisson bootstrap per sample) or ``exact`` (the window itself).
         progress: show a rich progress bar (on stderr).
+        trust_pickle: load SB3 zips that no run folder vouches for (a zip is a pickle: it runs code).
 
     Raises:
         InputError: unknown policy or scenario, a controller or model that does not fit a scenario's
             knobs or observation, a scenario without evaluation windows, bad seeds or rate scales.
     """
     started = time.perf_counter()
-    specs = resolve_policies(policies if policies is not None else default_policies(scenarios))
+    specs = resolve_policies(policies if policies is not None else default_policies(scenarios), trust_pickle)
     scenario_names = scenarios or ["default"]
     scales = rate_scales or [1.0]
     grid = [(s, r, build_cases(s, r, seeds, arrivals)) for s in scenario_names for r in scales]
@@ -151,7 +153,14 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         help=f"baselines ({', '.join(BASELINES)}), controller folders or SB3 .zip files "
-        "(default: checkpoints/default/* controllers plus every baseline)",
+        "(default: checkpoints/default/* controllers plus every baseline). An SB3 .zip is a pickle: loading it "
+        "runs any code inside, so a zip is loaded only from a run folder whose pickle_sha256.json records its "
+        "hash, or with --trust-pickle",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="load SB3 .zip files that no run folder vouches for: only zips from people you trust (it runs their code)",
     )
     p.add_argument("--scenarios", nargs="+", default=None, help="scenario names or YAML paths (default: default)")
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="seeds per evaluation window (default 5)")
@@ -177,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, evaluate, write the outputs and print the tables."""
     args = _parser().parse_args(argv)
     chosen = args.policies if args.policies is not None else default_policies(args.scenarios)
-    labels = [s.label for s in resolve_policies(chosen)]
+    labels = [s.label for s in resolve_policies(chosen, args.trust_pickle)]
     timeline = args.timeline
     if timeline is not None and timeline not in labels:
         raise InputError("--timeline", "timeline", f"{timeline!r} is not evaluated", f"use one of {', '.join(labels)}")
@@ -188,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rate_scales,
         args.arrivals,
         progress=not args.no_progress,
+        trust_pickle=args.trust_pickle,
     )
     if timeline is None:
         controllers = [r["policy"] for r in result.records if r["policy_kind"] != "baseline"]

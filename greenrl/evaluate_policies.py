@@ -1,7 +1,9 @@
 """Which policies ``python -m greenrl.evaluate`` runs: names and paths -> specs -> policy objects.
 
 A policy is a baseline by name, an exported controller folder (or a run folder holding ``controller/``)
-or an SB3 ``.zip`` (PPO or MaskablePPO). Labels are unique in a table (``ppo:<name>``, ``sb3:<name>``,
+or an SB3 ``.zip`` (PPO or MaskablePPO). An SB3 zip is a pickle, which runs code when loaded: it is
+loaded only from a run folder that recorded its hash, or with ``trust_pickle`` (``--trust-pickle``; see
+``greenrl.trust``). Labels are unique in a table (``ppo:<name>``, ``sb3:<name>``,
 a ``#2`` suffix for repeats).
 
 Public names: PolicySpec, resolve_policies, default_policies, load_policy, is_deterministic.
@@ -32,6 +34,7 @@ class PolicySpec:
     label: str
     kind: Literal["baseline", "controller", "sb3"]
     source: str
+    trust_pickle: bool = False
 
 
 def _label_for(path: Path, kind: str) -> str:
@@ -43,12 +46,15 @@ def _label_for(path: Path, kind: str) -> str:
     return f"sb3:{path.stem}"
 
 
-def resolve_policies(items: list[str]) -> list[PolicySpec]:
+def resolve_policies(items: list[str], trust_pickle: bool = False) -> list[PolicySpec]:
     """Baseline names, controller folders (or run folders holding ``controller/``) and SB3 zips -> specs.
 
     Raises:
-        InputError: for a name that is neither a baseline nor an existing controller folder or zip.
+        InputError: for a name that is neither a baseline nor an existing controller folder or zip, or a
+            zip that no run folder vouches for (unless ``trust_pickle``; ``greenrl.trust.check_pickle``).
     """
+    from greenrl.trust import check_pickle
+
     if not items:
         raise InputError("--policies", "policies", "no policy given", f"name baselines ({', '.join(BASELINES)})")
     specs: list[PolicySpec] = []
@@ -68,7 +74,8 @@ def resolve_policies(items: list[str]) -> list[PolicySpec]:
                 )
             specs.append(PolicySpec(_label_for(folder, "controller"), "controller", str(folder)))
         elif path.is_file() and path.suffix == ".zip":
-            specs.append(PolicySpec(_label_for(path, "sb3"), "sb3", str(path)))
+            check_pickle(path, trust_pickle=trust_pickle)
+            specs.append(PolicySpec(_label_for(path, "sb3"), "sb3", str(path), trust_pickle))
         else:
             raise InputError(
                 "--policies",
@@ -109,6 +116,8 @@ def _load_sb3(path: Path, env: ServingEnv) -> Any:
             data = json.loads(z.read("data"))
     except (KeyError, json.JSONDecodeError):
         raise InputError(where, "data", "no SB3 data entry", "give a model saved by SB3's model.save()") from None
+    if not isinstance(data, dict) or not isinstance(data.get("policy_class", {}), dict):
+        raise InputError(where, "data", "not an SB3 data entry", "give a model saved by SB3's model.save()")
     maskable = "maskable" in str(data.get("policy_class", {}).get("__module__", "")).lower()
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import PPO
@@ -135,4 +144,7 @@ def load_policy(spec: PolicySpec, env: ServingEnv, seed: int) -> Policy:
         from greenrl.policy import load_controller
 
         return load_controller(spec.source, expect_env=env)
+    from greenrl.trust import check_pickle
+
+    check_pickle(spec.source, trust_pickle=spec.trust_pickle)  # again: the file may have changed since
     return _load_sb3(Path(spec.source), env)

@@ -22,7 +22,9 @@ def twin(request: pytest.FixtureRequest) -> Iterator[str]:
     """A twin of the tiny scenario at the test module's ``TIME_SCALE``, started and stopped (by its process
     group) with the project's launcher. Modules that need another twin define their own ``twin``."""
     scale = float(request.module.TIME_SCALE)
-    command = f"{{python}} -m greenrl.twin --port {{port}} --scenario tiny --time-scale {scale:g} --tick-ms 5"
+    command = (
+        f"{{python}} -m greenrl.twin --port {{port}} --scenario tiny --time-scale {scale:g} --tick-ms 5 --allow-control"
+    )
     launcher = ServerLauncher(command + " --log-level WARNING", port=0, health_timeout_s=30.0)
     launcher.start({})
     try:

@@ -52,7 +52,7 @@ def _get_json(url: str) -> dict[str, Any]:
 
 
 def _start_twin(port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "default"]
+    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "default", "--allow-control"]
     cmd += ["--time-scale", str(TIME_SCALE), "--log-level", "WARNING"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -111,10 +111,12 @@ def test_controller_folders_and_sb3_zips_are_accepted(tmp_path: Path) -> None:
     from sb3_contrib import MaskablePPO
 
     from greenrl.policy import export_controller
+    from greenrl.trust import record_pickle
 
     env = ServingEnv("tiny", "eval", 0)
     model = MaskablePPO("MlpPolicy", env, n_steps=64, batch_size=64, policy_kwargs={"net_arch": [8]}, seed=0)
     model.save(tmp_path / "model.zip")
+    record_pickle(tmp_path, tmp_path / "model.zip")  # as train does: the zip is vouched for
     export_controller(model, env, tmp_path / "run" / "controller")
     result = ev.evaluate(
         [str(tmp_path / "run"), str(tmp_path / "model.zip")], ["tiny"], seeds=1, arrivals="exact", progress=False

@@ -235,7 +235,7 @@ def _stream(url: str, body: dict[str, Any], timeout_s: float = 15.0) -> dict[str
 def twin() -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "tiny"]
+    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "tiny", "--allow-control"]
     cmd += ["--time-scale", str(TIME_SCALE), "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"

@@ -30,9 +30,9 @@ from greenrl.errors import InputError
 from greenrl.live.backends import BackendError
 from greenrl.live.clock import ClockRestoreError
 from greenrl.live.gpu import GpuError, GpuPermissionError
-from greenrl.live.metrics import MetricsError
+from greenrl.live.metrics import MetricsError, MetricsTimeout
 from greenrl.live.observe import Observation, ObservationError
-from greenrl.policy import ControllerPolicy
+from greenrl.policy import ControllerPolicy, InvalidDecision
 
 __all__ = ["KNOB_ORDER", "Observer", "ServingController"]
 
@@ -66,8 +66,10 @@ class _PolicyError(RuntimeError):
     """The policy's action is not a valid action."""
 
 
-def _classify(err: BaseException) -> str:
-    """The ``greenrl_fallbacks_total`` reason of a fault."""
+def _classify(err: BaseException, stage: str = "decide") -> str:
+    """The ``greenrl_fallbacks_total`` reason of a fault (``stage``: where an unknown fault happened)."""
+    if isinstance(err, MetricsTimeout):
+        return "metrics_timeout"
     if isinstance(err, MetricsError):
         return "server_down" if "unreachable" in str(err) else "metrics_invalid"
     if isinstance(err, ObservationError):
@@ -80,7 +82,10 @@ def _classify(err: BaseException) -> str:
         return "server_down" if err.unreachable else "apply_failed"
     if isinstance(err, ClockRestoreError):
         return "apply_failed"
-    return "policy_invalid"
+    if isinstance(err, _PolicyError | InvalidDecision):
+        return "policy_invalid"
+    # an unexpected fault is named by its stage, never blamed on the policy
+    return {"observe": "observation_invalid", "apply": "apply_failed"}.get(stage, "policy_invalid")
 
 
 class ServingController:
@@ -229,12 +234,12 @@ class ServingController:
         except Exception as err:  # every fault makes a fallback, never a crash
             if stage == "decide" and not isinstance(err, ObservationError | _PolicyError):
                 err = _PolicyError(f"{type(err).__name__}: {err}")
-            if stage == "observe" and _classify(err) == "server_down" and self._restarting():
+            if stage == "observe" and _classify(err, stage) == "server_down" and self._restarting():
                 # our own restart is under way: wait for it, do not fall back (nor restart again)
                 self.observer.reset()
                 record.update(mode="reconfiguring", knobs=dict(self.knobs), applied=[], error=str(err)[:300])
             else:
-                self._fallback(err, record, reset_observer=stage == "observe")
+                self._fallback(err, record, reset_observer=stage == "observe", stage=stage)
         record["overhead_us"] = (self.clock() - t0) * 1e6
         return self._finish(record)
 
@@ -271,8 +276,8 @@ class ServingController:
         if self.prom is not None:
             self.prom.set_knobs(self.knobs)
 
-    def _fallback(self, err: BaseException, record: dict[str, Any], *, reset_observer: bool) -> None:
-        reason = _classify(err)
+    def _fallback(self, err: BaseException, record: dict[str, Any], *, reset_observer: bool, stage: str) -> None:
+        reason = _classify(err, stage)
         self.failures += 1
         self.fallback_counts[reason] = self.fallback_counts.get(reason, 0) + 1
         if self.prom is not None:

@@ -15,12 +15,13 @@ __all__ = ["FALLBACK_REASONS", "ControllerMetrics", "DecisionLog"]
 
 FALLBACK_REASONS: dict[str, str] = {
     "server_down": "the server's /metrics (or the twin's state) cannot be reached",
-    "metrics_invalid": "/metrics answered an error or text that is not vLLM's metrics",
+    "metrics_timeout": "/metrics did not answer in full within --timeout-s (a slow or frozen server)",
+    "metrics_invalid": "/metrics answered an error, text that is not vLLM's metrics, or absurd values",
     "observation_invalid": "a needed series is missing, or the observation is not finite",
     "gpu_permission": "NVML refused a clock change: it needs root / CAP_SYS_ADMIN",
     "gpu_error": "a GPU/NVML call failed",
     "apply_failed": "the server refused or did not answer a knob change",
-    "policy_invalid": "the policy's action has the wrong shape or is out of range",
+    "policy_invalid": "the policy's output is not finite, masked out, of the wrong shape or out of range",
 }
 """Values of the ``reason`` label of ``greenrl_fallbacks_total``, and what each means."""
 

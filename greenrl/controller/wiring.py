@@ -74,7 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-s", type=float, default=5.0, help="HTTP timeout (s; default 5)")
     g = p.add_argument_group("real node: admission proxy and launcher (not with --twin)")
     g.add_argument("--proxy-port", type=int, default=None, help="run the admission proxy on 127.0.0.1:N (0: free)")
+    g.add_argument(
+        "--proxy-max-wait-s",
+        type=float,
+        default=300.0,
+        help="longest a proxy client waits for the first byte of its answer before a 504 (s; 300)",
+    )
     g.add_argument("--launch", action="store_true", help="start and own the server (needed for TP changes)")
+    g.add_argument(
+        "--clock-helper",
+        default=None,
+        help="Unix socket of the privileged clock helper (python -m greenrl.live.clockd, run as root): the "
+        "controller then runs unprivileged and asks it for SM clock changes (default: NVML directly)",
+    )
     g.add_argument("--launch-command", default=DEFAULT_COMMAND, help="server command template (default: vllm serve)")
     g.add_argument("--model", default=None, help="{model} of the launch command (Hugging Face id or path)")
     g.add_argument("--server-port", type=int, default=None, help="{port} of the launched server (default: 8000)")
@@ -199,7 +211,16 @@ def _gpu_backend(
     proxy = None
     if args.proxy_port is not None:
         slo = SloJudge.from_scenario(scenario)
-        proxy = AdmissionProxy(base, port=args.proxy_port, slo=slo, connect_timeout_s=args.timeout_s)
+        if not (math.isfinite(args.proxy_max_wait_s) and args.proxy_max_wait_s > 0):
+            raise InputError("--proxy-max-wait-s", "max_wait_s", f"{args.proxy_max_wait_s} is not > 0", "e.g. 300")
+        proxy = AdmissionProxy(
+            base,
+            port=args.proxy_port,
+            slo=slo,
+            connect_timeout_s=args.timeout_s,
+            max_wait_s=args.proxy_max_wait_s,
+            retry_wait_s=args.proxy_max_wait_s,
+        )
     phase_aware = "prefill_sm_clock_mhz" in policy.knob_names
     min_interval_s = args.clock_min_interval_s
     if min_interval_s is None:
@@ -208,6 +229,10 @@ def _gpu_backend(
     if not (math.isfinite(min_interval_s) and min_interval_s >= 0):
         raise InputError("--clock-min-interval-s", "min_interval_s", f"{min_interval_s} is not >= 0", "e.g. 0.05")
     gpu_set = open_gpus(indices, kind, min_interval_s=min_interval_s)  # type: ignore[arg-type]
+    if args.clock_helper is not None:
+        from greenrl.live.clockd import helper_gpus
+
+        gpu_set = helper_gpus(list(gpu_set), args.clock_helper, min_interval_s=min_interval_s)
     gpu_set.install_sigterm_handler()
     deadline = None
     if target is not None and proxy is not None and phase_aware:

@@ -69,6 +69,8 @@ class Request:
         body: the raw body (``Content-Length`` bytes).
         keep_alive: whether the connection stays open after the answer.
         query: the query string without ``?`` (``""`` if none).
+        client_gone: ``client_gone()`` tells whether the client has closed its side of the connection
+            (set by ``serve_connection``; None: unknown).
     """
 
     method: str
@@ -77,6 +79,7 @@ class Request:
     body: bytes
     keep_alive: bool
     query: str = ""
+    client_gone: Callable[[], bool] | None = None
 
 
 async def read_request(reader: asyncio.StreamReader) -> Request | None:
@@ -214,6 +217,7 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
                 break
             if req is None:
                 break
+            req.client_gone = lambda: reader.at_eof() or writer.is_closing()
             if not await dispatch(req, writer):
                 break
     except (ConnectionError, asyncio.IncompleteReadError):

@@ -5,17 +5,16 @@ imported on first use) into a ``VllmMetrics``; ``diff(prev, cur)`` turns two scr
 between them. Metric names changed across vLLM versions, so each quantity has a short alias list
 (``ALIASES``); series with several label sets (models, engines) are summed.
 
-Public names: ALIASES, MetricsError, VllmMetrics, diff, parse, scrape.
+Public names: ALIASES, MAX_REQUESTS, MetricsError, MetricsTimeout, VllmMetrics, diff, parse, scrape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ import numpy.typing as npt
 
 from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S
 
-__all__ = ["ALIASES", "MetricsError", "VllmMetrics", "diff", "parse", "scrape"]
+__all__ = ["ALIASES", "MAX_REQUESTS", "MetricsError", "MetricsTimeout", "VllmMetrics", "diff", "parse", "scrape"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +178,7 @@ def parse(text: str, scraped_at_s: float | None = None) -> VllmMetrics:
 
     ttft, ttft_sum = hist("ttft", VLLM_TTFT_BUCKETS_S)
     itl, itl_sum = hist("itl", VLLM_ITL_BUCKETS_S)
-    return VllmMetrics(
+    out = VllmMetrics(
         scraped_at_s=time.monotonic() if scraped_at_s is None else scraped_at_s,
         running=scalar("running"),
         waiting=scalar("waiting"),
@@ -194,6 +193,109 @@ def parse(text: str, scraped_at_s: float | None = None) -> VllmMetrics:
         itl_sum_s=itl_sum,
         missing=tuple(absent),
     )
+    _check_bounds(out)
+    return out
+
+
+def _check_bounds(m: VllmMetrics) -> None:
+    """Refuse a page that parses but is absurd: negative or huge gauges, KV usage outside 0-1, negative counts."""
+    problems = []
+    for key in ("running", "waiting"):
+        value = getattr(m, key)
+        if not 0 <= value <= MAX_REQUESTS:
+            problems.append(f"{key} {value:g} is not 0 to {MAX_REQUESTS:g} requests")
+    if not 0 <= m.kv_cache_usage_frac <= 1.0 + 1e-6:
+        problems.append(f"KV cache usage {m.kv_cache_usage_frac:g} is not a fraction 0-1")
+    for key in ("prompt_tokens", "generation_tokens", "preemptions", "requests_finished", "ttft_sum_s", "itl_sum_s"):
+        value = getattr(m, key)
+        if not 0 <= value < math.inf:
+            problems.append(f"{key} {value:g} is not a count >= 0")
+    for key in ("ttft_hist", "itl_hist"):
+        if not np.all(np.isfinite(getattr(m, key))) or np.any(getattr(m, key) < 0):
+            problems.append(f"{key} has negative or non-finite counts")
+    if problems:
+        raise MetricsError("absurd metrics: " + "; ".join(problems))
+
+
+MAX_METRICS_BYTES = 8 * 1024 * 1024
+"""Largest ``/metrics`` page read (bytes); a longer one is a fault (``metrics_invalid``)."""
+
+MAX_REQUESTS = 1e6
+"""Most requests a server can plausibly hold running or waiting; a larger gauge is absurd."""
+
+
+class MetricsTimeout(MetricsError):
+    """The whole ``/metrics`` response did not arrive within its deadline (a slow or frozen server)."""
+
+
+def _fetch(url: str, timeout_s: float) -> str:
+    """GET ``url`` within ``timeout_s`` for the whole response (connect, headers and body).
+
+    Each socket operation waits at most the time left, and a watchdog shuts the socket at the deadline,
+    so a server that drips its headers or page byte by byte cannot hold the caller past ``timeout_s``.
+    """
+    import http.client
+    import socket
+    import threading
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise MetricsError(f"{url}: not an http(s) URL")
+    deadline = time.monotonic() + timeout_s
+    late = f"{url}: timed out: the whole response took over {timeout_s:g} s"
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MetricsTimeout(late)
+        return remaining
+
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname, parts.port, timeout=timeout_s)
+    held: list[socket.socket] = []  # the connection drops its socket once the response is read
+
+    def cut() -> None:
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout_s, cut)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        try:
+            conn.connect()
+            if conn.sock is not None:
+                held.append(conn.sock)
+                conn.sock.settimeout(left())  # the watchdog may have fired before the socket was held
+            conn.request("GET", parts.path or "/", headers={"Accept": "text/plain"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise MetricsError(f"{url}: HTTP {resp.status}")
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                for sock in held:
+                    sock.settimeout(left())
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_METRICS_BYTES:
+                    raise MetricsError(f"{url}: the page is over {MAX_METRICS_BYTES} bytes")
+                chunks.append(chunk)
+            left()  # a page cut short by the watchdog is late, not complete
+        except MetricsError:
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            if time.monotonic() >= deadline or isinstance(err, TimeoutError):
+                raise MetricsTimeout(late) from err
+            raise MetricsError(f"{url}: unreachable ({err})") from err
+        return b"".join(chunks).decode("utf-8", errors="replace")
+    finally:
+        watchdog.cancel()
+        conn.close()
 
 
 def scrape(url: str, timeout_s: float = 5.0) -> VllmMetrics:
@@ -201,21 +303,16 @@ def scrape(url: str, timeout_s: float = 5.0) -> VllmMetrics:
 
     Args:
         url: the ``/metrics`` URL, or the server's base URL (``http://127.0.0.1:8000``).
-        timeout_s: connect and read timeout (s).
+        timeout_s: deadline for the whole response: connect, headers and body (s). A server that drips
+            its page slower than that is a ``MetricsTimeout``.
 
     Raises:
-        MetricsError: if the server cannot be reached, answers an error status, or the text is not vLLM's.
+        MetricsError: if the server cannot be reached, answers an error status, or the text is not vLLM's
+            (``MetricsTimeout``: not within ``timeout_s``).
     """
     if not url.rstrip("/").endswith("/metrics"):
         url = url.rstrip("/") + "/metrics"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - the caller's server
-            text = resp.read().decode("utf-8", errors="replace")
-    except urllib.error.HTTPError as err:
-        raise MetricsError(f"{url}: HTTP {err.code}") from err
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        raise MetricsError(f"{url}: unreachable ({err})") from err
-    return parse(text)
+    return parse(_fetch(url, timeout_s))
 
 
 def diff(prev: VllmMetrics, cur: VllmMetrics) -> VllmMetrics:

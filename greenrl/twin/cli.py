@@ -3,7 +3,9 @@
 ``python -m greenrl.twin --port 8000 --scenario tiny --time-scale 10`` serves a scenario's node until
 SIGTERM or SIGINT. The node starts in the scenario's initial knobs, or in those given with ``--tp``,
 ``--replicas``, ``--max-num-seqs``, ``--sm-clock-mhz`` and ``--prefill-sm-clock-mhz`` (so a launcher can
-start it like ``vllm serve`` at a given TP).
+start it like ``vllm serve`` at a given TP). It binds loopback unless ``--allow-remote``, and changes
+knobs over HTTP (``POST /greenrl/knobs``, what ``python -m greenrl.controller --twin`` uses) only with
+``--allow-control``; both warn, for the twin has no authentication.
 
 Public names: main.
 """
@@ -21,6 +23,20 @@ from greenrl.twin.server import TwinServer
 
 __all__ = ["main"]
 
+logger = logging.getLogger(__name__)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 DESCRIPTION = (
     "Digital twin: a loopback HTTP server that speaks vLLM's OpenAI-compatible protocol, served by the simulator."
 )
@@ -28,7 +44,20 @@ DESCRIPTION = (
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m greenrl.twin", description=DESCRIPTION)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: loopback only; another needs --allow-remote)"
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other than loopback: the twin has no authentication, anyone who reaches it is served",
+    )
+    p.add_argument(
+        "--allow-control",
+        action="store_true",
+        help="serve POST /greenrl/knobs (what the controller's --twin mode sets knobs with); off: 403. "
+        "Anyone who reaches the twin may then set its knobs",
+    )
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
     p.add_argument("--scenario", default="tiny", help="scenario name in envs/ or a YAML path (default: tiny)")
     p.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per wall second (default: 1)")
@@ -69,6 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 0 <= args.port <= 65535:
         raise InputError("--port", "port", f"{args.port} is out of range", "use 0 to 65535")
+    if not _is_loopback(args.host):
+        if not args.allow_remote:
+            raise InputError(
+                "--host",
+                "host",
+                f"{args.host} is not loopback: the twin has no authentication",
+                "bind 127.0.0.1, or pass --allow-remote on a trusted network",
+            )
+        logger.warning("the twin listens on %s: anyone who reaches it is served (--allow-remote)", args.host)
+    if args.allow_control:
+        logger.warning("POST /greenrl/knobs is on (--allow-control): anyone who reaches the twin may set its knobs")
     initial = {"tp": args.tp, "replicas": args.replicas, "max_num_seqs": args.max_num_seqs}
     clocks = {"sm_clock_mhz": args.sm_clock_mhz, "prefill_sm_clock_mhz": args.prefill_sm_clock_mhz}
     sim = LiveSim.from_scenario(args.scenario, args.capacity, initial | clocks)
@@ -80,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         tick_s=args.tick_ms / 1000.0,
         host=args.host,
         port=args.port,
+        allow_control=args.allow_control,
     )
     asyncio.run(_serve(server))
     return 0

@@ -97,6 +97,7 @@ class TwinServer:
         time_scale: simulated seconds per wall second (10 runs the node 10x faster than real).
         tick_s: wall seconds between driver steps.
         host, port: where to listen (port 0 picks a free one; see ``port`` after ``start``).
+        allow_control: serve ``POST /greenrl/knobs`` (else 403): whoever reaches the twin may then set its knobs.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class TwinServer:
         tick_s: float = 0.02,
         host: str = "127.0.0.1",
         port: int = 8000,
+        allow_control: bool = False,
     ) -> None:
         if not (math.isfinite(time_scale) and time_scale > 0):
             raise InputError("--time-scale", "time_scale", f"must be > 0, got {time_scale}", "pass e.g. 10")
@@ -119,6 +121,7 @@ class TwinServer:
         self.tick_s = float(tick_s)
         self.host = host
         self.port = port
+        self.allow_control = allow_control
         self._watch: dict[int, _Watch] = {}
         self._listener = HttpListener(self._dispatch, host, port)
         self._driver: asyncio.Task[None] | None = None
@@ -244,6 +247,9 @@ class TwinServer:
         return 200, json.dumps(out).encode(), "application/json"
 
     def _knobs(self, req: Request) -> tuple[int, bytes, str]:
+        if not self.allow_control:
+            msg = "knob changes are off: start the twin with --allow-control (anyone who reaches it may set knobs)"
+            return 403, error_body(403, msg), "application/json"
         body = json_object(req.body, "/greenrl/knobs")
         self.step()  # bring the simulation to now, so the change starts now
         requested = self.sim.apply(**body)

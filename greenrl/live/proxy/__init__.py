@@ -15,8 +15,10 @@ dropped by the proxy's own doing:
   ``errors``).
 
 Forwarded: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (admission-controlled; SSE streams
-relayed as they come), and any other path as a plain pass-through (``/v1/models``, ``/health``,
-``/metrics``). ``GET /greenrl/proxy`` answers the proxy's counters as JSON (``stats()``).
+relayed as they come), and reads passed through as they are (``GET /v1/models``, ``/v1/models/<id>``,
+``/health``, ``/metrics``, ``/version``, ``/ping``). Nothing else is forwarded (404 in vLLM's format): no
+control path such as the twin's ``POST /greenrl/knobs`` reaches the server through the proxy.
+``GET /greenrl/proxy`` answers the proxy's counters as JSON (``stats()``).
 
 Counters, as the front end sees them: arrivals; prompt tokens and streamed tokens, counted by the rules of
 ``greenrl.live.tokens`` (the twin's and the load generator's); per request, TTFT (arrival at the proxy to

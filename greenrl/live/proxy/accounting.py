@@ -69,6 +69,8 @@ class Track:
         usage: the upstream's ``usage`` object, when it sent one.
         sent: a byte reached the client (no retry from here on).
         load: its part of the pending load (set at arrival).
+        abort: why the proxy cancels it: ``gone`` (the client left), ``timeout`` (no answer within
+            ``max_wait_s``), or None.
     """
 
     arrived_at_s: float
@@ -81,6 +83,7 @@ class Track:
     usage: dict[str, Any] | None = None
     sent: bool = False
     load: PendingEntry | None = None
+    abort: str | None = None
 
     def tokens_sent(self, tokens: int, now_s: float) -> bool:
         """``tokens`` more tokens were sent on at ``now_s``; True if they include the first one."""

@@ -63,12 +63,19 @@ class Admission:
         return not self.paused and (self.cap is None or self.in_flight < self.cap)
 
     def must_wait(self) -> bool:
-        """Whether a request arriving now waits for room (others wait already, or there is none)."""
-        return bool(self._queue) or not self.room()
+        """Whether a request arriving now waits for room (others wait already, or there is none).
+
+        Others waiting: every request that ``enter``-ed and has no slot yet, queued or about to ask.
+        """
+        return self.waiting > 0 or bool(self._queue) or not self.room()
 
     def enter(self) -> None:
         """A request starts waiting for a slot (on arrival, and again before a retry)."""
         self.waiting += 1
+
+    def leave(self) -> None:
+        """A request that ``enter``-ed stops waiting without a slot (its client went away, or it timed out)."""
+        self.waiting -= 1
 
     async def admit(self, retry: bool) -> None:
         """Wait for a slot upstream (the caller has ``enter``-ed); a retry goes first in line."""

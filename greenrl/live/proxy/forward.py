@@ -42,6 +42,10 @@ _DROP_HEADERS = {
 }
 
 
+PASSTHROUGH_READ_S = 30.0
+"""Longest silence from the server answering a pass-through read (``/health``, ``/metrics``, ``/v1/models``)."""
+
+
 class Retry(Exception):
     """The upstream failed before any byte reached the client: the request may be sent again."""
 
@@ -92,7 +96,11 @@ class Upstream:
         """Relay a request and its whole answer (502 when the server is unreachable); keep the connection?"""
         try:
             resp = await self.client.request(
-                req.method, self._target(req), content=req.body, headers=self._headers(req)
+                req.method,
+                self._target(req),
+                content=req.body,
+                headers=self._headers(req),
+                timeout=httpx.Timeout(self.connect_timeout_s, read=PASSTHROUGH_READ_S, write=30.0, pool=None),
             )
         except httpx.HTTPError as err:
             msg = f"upstream {self.url} unreachable ({type(err).__name__}: {err})"

@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -43,7 +44,28 @@ PendingListener = Callable[[int, float], None]
 """``listener(pending_first_token, boost_at_s)``: the count, and the earliest boost time of those requests."""
 
 ADMITTED_PATHS = ("/v1/completions", "/v1/chat/completions")
-"""POST paths that go through admission control (everything else is passed through)."""
+"""POST paths that go through admission control."""
+
+READ_PATHS = ("/v1/models", "/health", "/metrics", "/version", "/ping")
+"""GET (and HEAD) paths passed through as they are; with ``/v1/models/<id>``, the only other paths forwarded.
+
+Nothing else reaches the server: no control path (the twin's ``/greenrl/knobs``, vLLM's ``/sleep``,
+``/reset_prefix_cache``, LoRA loading...), so a client of the proxy cannot change what the controller
+controls. Other paths are answered 404 in vLLM's error format."""
+
+
+def forwarded(method: str, path: str) -> bool:
+    """Whether the proxy sends ``method path`` on to the server (the serving API and health/metrics reads).
+
+    Example:
+        >>> forwarded("POST", "/v1/completions"), forwarded("GET", "/metrics"), forwarded("POST", "/greenrl/knobs")
+        (True, True, False)
+    """
+    if method == "POST":
+        return path in ADMITTED_PATHS
+    if method in ("GET", "HEAD"):
+        return path in READ_PATHS or (path.startswith("/v1/models/") and ".." not in path)
+    return False
 
 
 class AdmissionProxy:
@@ -59,6 +81,10 @@ class AdmissionProxy:
         retry_wait_s: longest time one request waits in all for the upstream to be healthy again (s).
         connect_timeout_s: upstream connect timeout (s).
         read_timeout_s: longest silence from the upstream within a response (s); None: no limit.
+        max_wait_s: longest a client waits for the first byte of its answer, queueing, retries and the
+            server's time included (s): past it the client gets a 504 in vLLM's error format.
+        watch_s: how often a waiting request checks whether its client went away (s); a request whose
+            client left is dropped (counted ``cancelled``), its upstream request cancelled.
         health_poll_s: time between two ``/health`` probes while waiting for the upstream (s).
         on_pending: ``on_pending(pending_first_token, boost_at_s)`` on every change, from the loop thread.
         deadline: predicts each request's boost time at arrival; None: every request at once.
@@ -76,9 +102,11 @@ class AdmissionProxy:
         port: int = 0,
         slo: SloJudge | None = None,
         max_retries: int = 5,
-        retry_wait_s: float = 900.0,
+        retry_wait_s: float = 300.0,
         connect_timeout_s: float = 5.0,
-        read_timeout_s: float | None = 3600.0,
+        read_timeout_s: float | None = 300.0,
+        max_wait_s: float = 300.0,
+        watch_s: float = 0.25,
         health_poll_s: float = 0.25,
         on_pending: PendingListener | None = None,
         deadline: BoostPredictor | None = None,
@@ -88,6 +116,10 @@ class AdmissionProxy:
         self.upstream_url = upstream_url.rstrip("/")
         self.host, self.port = host, port
         self.max_retries, self.retry_wait_s = max_retries, retry_wait_s
+        for name, value in (("max_wait_s", max_wait_s), ("watch_s", watch_s)):
+            if not (math.isfinite(value) and value > 0):
+                raise InputError("AdmissionProxy", name, f"{value} is not > 0", "e.g. 300")
+        self.max_wait_s, self.watch_s = max_wait_s, watch_s
         self._gate = Admission(cap)
         self._upstream = Upstream(self.upstream_url, connect_timeout_s, read_timeout_s, health_poll_s)
         self._acct = Accounting(slo)
@@ -277,10 +309,19 @@ class AdmissionProxy:
             return req.keep_alive
         if req.method == "POST" and req.path in ADMITTED_PATHS:
             return await self._admitted(req, writer)
+        if not forwarded(req.method, req.path):
+            msg = f"{req.method} {req.path} is not forwarded by greenrl's admission proxy (only the serving API)"
+            await respond(writer, 404, error_body(404, msg), "application/json", req.keep_alive)
+            return req.keep_alive
         return await self._upstream.passthrough(req, writer)
 
     async def _admitted(self, req: Request, writer: asyncio.StreamWriter) -> bool:
-        """One admission-controlled request, from arrival to its last byte: wait, send, retry, account."""
+        """One admission-controlled request, from arrival to its last byte: wait, send, retry, account.
+
+        While it runs, every ``watch_s`` it checks whether the client went away (then the request and its
+        attempt upstream are cancelled, counted ``cancelled``) and, until a byte reached the client,
+        whether ``max_wait_s`` passed (then the client gets a 504 in vLLM's error format).
+        """
         loop = asyncio.get_running_loop()
         try:
             body: Any = json.loads(req.body or b"{}")
@@ -289,14 +330,43 @@ class AdmissionProxy:
         track = self._acct.arrive(body, loop.time())
         must_wait = self._gate.must_wait()
         self._gate.enter()
-        track.load = load = self._load.arrive(
+        track.load = self._load.arrive(
             track.arrived_at_s, track.estimated_prompt_tokens, self._deadline, must_wait=must_wait
         )
         self._report()
+        task = asyncio.ensure_future(self._settled(req, writer, track))
+        deadline_s = track.arrived_at_s + self.max_wait_s
+        gone = req.client_gone
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.watch_s)
+                if task in done:
+                    return task.result()
+                if gone is not None and gone():
+                    track.abort = "gone"
+                    task.cancel()
+                elif not track.sent and loop.time() >= deadline_s:
+                    track.abort = "timeout"
+                    task.cancel()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _settled(self, req: Request, writer: asyncio.StreamWriter, track: Track) -> bool:
+        """``_attempts``, then the request's accounting (also when cancelled: client gone, or late)."""
         outcome, status = "error", 0
         try:
             status = await self._attempts(req, writer, track)
             outcome = "finished" if 200 <= status < 300 else "error"
+        except asyncio.CancelledError:
+            if track.abort != "timeout" or track.sent:
+                outcome = "cancelled"
+                raise
+            status = 504  # no byte reached the client yet: tell it the truth
+            track.sent = True
+            msg = f"no answer from the server within {self.max_wait_s:g} s; try again later"
+            await respond(writer, 504, error_body(504, msg), "application/json", req.keep_alive)
         except (ConnectionError, asyncio.IncompleteReadError):
             outcome = "cancelled"
             raise
@@ -305,7 +375,7 @@ class AdmissionProxy:
             status = 502
             raise ConnectionError("response cut") from err
         finally:
-            if self._load.end(load):
+            if track.load is not None and self._load.end(track.load):
                 self._report()
             self._acct.close(track, outcome, status)
         return req.keep_alive
@@ -324,6 +394,7 @@ class AdmissionProxy:
                 waited_s = loop.time() - first_fail_at_s
                 if retries >= self.max_retries or waited_s >= self.retry_wait_s:
                     msg = f"upstream unavailable after {retries} retries over {waited_s:.1f} s ({err})"
+                    track.sent = True
                     await respond(writer, 503, error_body(503, msg), "application/json", req.keep_alive)
                     return 503
                 retries += 1
@@ -332,4 +403,8 @@ class AdmissionProxy:
             finally:
                 self._gate.release()
             self._gate.enter()
-            await self._upstream.wait_healthy(first_fail_at_s + self.retry_wait_s)
+            try:
+                await self._upstream.wait_healthy(first_fail_at_s + self.retry_wait_s)
+            except BaseException:
+                self._gate.leave()  # cancelled while waiting for the upstream
+                raise
