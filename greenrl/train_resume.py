@@ -1,15 +1,15 @@
 """Run folders that can be resumed safely: the recorded run, and checkpoints saved atomically with a sha256.
 
 An SB3 checkpoint zip is a pickle: loading one runs its code. ``save_model`` writes the zip through a
-temp file and ``os.replace`` (never a truncated checkpoint) and records its sha256 beside it;
-``check_checkpoint`` refuses a zip whose hash is not the recorded one unless the user trusts it.
+temp file and ``os.replace`` (never a truncated checkpoint) and records its sha256 in the run's pickle
+record (``greenrl.trust``, the one home of pickle trust); ``check_checkpoint`` refuses a zip whose hash is
+not the recorded one unless the user trusts it.
 
 Public names: check_checkpoint, recorded_run, resume_args, save_model.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tempfile
@@ -20,7 +20,7 @@ import yaml
 
 from greenrl.env.scenario import load_scenario
 from greenrl.errors import InputError
-from greenrl.ioutil import atomic_write_text
+from greenrl.trust import check_pickle, record_pickle
 
 __all__ = ["check_checkpoint", "recorded_run", "resume_args", "save_model"]
 
@@ -74,12 +74,12 @@ def resume_args(
     return str(recorded["scenario_file"]), str(recorded["agent"]), int(recorded["seed"])
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def save_model(model: Any, path: Path) -> None:
-    """Save to memory, write the zip atomically (never a truncated file), then record its sha256 beside it."""
+    """Save to memory, write the zip atomically (never a truncated file), then record its sha256.
+
+    ``path`` is ``<run>/checkpoint/model.zip`` or ``<run>/best/model.zip``; the hash goes in the run's
+    pickle record (``greenrl.trust``), which ``--resume`` and ``greenrl.evaluate`` check before unpickling.
+    """
     buffer = io.BytesIO()
     model.save(buffer)
     data = buffer.getvalue()
@@ -94,20 +94,9 @@ def save_model(model: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    atomic_write_text(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+    record_pickle(path.parent.parent, path)
 
 
 def check_checkpoint(path: Path, trust_pickle: bool) -> None:
-    """Refuse a zip whose sha256 is not the one recorded when this run saved it (SB3 zips are pickles)."""
-    if trust_pickle:
-        return
-    record = path.with_name(path.name + ".sha256")
-    want = record.read_text().strip() if record.is_file() else None
-    if want is None or _sha256(path) != want:
-        problem = "has no recorded sha256" if want is None else "does not match the sha256 recorded when it was saved"
-        raise InputError(
-            str(path),
-            "sha256",
-            f"{problem}; an SB3 zip is a pickle and loading it runs its code",
-            "resume only checkpoints this run saved, or pass --trust-pickle if you trust the file",
-        )
+    """Refuse a zip this run did not save as it is now (SB3 zips are pickles; ``greenrl.trust.check_pickle``)."""
+    check_pickle(path, trust_pickle=trust_pickle, where="--resume")
