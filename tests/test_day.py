@@ -153,7 +153,10 @@ def test_servegen_episodes_are_seeded_and_know_their_hour(tmp_path: Path) -> Non
         ({"node__parked_power_w": -1.0}, "node.parked_power_w"),
         ({"node__engine_start_s": -5.0}, "node.engine_start_s"),
         ({"node__max_model_len_tokens": 0}, "node.max_model_len_tokens"),
-        ({"node__initial": {"tp": 4, "replicas": 3, "max_num_seqs": 256, "sm_clock_mhz": 1980}}, "node.initial.replicas"),
+        (
+            {"node__initial": {"tp": 4, "replicas": 3, "max_num_seqs": 256, "sm_clock_mhz": 1980}},
+            "node.initial.replicas",
+        ),
     ],
 )
 def test_bad_day_scenarios_name_the_field(tmp_path: Path, edit: dict[str, object], field: str) -> None:
