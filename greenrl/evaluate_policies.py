@@ -21,6 +21,7 @@ from typing import Any, Literal
 from greenrl.baselines import BASELINES, baseline_names, make_baseline
 from greenrl.bundled import checkpoints_dir
 from greenrl.core import Policy
+from greenrl.env.scenario import load_scenario
 from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError
 
@@ -93,12 +94,17 @@ def resolve_policies(items: list[str], trust_pickle: bool = False) -> list[Polic
 
 
 def default_policies(scenarios: list[str] | None = None) -> list[str]:
-    """Controllers in ``checkpoints/<scenario>/*`` for each scenario (default: ``default``), then every baseline."""
+    """Controllers in ``checkpoints/<scenario>/*`` for each scenario (default: ``default``), then baselines.
+
+    Only the baselines that apply to one of the scenarios (``Baseline.applies_to``: their knobs exist,
+    their cost fits the episode length).
+    """
     found: list[str] = []
-    for scenario in scenarios or ["default"]:
-        root = checkpoints_dir() / Path(scenario).stem
+    loaded = [load_scenario(s) for s in scenarios or ["default"]]
+    for scenario in loaded:
+        root = checkpoints_dir() / Path(scenario.path).stem
         found += sorted(str(p.parent) for p in root.glob("*/controller.json")) if root.is_dir() else []
-    return found + baseline_names()
+    return found + [n for n in baseline_names() if any(BASELINES[n].applies_to(s) for s in loaded)]
 
 
 def is_deterministic(spec: PolicySpec) -> bool:

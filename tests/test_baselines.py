@@ -44,6 +44,9 @@ def test_registry_lists_every_baseline_and_rejects_unknown_names() -> None:
         "predictive-dvfs",
         "phase-dvfs",
         "planner",
+        "autoscaler",
+        "autoscaler-dvfs",
+        "day-oracle",
         "oracle",
         "random",
     }
@@ -51,6 +54,17 @@ def test_registry_lists_every_baseline_and_rejects_unknown_names() -> None:
         make_baseline("greedy", ServingEnv("tiny", "eval", 0))
     for name in BASELINES:
         assert name in str(err.value)
+
+
+def test_evaluate_runs_by_default_only_the_baselines_that_apply() -> None:
+    from greenrl.evaluate_policies import default_policies
+
+    on_default = default_policies(["default"])
+    assert "oracle" in on_default and "static-best" in on_default
+    assert not {"autoscaler", "autoscaler-dvfs", "day-oracle"} & set(on_default)  # no replicas knob
+    on_day = default_policies(["day"])
+    assert {"autoscaler", "autoscaler-dvfs", "day-oracle"} <= set(on_day)
+    assert not {"oracle", "static-best"} & set(on_day)  # a whole day of 100 forks an interval: too costly
 
 
 def test_predict_accepts_a_batch_of_one() -> None:

@@ -37,7 +37,8 @@ def _loaded_pair(steps: int | None = None) -> tuple[ServingEnv, ServingEnv]:
     """The same loaded tiny sample (8x its rate; ``steps`` intervals) on a simulated and a protocol-only node."""
     case = build_cases("tiny", 8.0, 1, "exact")[0]
     if steps is not None:
-        case = replace(case, scenario=replace(case.scenario, episode=replace(case.scenario.episode, steps=steps)))
+        episode = replace(case.scenario.episode, steps=steps, eval_steps=steps)  # an eval env plays eval_steps
+        case = replace(case, scenario=replace(case.scenario, episode=episode))
     sim = case_env(case)
     other = ServingEnv(case.scenario, "eval", case.window, node=ProtocolOnlyNode(case_env(case).node))  # type: ignore[arg-type]
     return sim, other

@@ -37,6 +37,7 @@ class AutoscalerBaseline(Baseline):
 
     name = "autoscaler"
     family = "reactive autoscaling"
+    needs_knobs = ("replicas",)
     anchor = "Kubernetes HPA (autoscaling/v2 algorithm, default behavior) on vLLM's num_requests_running + waiting"
 
     def __init__(

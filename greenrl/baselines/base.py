@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from greenrl.core import ForkableNode, Knobs, fit_replicas
-from greenrl.env.scenario import KNOB_NAMES
+from greenrl.env.scenario import KNOB_NAMES, Scenario
 from greenrl.env.serving_env import OBS_FIELDS, ServingEnv
 from greenrl.errors import InputError
 
@@ -104,6 +104,16 @@ class Baseline(ABC):
     deterministic: ClassVar[bool] = True
     needs_simulator: ClassVar[str | None] = None
     """Why the baseline needs a simulated node (one it can fork), or None: it runs on any node."""
+    needs_knobs: ClassVar[tuple[str, ...]] = ()
+    """Knobs the scenario must expose for the baseline to differ from static-max (e.g. ``replicas``)."""
+    max_eval_steps: ClassVar[int | None] = None
+    """Longest evaluation episode (intervals) the baseline is affordable on, or None: any."""
+
+    @classmethod
+    def applies_to(cls, scenario: Scenario) -> bool:
+        """Whether ``greenrl.evaluate`` runs it on ``scenario`` by default (its knobs exist, its cost fits)."""
+        knobs_ok = all(k in scenario.control.knobs for k in cls.needs_knobs)
+        return knobs_ok and (cls.max_eval_steps is None or scenario.eval_steps <= cls.max_eval_steps)
 
     def __init__(self, env: ServingEnv, seed: int = 0) -> None:
         self.seed = seed

@@ -68,6 +68,7 @@ class DayOracleBaseline(Baseline):
     family = "hindsight layout lookahead (upper reference)"
     anchor = "clairvoyant layout plan over the true load (cf. DynamoLLM's offline oracle); not deployable"
     needs_simulator = "it forks the node to play each layout on the true upcoming requests"
+    needs_knobs = ("replicas",)
 
     def __init__(
         self,

@@ -131,6 +131,7 @@ class OracleBaseline(Baseline):
     family = "hindsight lookahead (upper reference)"
     anchor = "clairvoyant one-step lookahead on the simulator (not deployable)"
     needs_simulator = "it forks the node to try every candidate on the true upcoming requests"
+    max_eval_steps = 240  # ~100 forks an interval: whole days are day-oracle's
 
     def __init__(self, env: ServingEnv, seed: int = 0, tail_steps: int = 1) -> None:
         if tail_steps < 0:

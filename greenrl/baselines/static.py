@@ -180,6 +180,7 @@ class StaticBest(Baseline):
     family = "static (hindsight)"
     anchor = "offline profiling picks one configuration per service (e.g. the ML.ENERGY leaderboard's sweeps)"
     needs_simulator = _SIMULATOR_USE
+    max_eval_steps = 240  # a sweep of every configuration per sample
 
     def reset_state(self) -> None:
         """Forget the choice: a new env may be a new window."""

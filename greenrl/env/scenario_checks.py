@@ -158,7 +158,12 @@ def _check_trace_covers(s: Scenario, where: str) -> None:
     from greenrl.workload import load_trace
 
     w = s.workload
-    duration = load_trace(w.trace).duration_s  # a bad CSV raises naming the CSV file and its column
+    try:
+        duration = load_trace(w.trace).duration_s  # a bad CSV raises naming the CSV file and its column
+    except InputError as err:
+        if err.field != "path":
+            raise
+        raise InputError(where, "workload.trace", f"{w.trace!r}: {err.problem}", err.fix) from None
     end = duration * (1 + 1e-12)
     if w.train_range_s[1] > end:
         raise InputError(
