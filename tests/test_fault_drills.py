@@ -1,7 +1,7 @@
 """Fault drills on localhost, each bounded to a few seconds: slow, frozen, garbage and absurd ``/metrics``
 against the controller (falls back within one interval, names the true reason, recovers), and the admission
-proxy with its upstream killed or frozen and its clients leaving (no client waits past the stated bound,
-the proxy's counters return to zero)."""
+proxy with its upstream killed, frozen or restarted and its clients leaving (no client waits past the stated
+bound, no request is lost across a restart, the proxy's counters return to zero)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,13 @@ def _page(n: int, running: float = 2.0, waiting: float = 1.0, kv: float = 0.3) -
     return ("\n".join(lines) + "\n").encode()
 
 
+_GARBAGE = bytes(range(256)) * 8 + b"\x00\xff{{{ vllm:num_requests_running }}}\n\x89PNG\r\n"
+"""A /metrics page of garbage bytes: not UTF-8, not Prometheus text."""
+
+
 class _Metrics(http.server.BaseHTTPRequestHandler):
-    """``mode`` (on the server): good, drip (headers, then a byte every 0.4 s), drip_headers, frozen, absurd_*."""
+    """``mode`` (on the server): good, drip (headers, then a byte every 0.4 s), drip_headers, frozen, absurd_*,
+    garbage (a 200 of binary bytes, not Prometheus text)."""
 
     protocol_version = "HTTP/1.0"
 
@@ -74,6 +79,7 @@ class _Metrics(http.server.BaseHTTPRequestHandler):
                 "absurd_running": _page(server.n, running=-1e9),
                 "absurd_waiting": _page(server.n, waiting=1e12),
                 "absurd_kv": _page(server.n, kv=50.0),
+                "garbage": _GARBAGE,
             }[mode]
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
@@ -140,6 +146,7 @@ def test_controller_falls_back_within_one_interval_names_the_reason_and_recovers
         for mode, reason in [
             ("drip", "metrics_timeout"),
             ("frozen", "metrics_timeout"),
+            ("garbage", "metrics_invalid"),
             ("absurd_running", "metrics_invalid"),
             ("absurd_waiting", "metrics_invalid"),
             ("absurd_kv", "metrics_invalid"),
@@ -420,3 +427,124 @@ def test_a_client_leaving_a_frozen_stream_is_dropped(gated_upstream: Any) -> Non
         client.close()
         _until(lambda: _idle(proxy.stats()) and proxy.stats()["decoding"] == 0, 2.0)
         assert proxy.stats()["cancelled"] == 1
+
+
+# ------------------------------------------------------------------ the proxy: upstream restarted
+
+
+class _Restartable:
+    """An upstream on a fixed port that can die and come back, like a server restarted.
+
+    A completion streams 3 one-token chunks and ``[DONE]`` (``served`` counts them, per life). While
+    ``hold`` is set a completion is read and held, unanswered, until ``stop``: then its connection closes
+    without an answer, as when the server dies with requests inside it. ``GET /health`` answers 200.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.hold = False
+        self.posts = self.served = 0
+        self.dying = threading.Event()
+        self.server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                owner.posts += 1
+                if owner.hold:
+                    owner.dying.wait(5.0)
+                    self.close_connection = True  # died with the request inside: no answer
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                for _ in range(3):
+                    self.wfile.write(b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n')
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+                owner.served += 1
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.dying.clear()
+        self.posts = self.served = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)  # reuses the address
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Die: stop listening (connections are refused), then drop the requests held inside."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.dying.set()
+        assert self._thread is not None
+        self._thread.join(5.0)
+
+
+def test_no_request_is_lost_while_the_upstream_restarts() -> None:
+    """Issue 18's drill: the server dies with 4 requests inside it and 2 queued in the proxy, stays down
+    0.5 s, and comes back on the same port within the retry window: every client gets its whole stream."""
+    from greenrl.live.proxy import AdmissionProxy
+
+    n, cap, down_s, max_wait_s = 6, 4, 0.5, 4.0
+    upstream = _Restartable(_free_port())
+    upstream.hold = True
+    upstream.start()
+    results: list[tuple[int, bytes, float] | None] = [None] * n
+    body = json.dumps({"prompt": "a b", "max_tokens": 3, "stream": True}).encode()
+    proxy = AdmissionProxy(
+        upstream.url,
+        cap=cap,
+        retry_wait_s=3.0,
+        max_wait_s=max_wait_s,
+        connect_timeout_s=0.5,
+        health_poll_s=0.05,
+        watch_s=0.05,
+    )
+    try:
+        with proxy:
+
+            def client(i: int) -> None:
+                t0 = time.monotonic()
+                status, text = _request(proxy.url + "/v1/completions", "POST", body)
+                results[i] = (status, text, time.monotonic() - t0)
+
+            threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n)]
+            for t in threads:
+                t.start()
+            _until(lambda: upstream.posts == cap and proxy.stats()["queued"] == n - cap, 3.0)
+            upstream.stop()  # dies: 4 requests inside it (no byte sent yet), 2 waiting in the proxy for room
+            _until(lambda: proxy.stats()["retried"] == n, 2.0)  # each failed once and waits for /health
+            time.sleep(down_s)
+            stats = proxy.stats()
+            assert stats["in_flight"] == 0 and stats["queued"] == n and stats["finished"] == stats["errors"] == 0
+            upstream.hold = False
+            upstream.start()  # back on the same port, within the retry window
+            for t in threads:
+                t.join(max_wait_s + 2.0)
+            assert not any(t.is_alive() for t in threads), "a client is still waiting"
+            for i, result in enumerate(results):
+                assert result is not None, i
+                status, text, waited = result
+                assert status == 200, (i, status, text[:300])
+                assert text.count(b'"text": "x"') == 3 and text.endswith(b"data: [DONE]\n\n"), (i, text)
+                assert waited < max_wait_s, (i, waited)  # no one waited past the stated bound (nor got a 504)
+            _until(lambda: _idle(proxy.stats()) and proxy.stats()["decoding"] == 0, 1.0)
+            stats = proxy.stats()
+            assert stats["arrived"] == stats["finished"] == n, stats
+            assert stats["errors"] == stats["cancelled"] == 0 and stats["retried"] == n, stats
+            assert upstream.served == upstream.posts == n  # each sent once to the restarted server: none twice
+    finally:
+        upstream.stop()
