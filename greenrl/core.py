@@ -330,6 +330,10 @@ def reload_time_s(
     return weight_bytes / bandwidth_bps + engine_start_s
 
 
+LAYOUT_KNOBS = ("tp", "replicas")
+"""The knobs that make a node's layout: they change together or not at all (``KnobDwell``)."""
+
+
 class KnobDwell:
     """Holds a costly knob (TP, replicas) at its value until its minimum dwell has passed since its last change.
 
@@ -345,6 +349,17 @@ class KnobDwell:
         ({}, {'tp': 4})
         >>> dwell.held({"tp": 4}, {"tp": 8}, t=2)
         {}
+
+    The layout knobs (``LAYOUT_KNOBS``) move together: while one is held, so is the other, so a held
+    replica count never meets a new TP it does not fit (TP 8 x 2 replicas on 8 GPUs):
+
+        >>> dwell = KnobDwell({"tp": 10, "replicas": 10})
+        >>> dwell.held({"tp": 4, "replicas": 2}, {"tp": 4, "replicas": 1}, t=0)
+        {}
+        >>> dwell.held({"tp": 4, "replicas": 1}, {"tp": 8, "replicas": 1}, t=5)
+        {}
+        >>> dwell.held({"tp": 4, "replicas": 2}, {"tp": 8, "replicas": 1}, t=5)
+        {'tp': 4, 'replicas': 2}
     """
 
     def __init__(self, min_dwell_steps: Mapping[str, int]) -> None:
@@ -360,12 +375,15 @@ class KnobDwell:
 
         A wanted change that is allowed is recorded as made at ``t``.
         """
-        kept: dict[str, int] = {}
-        for name, steps in self.min_dwell_steps.items():
-            if name not in wanted or name not in current or wanted[name] == current[name]:
-                continue
-            if t - self._last_change.get(name, -(10**9)) < steps:
-                kept[name] = current[name]
-            else:
+        changing = [n for n in current if n in wanted and wanted[n] != current[n]]
+        blocked = {
+            n
+            for n in changing
+            if n in self.min_dwell_steps and t - self._last_change.get(n, -(10**9)) < self.min_dwell_steps[n]
+        }
+        if blocked & set(LAYOUT_KNOBS):  # tp and replicas are one layout: hold one, hold both
+            blocked |= {n for n in changing if n in LAYOUT_KNOBS}
+        for name in changing:
+            if name in self.min_dwell_steps and name not in blocked:
                 self._last_change[name] = t
-        return kept
+        return {name: current[name] for name in changing if name in blocked}

@@ -219,3 +219,14 @@ def test_day_oracle_miss_cost_is_the_rewards_exchange_rate(tmp_path: Path) -> No
     oracle = DayOracleBaseline(env)
     peak_j = 8 * H100.tdp_w * 30.0
     assert oracle._miss_cost_j() == pytest.approx(s.reward.slo_weight * peak_j / env.expected_requests_per_step)
+
+
+def test_a_held_replica_count_never_meets_a_tp_it_does_not_fit(tmp_path: Path) -> None:
+    env = ServingEnv(load_scenario(str(_short_day(tmp_path))), "eval")
+    env.reset(seed=0)
+    layouts = [(4, 1)] + [(4, 1)] * 10 + [(4, 2), (4, 2), (8, 1), (8, 1)]  # replicas changed at 0 and 11
+    seen = []
+    for tp, replicas in layouts:  # the step at 13 asks TP 8 while replicas (changed at 11) is held
+        _, _, _, _, info = env.step(env.action_for(replace(env.initial, tp=tp, replicas=replicas)))
+        seen.append((info["knobs"].tp, info["knobs"].replicas))
+    assert seen[11:] == [(4, 2), (4, 2), (4, 2), (4, 2)]  # the layout moves as one: held whole until t = 21
