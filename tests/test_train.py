@@ -176,6 +176,29 @@ def test_the_agent_file_can_train_against_the_static_max_reference(warm_run: Pat
         train("tiny", total_timesteps=64, out=warm_run / "x", progress_bar=False, overrides={"slo_reference": "oracle"})
 
 
+def test_every_scenario_knob_is_logged_and_evaluations_print_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = {"warm_start": "none", "val_episodes": 1, "eval_every_steps": 256, "n_envs": 2, "n_steps": 64}
+    run = train(
+        "tiny", "maskable_ppo", seed=0, total_timesteps=256, out=tmp_path, progress_bar=False, overrides=overrides
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval at ")]
+    rows = (run / "eval.csv").read_text().splitlines()[1:]
+    assert len(lines) == len(rows) >= 2  # the starting policy, each eval_every_steps and the final one
+    assert lines[0].startswith("eval at 0 timesteps: val return ")
+    assert "kWh" in lines[-1] and "SLO attainment" in lines[-1]
+    tags: set[str] = set()
+    for events in (run / "tb").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {f"knobs/{k}" for k in load_scenario("tiny").control.knobs} <= tags
+    assert "knobs/prefill_sm_clock_mhz" in tags
+
+
 def test_model_selection_uses_validation_not_held_out(warm_run: Path) -> None:
     lines = (warm_run / "eval.csv").read_text().splitlines()
     header = lines[0].split(",")
