@@ -32,6 +32,7 @@ from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
 from greenrl.rollout import StaticPolicy, rollout
+from greenrl.train_callbacks import make_callbacks
 from greenrl.train_resume import check_checkpoint, recorded_run, resume_args, save_model
 
 __all__ = ["agent_config", "evaluate_policy_on", "main", "train"]
@@ -138,74 +139,6 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "git_commit": commit,
     }
-
-
-def _make_callbacks(run: Path, scenario: Scenario, cfg: dict[str, Any]) -> Any:
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    val_episodes = int(cfg.get("val_episodes", 8))
-
-    class Progress(BaseCallback):
-        """Logs reward terms, energy, SLO and knobs; evaluates, keeps and exports the best policy."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.sums: dict[str, float] = {}
-            self.count = 0
-            self.best = -np.inf
-            self.next_eval = int(cfg["eval_every_steps"])
-            best = run / "best" / "eval.json"
-            if best.is_file():  # resuming: the saved best stays the one to beat
-                self.best = float(json.loads(best.read_text())["val_return"])
-
-        def _on_training_start(self) -> None:
-            if self.num_timesteps == 0:
-                self.evaluate()  # the starting policy (cloned from the teacher, if any) is a candidate too
-            self.next_eval = (self.num_timesteps // int(cfg["eval_every_steps"]) + 1) * int(cfg["eval_every_steps"])
-
-        def _on_step(self) -> bool:
-            for info in self.locals["infos"]:
-                terms = info.get("reward_terms")
-                if terms is None:
-                    continue
-                self.count += 1
-                for k, v in terms.items():
-                    self.sums[f"reward/{k}"] = self.sums.get(f"reward/{k}", 0.0) + v
-                knobs = info["knobs"]
-                for name in ("tp", "max_num_seqs", "sm_clock_mhz"):
-                    self.sums[f"knobs/{name}"] = self.sums.get(f"knobs/{name}", 0.0) + getattr(knobs, name)
-                self.sums["energy/kwh_per_step"] = self.sums.get("energy/kwh_per_step", 0.0) + info["energy_j"] / 3.6e6
-                self.sums["slo/missed_per_step"] = self.sums.get("slo/missed_per_step", 0.0) + info["missed"]
-            if self.num_timesteps >= self.next_eval:
-                self.next_eval += int(cfg["eval_every_steps"])
-                self.evaluate()
-            return True
-
-        def _on_rollout_end(self) -> None:
-            for k, v in self.sums.items():
-                self.logger.record(k, v / max(self.count, 1))
-            self.sums, self.count = {}, 0
-
-        def evaluate(self) -> None:
-            """The best validation return chooses the best model; the held-out KPIs are only logged."""
-            val = evaluate_policy_on(self.model, scenario, val_episodes=val_episodes)
-            held_out = evaluate_policy_on(self.model, scenario)
-            for k, v in val.items():
-                self.logger.record(f"val/{k}", v)
-            for k, v in held_out.items():
-                self.logger.record(f"eval/{k}", v)
-            row = {"timesteps": self.num_timesteps, **{f"val_{k}": v for k, v in val.items()}, **held_out}
-            csv = run / "eval.csv"
-            header = "" if csv.exists() else ",".join(row) + "\n"
-            with csv.open("a") as handle:
-                handle.write(header + ",".join(f"{v:.6g}" for v in row.values()) + "\n")
-            if val["return"] > self.best:
-                self.best = val["return"]
-                (run / "best").mkdir(exist_ok=True)
-                save_model(self.model, run / "best" / "model.zip")
-                atomic_write_text(run / "best" / "eval.json", json.dumps(row, indent=1) + "\n")
-
-    return Progress()
 
 
 def train(
@@ -394,7 +327,9 @@ def _train_in(
             _warm_start(model, env, scenario, cfg, seed, run)
         else:
             _bias_towards(model, ServingEnv(scenario, "train"), float(cfg.get("init_bias", 2.0)))
-    callback = _make_callbacks(run, scenario, cfg)
+    callback = make_callbacks(
+        run, scenario, cfg, evaluate_policy_on, report=not progress_bar or not sys.stdout.isatty()
+    )
     remaining = int(cfg["total_timesteps"]) - done_steps
     started = time.perf_counter()
     interrupted = False

@@ -6,6 +6,7 @@ import dataclasses
 import http.server
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -151,7 +152,11 @@ def test_normal_mode_applies_the_policy_knobs(twin: str) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5.0) as r:
             text = r.read().decode()
         assert 'greenrl_decisions_total{mode="applied"} 3.0' in text
-        assert 'greenrl_knob_value{knob="sm_clock_mhz"}' in text and "greenrl_energy_joules_total" in text
+        assert f"greenrl_sm_clock_mhz {float(ctl.knobs['sm_clock_mhz'])}" in text
+        assert f"greenrl_max_num_seqs {float(ctl.knobs['max_num_seqs'])}" in text
+        assert f"greenrl_tp_gpus {float(ctl.knobs['tp'])}" in text and "greenrl_shadow 0.0" in text
+        assert "greenrl_knob_value" not in text and "greenrl_energy_joules_total" in text
+        assert "greenrl_slo_attainment_ratio " in text
     finally:
         ctl.close()
         for t in threads:
@@ -168,14 +173,66 @@ def test_shadow_mode_changes_nothing(twin: str) -> None:
         pass
     before = _get_json(f"{twin}/greenrl/state")["requested_knobs"]
     ctl, log = _controller(twin, "--twin", "--shadow")
+    port = ctl.serve_metrics(0)
     try:
         assert ctl.run(max_intervals=2) == 2
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5.0) as r:
+            text = r.read().decode()
     finally:
         ctl.close()
     records = [r for r in _records(log) if r["mode"] != "priming"]
     assert [r["mode"] for r in records] == ["shadow", "shadow"]
     assert all(r["applied"] == [] for r in records)
     assert _get_json(f"{twin}/greenrl/state")["requested_knobs"] == before
+    # the knobs it chose (never applied) are exposed, one unit-suffixed gauge each
+    chosen = records[-1]["knobs"]
+    assert "greenrl_shadow 1.0" in text
+    for knob, name in (("sm_clock_mhz", "greenrl_sm_clock_mhz"), ("max_num_seqs", "greenrl_max_num_seqs")):
+        assert f"{name} {float(chosen[knob])}" in text
+
+
+def test_metrics_host_flag_and_non_loopback_warning(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prometheus_client
+
+    from greenrl.controller.telemetry import ControllerMetrics, is_loopback
+
+    assert build_parser().parse_args(["--checkpoint", "x"]).metrics_host == "127.0.0.1"
+    assert build_parser().parse_args(["--checkpoint", "x", "--metrics-host", "0.0.0.0"]).metrics_host == "0.0.0.0"
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.0.0.2")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.5") and not is_loopback("example.org")
+    prom = ControllerMetrics()
+    with caplog.at_level(logging.WARNING, logger="greenrl.controller.telemetry"):
+        port = prom.serve(0, "127.0.0.1")
+    try:
+        assert port > 0 and not caplog.records
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5.0) as r:
+            assert "greenrl_decisions_total" in r.read().decode()
+    finally:
+        prom.close()
+    bound: list[str] = []
+
+    class _Server:
+        server_port = 9400
+
+        def shutdown(self) -> None:
+            pass
+
+        def server_close(self) -> None:
+            pass
+
+    def fake_start(port: int, addr: str, registry: Any) -> tuple[_Server, None]:
+        bound.append(addr)  # never listens beyond loopback in a test
+        return _Server(), None
+
+    monkeypatch.setattr(prometheus_client, "start_http_server", fake_start)
+    other = ControllerMetrics()
+    with caplog.at_level(logging.WARNING, logger="greenrl.controller.telemetry"):
+        assert other.serve(9400, "0.0.0.0") == 9400
+    other.close()
+    assert bound == ["0.0.0.0"]
+    assert any("not a loopback address" in r.getMessage() for r in caplog.records)
 
 
 # ------------------------------------------------------------------------------------------ faults

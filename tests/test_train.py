@@ -176,6 +176,29 @@ def test_the_agent_file_can_train_against_the_static_max_reference(warm_run: Pat
         train("tiny", total_timesteps=64, out=warm_run / "x", progress_bar=False, overrides={"slo_reference": "oracle"})
 
 
+def test_every_scenario_knob_is_logged_and_evaluations_print_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = {"warm_start": "none", "val_episodes": 1, "eval_every_steps": 256, "n_envs": 2, "n_steps": 64}
+    run = train(
+        "tiny", "maskable_ppo", seed=0, total_timesteps=256, out=tmp_path, progress_bar=False, overrides=overrides
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("eval at ")]
+    rows = (run / "eval.csv").read_text().splitlines()[1:]
+    assert len(lines) == len(rows) >= 2  # the starting policy, each eval_every_steps and the final one
+    assert lines[0].startswith("eval at 0 timesteps: val return ")
+    assert "kWh" in lines[-1] and "SLO attainment" in lines[-1]
+    tags: set[str] = set()
+    for events in (run / "tb").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {f"knobs/{k}" for k in load_scenario("tiny").control.knobs} <= tags
+    assert "knobs/prefill_sm_clock_mhz" in tags
+
+
 def test_model_selection_uses_validation_not_held_out(warm_run: Path) -> None:
     lines = (warm_run / "eval.csv").read_text().splitlines()
     header = lines[0].split(",")
@@ -188,3 +211,46 @@ def test_model_selection_uses_validation_not_held_out(warm_run: Path) -> None:
     direct = evaluate_policy_on(StaticPolicy(env.action_for(env.initial)), scenario, val_episodes=2)
     held_out = evaluate_policy_on(StaticPolicy(env.action_for(env.initial)), scenario)
     assert direct["energy_kwh"] != pytest.approx(held_out["energy_kwh"])  # validation is other data
+
+
+def test_the_rl_zoo_file_reads_as_rl_zoo_reads_it() -> None:
+    """agents/rl_zoo3/ppo.yml: what rl_zoo3.train does with --conf-file, without rl_zoo3 installed.
+
+    The zoo looks the entry up by the Gymnasium env id, reads ``n_timesteps`` and ``n_envs``, evaluates
+    ``normalize`` and ``policy_kwargs`` strings (with ``torch.nn`` as ``nn``) and passes the other keys to
+    the algorithm's constructor; its schedules take a number or ``lin_<x>``.
+    """
+    import gymnasium as gym
+    import torch
+    import yaml
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    import greenrl  # noqa: F401 - registers greenrl/<scenario>-v0 (--gym-packages greenrl)
+    from greenrl.bundled import agents_dir
+    from greenrl.train import agent_config
+
+    path = agents_dir() / "rl_zoo3" / "ppo.yml"
+    zoo = yaml.safe_load(path.read_text())
+    assert "greenrl/default-v0" in zoo
+    for env_id, entry in zoo.items():
+        assert env_id in gym.registry, env_id
+        hp = dict(entry)
+        n_timesteps, n_envs = int(hp.pop("n_timesteps")), int(hp.pop("n_envs", 1))
+        normalize = eval(hp.pop("normalize"), {})  # the zoo evals it as Python, so this does too
+        policy_kwargs = eval(hp.pop("policy_kwargs"), {"nn": torch.nn})
+        policy = hp.pop("policy")
+        for key in ("learning_rate", "clip_range"):
+            assert isinstance(hp[key], float), f"{env_id}: {key} {hp[key]!r} is not a number"
+        ours = agent_config("ppo", env_id.removeprefix("greenrl/").removesuffix("-v0"))
+        assert n_timesteps == ours["total_timesteps"] and n_envs == ours["n_envs"]
+        assert {k: v for k, v in hp.items() if k in ours} == {k: ours[k] for k in hp}, env_id  # one set of values
+        assert policy_kwargs["net_arch"] == ours["net_arch"] and policy_kwargs["activation_fn"] is torch.nn.Tanh
+        assert normalize == {"norm_obs": False, "norm_reward": True}
+        if env_id == "greenrl/tiny-v0":  # the remaining keys construct the algorithm
+            env = make_vec_env(env_id, n_envs=n_envs)
+            try:
+                model = PPO(policy, env, policy_kwargs=policy_kwargs, **hp)
+                assert model.n_steps == hp["n_steps"] and model.gamma == hp["gamma"]
+            finally:
+                env.close()

@@ -159,6 +159,75 @@ def test_metric_name_aliases() -> None:
     assert "ttft" in m.missing and "preemptions" in m.missing
 
 
+TWO_ENGINES = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_running{engine="1",model_name="m"} 5.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="m"} 1.0
+vllm:num_requests_waiting{engine="1",model_name="m"} 0.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.6
+vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.6
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="m"} 1000.0
+vllm:prompt_tokens_total{engine="1",model_name="m"} 500.0
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="m"} 200.0
+vllm:generation_tokens_total{engine="1",model_name="m"} 300.0
+# TYPE vllm:num_preemptions_total counter
+vllm:num_preemptions_total{engine="0",model_name="m"} 1.0
+vllm:num_preemptions_total{engine="1",model_name="m"} 2.0
+# HELP vllm:request_success_total Count of successfully processed requests.
+# TYPE vllm:request_success_total counter
+vllm:request_success_total{engine="0",finished_reason="stop",model_name="m"} 4.0
+vllm:request_success_total{engine="0",finished_reason="length",model_name="m"} 6.0
+vllm:request_success_total{engine="0",finished_reason="abort",model_name="m"} 7.0
+vllm:request_success_total{engine="0",finished_reason="error",model_name="m"} 1.0
+vllm:request_success_total{engine="1",finished_reason="stop",model_name="m"} 2.0
+vllm:request_success_total{engine="1",finished_reason="length",model_name="m"} 3.0
+vllm:request_success_total{engine="1",finished_reason="abort",model_name="m"} 9.0
+vllm:request_success_total{engine="1",finished_reason="error",model_name="m"} 0.0
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001",model_name="m"} 1.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 4.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 4.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 2.0
+vllm:time_to_first_token_seconds_bucket{engine="1",le="0.001",model_name="m"} 0.0
+vllm:time_to_first_token_seconds_bucket{engine="1",le="+Inf",model_name="m"} 6.0
+vllm:time_to_first_token_seconds_count{engine="1",model_name="m"} 6.0
+vllm:time_to_first_token_seconds_sum{engine="1",model_name="m"} 3.0
+"""
+
+
+def test_two_data_parallel_engines_combine() -> None:
+    """vLLM's own names and labels, two engines: counts summed, KV usage the mean, aborts not finished."""
+    from greenrl.live.metrics import parse
+
+    m = parse(TWO_ENGINES)
+    assert (m.running, m.waiting) == (8, 1)
+    assert m.kv_cache_usage_frac == pytest.approx(0.6)  # not 1.2: the mean over engines
+    assert (m.prompt_tokens, m.generation_tokens, m.preemptions) == (1500, 500, 3)
+    assert m.requests_finished == 4 + 6 + 2 + 3  # stop + length; abort and error left out
+    assert m.ttft_count == 10 and m.ttft_hist[0] == 1 and m.ttft_sum_s == 5.0
+    uneven = parse(TWO_ENGINES.replace('perc{engine="1",model_name="m"} 0.6', 'perc{engine="1",model_name="m"} 0.2'))
+    assert uneven.kv_cache_usage_frac == pytest.approx(0.4)
+
+
+def test_twin_metrics_carry_vllm_labels(tiny_config: SimConfig) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sim = LiveSim(tiny_config, capacity=8)
+    sim.inject(64, 40)
+    sim.advance_to(2.0)
+    samples = [s for f in text_string_to_metric_families(render_metrics(sim, "m")) for s in f.samples]
+    assert all(s.labels.get("engine") == "0" for s in samples)
+    reasons = {s.labels["finished_reason"]: s.value for s in samples if s.name == "vllm:request_success_total"}
+    assert reasons == {"stop": 0.0, "length": 1.0, "abort": 0.0}
+
+
 @pytest.mark.parametrize("text", ["garbage {{{ not metrics", "", "some_other_metric 1\n", "<html>oops</html>"])
 def test_garbage_metrics_raise(text: str) -> None:
     from greenrl.live.metrics import MetricsError, parse

@@ -156,7 +156,7 @@ class ServingController:
         self.fallback_counts: dict[str, int] = {}
         self.decisions = 0
         self._pending_apply = True  # push the full configuration after start or a failure
-        self.prom = ControllerMetrics() if metrics else None
+        self.prom = ControllerMetrics(shadow=shadow) if metrics else None
         try:
             requested = backend.read().requested
         except Exception as err:  # the server may be down at start: fall back on the first interval
@@ -273,8 +273,6 @@ class ServingController:
             return
         record["applied"] = self._send(wanted, changed)
         self._pending_apply = False
-        if self.prom is not None:
-            self.prom.set_knobs(self.knobs)
 
     def _fallback(self, err: BaseException, record: dict[str, Any], *, reset_observer: bool, stage: str) -> None:
         reason = _classify(err, stage)
@@ -323,6 +321,8 @@ class ServingController:
             self.decisions += 1
             if self.prom is not None:
                 self.prom.decisions.labels(mode=mode).inc()
+        if self.prom is not None:  # in force; in shadow mode, chosen (the safe default on a fallback)
+            self.prom.set_knobs(record.get("knobs", self.knobs) if self.shadow else self.knobs)
         self.log.write(record)
         return record
 
@@ -351,11 +351,11 @@ class ServingController:
         """Ask ``run`` to return (safe from a signal handler or another thread)."""
         self.stop_event.set()
 
-    def serve_metrics(self, port: int) -> int:
-        """Expose the Prometheus series on 127.0.0.1:``port`` (0: any free port); returns the port."""
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> int:
+        """Expose the Prometheus series on ``host``:``port`` (0: any free port); returns the port."""
         if self.prom is None:
             raise InputError("--metrics-port", "port", "metrics are disabled", "construct with metrics=True")
-        return self.prom.serve(port)
+        return self.prom.serve(port, host)
 
     def close(self) -> None:
         """Stop serving metrics and restore a safe state (reset clocks) unless in shadow mode."""

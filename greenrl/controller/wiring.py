@@ -58,7 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="fewest seconds between two SM clock changes of a GPU (default: 0.05 for a policy with a "
         "prefill_sm_clock_mhz knob, as the simulator assumes; else 1.0)",
     )
-    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on 127.0.0.1:N (0: off)")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on port N (0: off)")
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics listen on (default 127.0.0.1, loopback only; another address is warned about)",
+    )
     p.add_argument("--decision-log", default=None, help="JSON-lines decision log (default: none; '-': stdout)")
     p.add_argument("--max-intervals", type=int, default=None, help="stop after N decisions (default: run forever)")
     p.add_argument("--twin", action="store_true", help="the server is greenrl's twin: knobs and energy over HTTP")
@@ -334,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, on_signal)
         try:
             if args.metrics_port:
-                port = controller.serve_metrics(args.metrics_port)
-                logger.info("metrics on http://127.0.0.1:%d/metrics", port)
+                port = controller.serve_metrics(args.metrics_port, args.metrics_host)
+                logger.info("metrics on http://%s:%d/metrics", args.metrics_host, port)
             mode = "shadow" if args.shadow else "live"
             logger.info("controlling %s every %.1f s (%s mode)", args.vllm_url, args.interval_s, mode)
             made = controller.run(args.max_intervals)

@@ -3,7 +3,10 @@
 ``scrape(url)`` fetches and parses the text with ``prometheus_client``'s parser (the ``[live]`` extra;
 imported on first use) into a ``VllmMetrics``; ``diff(prev, cur)`` turns two scrapes into the interval
 between them. Metric names changed across vLLM versions, so each quantity has a short alias list
-(``ALIASES``); series with several label sets (models, engines) are summed.
+(``ALIASES``). With data-parallel engines vLLM labels each series by ``engine`` (and by ``model_name``);
+the per-engine series combine as ``COMBINE`` says: counts, counters and histogram buckets are summed, the
+KV-cache usage gauge is the mean over its series (one per engine, weighted equally), and finished
+requests leave out the ``abort`` and ``error`` values of ``finished_reason``.
 
 Public names: ALIASES, MAX_REQUESTS, MetricsError, MetricsTimeout, VllmMetrics, diff, parse, scrape.
 """
@@ -23,7 +26,18 @@ import numpy.typing as npt
 
 from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S
 
-__all__ = ["ALIASES", "MAX_REQUESTS", "MetricsError", "MetricsTimeout", "VllmMetrics", "diff", "parse", "scrape"]
+__all__ = [
+    "ALIASES",
+    "COMBINE",
+    "NOT_FINISHED_REASONS",
+    "MAX_REQUESTS",
+    "MetricsError",
+    "MetricsTimeout",
+    "VllmMetrics",
+    "diff",
+    "parse",
+    "scrape",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +54,16 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 """Accepted sample names per quantity, newest vLLM name first (histograms: the base name)."""
 
+COMBINE: dict[str, str] = {"kv_cache_usage_frac": "mean"}
+"""How a quantity's series (one per engine and model) combine: ``mean`` (each series weighted equally),
+else summed. vLLM's data-parallel engines each hold a KV cache of the same size, so the mean over engines
+is the used share of all their blocks (the simulator's ``kv_cache_usage_frac`` over replicas); a sum
+would read 1.2 for two engines at 0.6."""
+
+NOT_FINISHED_REASONS = frozenset({"abort", "error"})
+"""``finished_reason`` label values of ``vllm:request_success_total`` that are not served requests (a
+client gone, an engine error): ``requests_finished`` counts the other values (``stop``, ``length``)."""
+
 _REQUIRED = ("running", "waiting", "generation_tokens")
 
 
@@ -53,10 +77,12 @@ class VllmMetrics:
 
     Attributes:
         scraped_at_s: ``time.monotonic()`` when the scrape returned (s).
-        running, waiting: requests running / queued at the scrape (gauges).
-        kv_cache_usage_frac: used share of the KV cache, 0-1 (vLLM's ``*_perc`` gauges are fractions).
+        running, waiting: requests running / queued at the scrape (gauges, summed over engines).
+        kv_cache_usage_frac: used share of the KV cache, 0-1 (vLLM's ``*_perc`` gauges are fractions): the
+            mean over data-parallel engines, each weighted equally (``COMBINE``).
         prompt_tokens, generation_tokens: prompt / generated tokens (cumulative counters; deltas after ``diff``).
-        preemptions, requests_finished: preemptions and successful requests (counters).
+        preemptions, requests_finished: preemptions and finished requests (counters, summed over engines;
+            finished: every ``finished_reason`` but ``abort`` and ``error``).
         ttft_hist, itl_hist: counts per bucket of ``VLLM_TTFT_BUCKETS_S`` / ``VLLM_ITL_BUCKETS_S`` plus
             +Inf (not cumulative), the layout of ``NodeSnapshot``'s histograms.
         ttft_sum_s, itl_sum_s: sums of the observed TTFTs / inter-token gaps (s).
@@ -103,10 +129,24 @@ def _samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
-def _scalar(samples: dict[str, list[tuple[dict[str, str], float]]], names: Sequence[str]) -> float | None:
+def _scalar(
+    samples: dict[str, list[tuple[dict[str, str], float]]], names: Sequence[str], how: str = "sum"
+) -> float | None:
+    """The first of ``names`` present, its series combined: summed, or (``how="mean"``) their mean.
+
+    Samples whose ``finished_reason`` label is in ``NOT_FINISHED_REASONS`` are left out (only
+    ``vllm:request_success_total`` has that label).
+    """
     for name in names:
         if name in samples:
-            return float(sum(v for _, v in samples[name] if math.isfinite(v)))
+            values = [
+                v
+                for labels, v in samples[name]
+                if math.isfinite(v) and labels.get("finished_reason") not in NOT_FINISHED_REASONS
+            ]
+            if how == "mean":
+                return float(sum(values) / len(values)) if values else 0.0
+            return float(sum(values))
     return None
 
 
@@ -163,7 +203,7 @@ def parse(text: str, scraped_at_s: float | None = None) -> VllmMetrics:
     absent: list[str] = []
 
     def scalar(key: str) -> float:
-        value = _scalar(samples, ALIASES[key])
+        value = _scalar(samples, ALIASES[key], COMBINE.get(key, "sum"))
         if value is None:
             absent.append(key)
             return 0.0

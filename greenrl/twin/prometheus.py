@@ -21,8 +21,12 @@ def render_metrics(sim: LiveSim, model_name: str) -> str:
 
     Gauges come from the last simulated interval; counters and histograms are cumulative since the
     twin started. Histogram bounds are ``VLLM_TTFT_BUCKETS_S`` / ``VLLM_ITL_BUCKETS_S`` plus ``+Inf``.
+    Every series carries ``engine="0"`` as vLLM's single engine does, and ``vllm:request_success_total``
+    one series per ``finished_reason`` (``stop``, ``length``, ``abort``): the twin's requests end at their
+    output length, so all its finished requests are ``length`` (an aborted one, cut short, too).
     """
-    label = 'model_name="{}"'.format(model_name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n"))
+    name = model_name.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    label = f'model_name="{name}",engine="0"'
     last, tot = sim.last, sim.totals
     lines: list[str] = []
 
@@ -55,7 +59,14 @@ def render_metrics(sim: LiveSim, model_name: str) -> str:
     scalar("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", tot.prompt_tokens)
     scalar("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", tot.generation_tokens)
     scalar("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.", tot.preemptions)
-    scalar("vllm:request_success_total", "counter", "Count of successfully processed requests.", tot.finished)
+    lines.extend(
+        [
+            "# HELP vllm:request_success_total Count of successfully processed requests.",
+            "# TYPE vllm:request_success_total counter",
+        ]
+    )
+    for reason, count in (("stop", 0), ("length", tot.finished), ("abort", 0)):
+        lines.append(f'vllm:request_success_total{{{label},finished_reason="{reason}"}} {float(count)!r}')
     histogram(
         "vllm:time_to_first_token_seconds",
         "Histogram of time to first token in seconds.",
