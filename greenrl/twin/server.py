@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,17 +50,20 @@ logger = logging.getLogger(__name__)
 _GENERATE_PATHS = ("/v1/completions", "/v1/chat/completions")
 """POST paths that generate tokens."""
 
-CLIENT_WATCH_S = 0.1
-"""How often a request waiting for its next tokens checks whether its client went away (wall s)."""
-
 
 @dataclass(slots=True)
 class _Watch:
-    """A request being served: the driver pushes its new token times (simulated s) to ``queue``."""
+    """A request being served.
+
+    The driver pushes its new token times (simulated s) to ``queue``, and ``("gone", [])`` once
+    ``client_gone()`` tells that its client has closed the connection.
+    """
 
     queue: asyncio.Queue[tuple[str, list[float]]]
     seen: int = 0
     last_t: float = 0.0
+    client_gone: Callable[[], bool] | None = None
+    gone: bool = False
 
 
 class TwinServer:
@@ -149,6 +153,9 @@ class TwinServer:
         """Advance the simulation to now and pass new tokens, finishes and rejections to their handlers."""
         self.sim.advance_to(self.sim_time())
         for rid, w in list(self._watch.items()):
+            if not w.gone and w.client_gone is not None and w.client_gone():
+                w.gone = True  # its handler aborts the request
+                w.queue.put_nowait(("gone", []))
             p = self.sim.progress(rid)
             if p.generated > w.seen:
                 g0, g1 = w.seen, p.generated
@@ -256,7 +263,7 @@ class TwinServer:
         except InputError as err:
             await respond(writer, 400, error_body(400, str(err), err.field), "application/json", keep)
             return keep
-        watch = _Watch(asyncio.Queue())
+        watch = _Watch(asyncio.Queue(), client_gone=req.client_gone)
         self._watch[rid] = watch
         done = False
         try:
@@ -267,15 +274,12 @@ class TwinServer:
                 self.sim.abort(rid)
         return keep
 
-    async def _next_event(self, req: Request, watch: _Watch) -> tuple[str, list[float]]:
+    async def _next_event(self, watch: _Watch) -> tuple[str, list[float]]:
         """The next event of a served request; raises ``ConnectionError`` once its client has gone away."""
-        while True:
-            if req.client_gone is not None and req.client_gone():
-                raise ConnectionError("the client went away")
-            try:
-                return await asyncio.wait_for(watch.queue.get(), timeout=CLIENT_WATCH_S)
-            except TimeoutError:
-                continue
+        kind, times = await watch.queue.get()
+        if kind == "gone":
+            raise ConnectionError("the client went away")
+        return kind, times
 
     async def _serve_tokens(
         self, req: Request, writer: asyncio.StreamWriter, rid: int, watch: _Watch, shapes: Shapes
@@ -294,7 +298,7 @@ class TwinServer:
             await write_chunk(writer, sse_event(payload))
 
         while emitted < ask.max_tokens:
-            kind, times = await self._next_event(req, watch)
+            kind, times = await self._next_event(watch)
             if kind == "rejected":
                 msg = f"the prompt ({ask.prompt_tokens} tokens) plus max_tokens ({ask.max_tokens}) exceed the KV cache"
                 if not started:
