@@ -362,7 +362,7 @@ def test_twin_health_models_and_errors(twin: str) -> None:
     assert _post(f"{twin}/v1/completions", {"prompt": "hi", "max_tokens": 0})[0] == 400
     assert _post(f"{twin}/v1/completions", {"prompt": "hi", "model": "other"})[0] == 404
     status, body = _post(f"{twin}/v1/completions", {"prompt": "hi", "max_tokens": 10_000_000})
-    assert status == 400 and b"KV cache" in body
+    assert status == 400 and b"maximum context length" in body
     status, body = _post(f"{twin}/v1/completions", {"prompt": [1, 2, 3, 4], "max_tokens": 7})
     assert status == 200
     out = json.loads(body)

@@ -4,8 +4,8 @@ Standard library only. They cover what an OpenAI-compatible server on loopback n
 ``Content-Length`` body (no chunked request bodies), keep-alive, plain responses, chunked (SSE) responses,
 and vLLM's error object.
 
-Public names: HttpError, HttpListener, Request, end_chunks, error_body, head, json_object, read_request,
-respond, serve_connection, sse_event, write_chunk.
+Public names: HttpError, HttpListener, Request, end_chunks, error_body, error_object, head, json_object,
+read_request, respond, serve_connection, sse_event, write_chunk.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ __all__ = [
     "Request",
     "end_chunks",
     "error_body",
+    "error_object",
     "head",
     "json_object",
     "read_request",
@@ -46,16 +47,22 @@ MAX_HEADERS = 100
 
 
 class HttpError(Exception):
-    """An error answered with ``status`` and vLLM's error object.
+    """An error answered with ``status`` and vLLM's error object (``error_body``).
 
     Args:
         status: HTTP status code.
         message: the error text sent to the client.
+        param: the request field at fault (vLLM's ``param``), or None.
     """
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.param = param
+
+    def body(self) -> bytes:
+        """The error as vLLM's error object (``error_body``)."""
+        return error_body(self.status, str(self), self.param)
 
 
 @dataclass(slots=True)
@@ -170,17 +177,39 @@ async def end_chunks(writer: asyncio.StreamWriter) -> None:
     await writer.drain()
 
 
-def error_body(status: int, message: str) -> bytes:
-    """The error object vLLM answers with.
+_ERROR_TYPES = {
+    400: "BadRequestError",
+    404: "NotFoundError",
+    422: "UnprocessableEntityError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+    503: "ServiceUnavailableError",
+}
+
+
+def error_object(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """The error object of vLLM (``ErrorResponse``): ``{"error": {"message", "type", "param", "code"}}``.
+
+    ``code`` is the HTTP status, ``type`` vLLM's name for it (``BadRequestError``, ``NotFoundError``, ...;
+    another 4xx is a ``BadRequestError``, another 5xx the status phrase). The one error format of the twin
+    and the admission proxy, answered as a body and sent as an SSE event when a stream fails.
 
     Example:
-        >>> json.loads(error_body(404, "no such model"))["type"]
-        'NotFoundError'
+        >>> error_object(404, "no such model", "model")["error"]
+        {'message': 'no such model', 'type': 'NotFoundError', 'param': 'model', 'code': 404}
     """
-    kind = "BadRequestError" if status < 500 else "ServiceUnavailableError" if status == 503 else "InternalServerError"
-    if status == 404:
-        kind = "NotFoundError"
-    return json.dumps({"object": "error", "message": message, "type": kind, "param": None, "code": status}).encode()
+    kind = _ERROR_TYPES.get(status) or ("BadRequestError" if status < 500 else HTTPStatus(status).phrase)
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def error_body(status: int, message: str, param: str | None = None) -> bytes:
+    """``error_object`` as a JSON body.
+
+    Example:
+        >>> json.loads(error_body(400, "bad"))["error"]["type"]
+        'BadRequestError'
+    """
+    return json.dumps(error_object(status, message, param)).encode()
 
 
 def json_object(raw: bytes, where: str) -> dict[str, Any]:
@@ -213,7 +242,7 @@ async def serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamW
             try:
                 req = await read_request(reader)
             except HttpError as err:
-                await respond(writer, err.status, error_body(err.status, str(err)), "application/json", False)
+                await respond(writer, err.status, err.body(), "application/json", False)
                 break
             if req is None:
                 break

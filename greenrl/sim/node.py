@@ -178,6 +178,11 @@ class SimNode:
         """TP degrees whose weights fit on this node's GPUs."""
         return list(self._tp_list)
 
+    def kv_capacity_tokens(self, tp: int) -> int:
+        """Tokens one replica's KV cache holds at TP degree ``tp`` (whole blocks); 0 for an infeasible ``tp``."""
+        feasible = self._feasible.get(tp)
+        return feasible[1] * self.config.block_tokens if feasible is not None else 0
+
     def check(self, knobs: Knobs, where: str = "knobs") -> None:
         """Raise ``InputError`` unless the configuration can run on this node."""
         if knobs.tp not in self._feasible:

@@ -171,6 +171,16 @@ class LiveSim:
         """Rows used so far (requests injected)."""
         return self._next
 
+    @property
+    def max_model_len_tokens(self) -> int:
+        """The context length (vLLM's ``max_model_len``, tokens).
+
+        The scenario's ``max_model_len_tokens``, else what one replica's KV cache holds at the TP in force
+        (vLLM refuses to start when one max-length request would not fit).
+        """
+        configured = self.node.config.max_model_len_tokens
+        return configured if configured is not None else self.node.kv_capacity_tokens(self.node.knobs.tp)
+
     def energy_j(self) -> float:
         """Cumulative GPU energy of the node since the twin started (J)."""
         return float(self.energy_per_gpu_j.sum())

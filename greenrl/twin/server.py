@@ -1,12 +1,14 @@
 """The twin's HTTP server: vLLM's OpenAI-compatible protocol in front of a ``LiveSim``.
 
-``TwinServer`` serves ``GET /health``, ``GET /metrics``, ``GET /v1/models``, ``POST /v1/completions``
-(streaming or not) and the twin-only ``POST /greenrl/knobs`` and ``GET /greenrl/state``. A driver task
-advances the simulation with the wall clock (times ``time_scale``) and each completion's handler sends
-its tokens when the simulated request produces them. Prompt tokens are counted by the live path's rule
-(``greenrl.live.tokens``). See ``docs/twin.md``.
+``TwinServer`` serves ``GET /health``, ``GET /metrics``, ``GET /v1/models``, ``POST /v1/completions`` and
+``POST /v1/chat/completions`` (streaming or not; request checks and response shapes in ``protocol``) and
+the twin-only ``POST /greenrl/knobs`` and ``GET /greenrl/state``. A driver task advances the simulation
+with the wall clock (times ``time_scale``) and each request's handler sends its tokens when the simulated
+request produces them; a request whose client goes away is aborted. Prompt tokens are counted by the live
+path's rule (``greenrl.live.tokens``); errors are vLLM's error object (``greenrl.live.http.error_body``).
+See ``docs/twin.md``.
 
-Public names: TwinServer, prompt_token_count.
+Public names: TwinServer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import math
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,57 +32,38 @@ from greenrl.live.http import (
     Request,
     end_chunks,
     error_body,
+    error_object,
     head,
     json_object,
     respond,
     sse_event,
     write_chunk,
 )
-from greenrl.live.tokens import prompt_tokens
 from greenrl.twin.livesim import CapacityError, LiveSim
 from greenrl.twin.prometheus import render_metrics
+from greenrl.twin.protocol import TOKEN_TEXT, Shapes, parse_ask
 
-__all__ = ["TwinServer", "prompt_token_count"]
+__all__ = ["TwinServer"]
 
 logger = logging.getLogger(__name__)
 
-_TOKEN_TEXT = " tok"
-"""The text of every generated token."""
-
-
-def prompt_token_count(prompt: Any) -> int:
-    """Prompt length in tokens, by the live path's rule (``greenrl.live.tokens.prompt_tokens``).
-
-    There is no tokenizer in the twin: a list of token ids counts its length, a text about one token per
-    4 characters (at least 1), as the admission proxy counts it.
-
-    Example:
-        >>> prompt_token_count("the quick brown fox")
-        5
-        >>> prompt_token_count([1, 2, 3])
-        3
-
-    Raises:
-        InputError: on an empty token list, a batch of prompts or anything else.
-    """
-    tokens = prompt_tokens(prompt)
-    if tokens is None:
-        raise InputError(
-            "/v1/completions",
-            "prompt",
-            "must be a string or a non-empty list of token ids (batches are not supported)",
-            "send one prompt per request",
-        )
-    return tokens
+_GENERATE_PATHS = ("/v1/completions", "/v1/chat/completions")
+"""POST paths that generate tokens."""
 
 
 @dataclass(slots=True)
 class _Watch:
-    """A request being served: the driver pushes its new token times (simulated s) to ``queue``."""
+    """A request being served.
+
+    The driver pushes its new token times (simulated s) to ``queue``, and ``("gone", [])`` once
+    ``client_gone()`` tells that its client has closed the connection.
+    """
 
     queue: asyncio.Queue[tuple[str, list[float]]]
     seen: int = 0
     last_t: float = 0.0
+    client_gone: Callable[[], bool] | None = None
+    gone: bool = False
 
 
 class TwinServer:
@@ -170,6 +153,9 @@ class TwinServer:
         """Advance the simulation to now and pass new tokens, finishes and rejections to their handlers."""
         self.sim.advance_to(self.sim_time())
         for rid, w in list(self._watch.items()):
+            if not w.gone and w.client_gone is not None and w.client_gone():
+                w.gone = True  # its handler aborts the request
+                w.queue.put_nowait(("gone", []))
             p = self.sim.progress(rid)
             if p.generated > w.seen:
                 g0, g1 = w.seen, p.generated
@@ -198,18 +184,18 @@ class TwinServer:
         }
         keep = req.keep_alive
         try:
-            if (req.method, req.path) == ("POST", "/v1/completions"):
-                return await self._completions(req, writer)
+            if req.method == "POST" and req.path in _GENERATE_PATHS:
+                return await self._generate(req, writer, chat=req.path == "/v1/chat/completions")
             handler = routes.get((req.method, req.path))
             if handler is None:
-                known = {p for _, p in routes} | {"/v1/completions"}
+                known = {p for _, p in routes} | set(_GENERATE_PATHS)
                 status = 405 if req.path in known else 404
                 raise HttpError(status, f"{req.method} {req.path} is not served by the twin")
             status, body, ctype = handler(req)
         except HttpError as err:
-            status, body, ctype = err.status, error_body(err.status, str(err)), "application/json"
+            status, body, ctype = err.status, err.body(), "application/json"
         except InputError as err:
-            status, body, ctype = 400, error_body(400, str(err)), "application/json"
+            status, body, ctype = 400, error_body(400, str(err), err.field), "application/json"
         await respond(writer, status, body, ctype, keep)
         return keep
 
@@ -222,7 +208,9 @@ class TwinServer:
         return 200, render_metrics(self.sim, self.model_name).encode(), "text/plain; version=0.0.4; charset=utf-8"
 
     def _models(self, req: Request) -> tuple[int, bytes, str]:
-        card = {"id": self.model_name, "object": "model", "created": int(time.time()), "owned_by": "greenrl-twin"}
+        name = self.model_name
+        card = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "greenrl-twin"}
+        card.update(root=name, parent=None, max_model_len=self.sim.max_model_len_tokens, permission=[])
         return 200, json.dumps({"object": "list", "data": [card]}).encode(), "application/json"
 
     def _state(self, req: Request) -> tuple[int, bytes, str]:
@@ -256,109 +244,97 @@ class TwinServer:
         out = {"requested_knobs": dataclasses.asdict(requested), "knobs": dataclasses.asdict(self.sim.knobs)}
         return 200, json.dumps(out).encode(), "application/json"
 
-    async def _completions(self, req: Request, writer: asyncio.StreamWriter) -> bool:
+    async def _generate(self, req: Request, writer: asyncio.StreamWriter, *, chat: bool) -> bool:
+        """Serve ``/v1/completions`` or ``/v1/chat/completions``.
+
+        Injects the request, sends its tokens, aborts it if the client goes away first.
+        """
         keep = req.keep_alive
         try:
-            body = json_object(req.body, "/v1/completions")
-            model = body.get("model", self.model_name)
-            if model != self.model_name:
-                raise HttpError(404, f"The model `{model}` does not exist.")
-            if body.get("n", 1) != 1 or body.get("best_of", 1) not in (1, None):
-                raise InputError("/v1/completions", "n", "only n = 1 is supported", "send n = 1")
-            prompt_tokens = prompt_token_count(body.get("prompt"))
-            max_tokens = body.get("max_tokens", 16)
-            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-                raise InputError("/v1/completions", "max_tokens", f"must be an integer >= 1, got {max_tokens!r}", "")
-            stream = bool(body.get("stream", False))
-            options = body.get("stream_options") or {}
-            include_usage = bool(options.get("include_usage", False)) if isinstance(options, dict) else False
+            body = json_object(req.body, req.path)
+            ask = parse_ask(body, chat=chat, model_name=self.model_name, max_model_len=self.sim.max_model_len_tokens)
             try:
-                rid = self.sim.inject(prompt_tokens, max_tokens, at_s=self.sim_time())
+                rid = self.sim.inject(ask.prompt_tokens, ask.max_tokens, at_s=self.sim_time())
             except CapacityError as err:
                 raise HttpError(503, str(err)) from err
         except HttpError as err:
-            await respond(writer, err.status, error_body(err.status, str(err)), "application/json", keep)
+            await respond(writer, err.status, err.body(), "application/json", keep)
             return keep
         except InputError as err:
-            await respond(writer, 400, error_body(400, str(err)), "application/json", keep)
+            await respond(writer, 400, error_body(400, str(err), err.field), "application/json", keep)
             return keep
-        watch = _Watch(asyncio.Queue())
+        watch = _Watch(asyncio.Queue(), client_gone=req.client_gone)
         self._watch[rid] = watch
         done = False
         try:
-            done = await self._serve_tokens(
-                writer, rid, watch, prompt_tokens, max_tokens, stream=stream, include_usage=include_usage, keep=keep
-            )
+            done = await self._serve_tokens(req, writer, rid, watch, Shapes(ask, self.model_name))
         finally:
             if not done:
                 self._watch.pop(rid, None)
                 self.sim.abort(rid)
         return keep
 
+    async def _next_event(self, watch: _Watch) -> tuple[str, list[float]]:
+        """The next event of a served request; raises ``ConnectionError`` once its client has gone away."""
+        kind, times = await watch.queue.get()
+        if kind == "gone":
+            raise ConnectionError("the client went away")
+        return kind, times
+
     async def _serve_tokens(
-        self,
-        writer: asyncio.StreamWriter,
-        rid: int,
-        watch: _Watch,
-        prompt_tokens: int,
-        max_tokens: int,
-        *,
-        stream: bool,
-        include_usage: bool,
-        keep: bool,
+        self, req: Request, writer: asyncio.StreamWriter, rid: int, watch: _Watch, shapes: Shapes
     ) -> bool:
-        """Send the tokens of request ``rid`` as the simulation produces them; True once all are sent."""
+        """Send the tokens of request ``rid`` as the simulation produces them; True once all are sent.
+
+        Raises:
+            ConnectionError: the client went away (the caller aborts the request).
+        """
         loop = asyncio.get_running_loop()
-        base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time())}
-        base["model"] = self.model_name
-        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + max_tokens}
-        usage["completion_tokens"] = max_tokens
+        ask, keep = shapes.ask, req.keep_alive
         emitted = 0
         started = False
 
         async def send_chunk(payload: dict[str, Any] | str) -> None:
             await write_chunk(writer, sse_event(payload))
 
-        while emitted < max_tokens:
-            kind, times = await watch.queue.get()
+        while emitted < ask.max_tokens:
+            kind, times = await self._next_event(watch)
             if kind == "rejected":
-                msg = f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) exceed the KV cache"
+                msg = f"the prompt ({ask.prompt_tokens} tokens) plus max_tokens ({ask.max_tokens}) exceed the KV cache"
                 if not started:
-                    await respond(writer, 400, error_body(400, msg), "application/json", keep)
+                    await respond(writer, 400, error_body(400, msg, "max_tokens"), "application/json", keep)
                     return True
-                await send_chunk({"object": "error", "message": msg, "code": 400})
+                await send_chunk(error_object(400, msg, "max_tokens"))
                 break
             for t in times:
-                if emitted >= max_tokens:
+                if emitted >= ask.max_tokens:
                     break
                 delay = self.wall_time(t) - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 emitted += 1
-                if stream:
-                    if not started:
-                        headers = [
-                            ("Content-Type", "text/event-stream; charset=utf-8"),
-                            ("Cache-Control", "no-cache"),
-                            ("Transfer-Encoding", "chunked"),
-                            ("Connection", "keep-alive" if keep else "close"),
-                        ]
-                        writer.write(head(200, headers))
-                        started = True
-                    finish = "length" if emitted == max_tokens else None
-                    choice = {"index": 0, "text": _TOKEN_TEXT, "logprobs": None, "finish_reason": finish}
-                    choice["stop_reason"] = None
-                    await send_chunk({**base, "choices": [choice]})
+                if not ask.stream:
+                    continue
+                if not started:
+                    headers = [
+                        ("Content-Type", "text/event-stream; charset=utf-8"),
+                        ("Cache-Control", "no-cache"),
+                        ("Transfer-Encoding", "chunked"),
+                        ("Connection", "keep-alive" if keep else "close"),
+                    ]
+                    writer.write(head(200, headers))
+                    started = True
+                    if ask.chat:  # vLLM opens a chat stream with the assistant's role, at the first output
+                        await send_chunk(shapes.chunk(None, None, role=True))
+                finish = "length" if emitted == ask.max_tokens else None
+                await send_chunk(shapes.chunk(TOKEN_TEXT, finish))
             if kind == "finished":
                 break
-        if not stream:
-            choice = {"index": 0, "text": _TOKEN_TEXT * emitted, "logprobs": None, "finish_reason": "length"}
-            choice["stop_reason"] = None
-            out = {**base, "choices": [choice], "usage": {**usage, "completion_tokens": emitted}}
-            await respond(writer, 200, json.dumps(out).encode(), "application/json", keep)
+        if not ask.stream:
+            await respond(writer, 200, json.dumps(shapes.whole(emitted, "length")).encode(), "application/json", keep)
             return True
-        if include_usage:
-            await send_chunk({**base, "choices": [], "usage": {**usage, "completion_tokens": emitted}})
+        if ask.include_usage:
+            await send_chunk(shapes.usage_chunk(emitted))
         await send_chunk("[DONE]")
         await end_chunks(writer)
         return True
