@@ -38,7 +38,9 @@ class GatedUpstream:
 
     ``mode``: ``"stream"`` sends SSE headers and an empty chunk at once, then (once ``release`` is set,
     10 s at most) a token chunk, then (once ``finish`` is set: it is unless cleared) two more and
-    ``[DONE]``; ``"500"`` answers HTTP 500; ``"close"`` closes the connection without an answer.
+    ``[DONE]``; ``"error"`` streams like ``"stream"`` but sends vLLM's mid-stream error event
+    (``data: {"error": {...}}``) after the first token chunk, then ``[DONE]``; ``"500"`` answers HTTP 500;
+    ``"close"`` closes the connection without an answer.
     ``GET /health`` answers 200. ``posts`` counts the POSTs received.
     """
 
@@ -79,6 +81,10 @@ class GatedUpstream:
                 for k in range(3):
                     self.wfile.write(self._event({"choices": [{"index": 0, "text": "x"}]}))
                     self.wfile.flush()
+                    if gate.mode == "error":
+                        error = {"object": "error", "message": "engine died", "type": "InternalServerError"}
+                        self.wfile.write(self._event({"error": {**error, "param": None, "code": 500}}))
+                        break
                     if k == 0:
                         gate.finish.wait(10.0)
                 self.wfile.write(b"data: [DONE]\n\n")

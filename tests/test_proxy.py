@@ -493,3 +493,37 @@ def test_a_failing_predictor_boosts_at_once(gated_upstream: Any, proxy_factory: 
     gated_upstream.release.set()
     sender.join(timeout=10.0)
     assert out[0]["status"] == 200 and heard[-1] == (0, math.inf)
+
+
+# ------------------------------------------------------------------------------------------ stream errors
+
+
+def test_error_event_in_a_200_stream_counts_as_an_error_and_misses_the_slo(
+    gated_upstream: Any, proxy_factory: Any
+) -> None:
+    gated_upstream.mode = "error"
+    gated_upstream.release.set()
+    proxy = proxy_factory(gated_upstream.url, slo=_flat_slo(ttft_s=60.0, tbt_mean_s=60.0))  # any timing meets it
+    req = urllib.request.Request(
+        f"{proxy.url}/v1/completions",
+        data=json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10.0) as r:
+        assert r.status == 200
+        events = [raw.decode().strip() for raw in r if raw.strip()]
+    assert any('"error"' in e for e in events) and events[-1] == "data: [DONE]"  # relayed as it came
+    _wait(lambda: proxy.stats()["errors"] == 1)
+    stats = proxy.stats()
+    assert (stats["finished"], stats["slo_met"], stats["missed"], stats["output_tokens"]) == (0, 0, 1, 0)
+    assert stats["arrived"] == stats["errors"] + stats["finished"] + stats["cancelled"] + stats["in_flight"]
+
+
+def test_a_clean_200_stream_through_the_same_upstream_is_finished(gated_upstream: Any, proxy_factory: Any) -> None:
+    gated_upstream.release.set()
+    proxy = proxy_factory(gated_upstream.url, slo=_flat_slo(ttft_s=60.0, tbt_mean_s=60.0))
+    out = _complete(proxy.url, {"prompt": "a", "max_tokens": 3, "stream": True})
+    assert out["status"] == 200 and out["done"]
+    _wait(lambda: proxy.stats()["finished"] == 1)
+    stats = proxy.stats()
+    assert (stats["errors"], stats["slo_met"], stats["missed"]) == (0, 1, 0)

@@ -7,14 +7,16 @@ arrival and settles each request once it ends (``close``):
 * prompt tokens: the length of a token-id ``prompt``, counted on arrival; else the upstream's
   ``usage.prompt_tokens`` when the response has one; else ``greenrl.live.tokens.approx_prompt_tokens``
   of the body (both counted at completion);
-* outcome: ``finished`` (whole 2xx response delivered), ``error`` (the upstream answered >= 400 or
-  failed) or ``cancelled`` (the client went away);
+* outcome: ``finished`` (whole 2xx response delivered, its stream free of error events), ``error`` (the
+  upstream answered >= 400, failed, or sent an error event in a 200 stream: vLLM's mid-stream
+  ``data: {"error": {...}}``) or ``cancelled`` (the client went away);
 * SLO, given a ``greenrl.slo.SloJudge``: a streamed request meets it when its TTFT (arrival at the proxy
   to the first token sent on, proxy queueing included) is within its TTFT bound (the scenario's
   ``max(floor, multiple x prefill alone)`` for its prompt tokens) and its mean time between tokens
   within ``tbt_mean_s``; a non-streamed one, whose first token the proxy cannot see, when its whole
   latency is within ``Slo.e2e_bound_s``. Times are wall seconds as the client sees them. A request the
-  upstream failed (a 5xx, a cut stream or retries used up) counts as missed; a 4xx is not judged.
+  upstream failed (a 5xx, a cut stream, an error event in its stream or retries used up) counts as
+  missed; a 4xx is not judged.
 
 Public names: Accounting, Counters, Track.
 """
@@ -46,7 +48,7 @@ class Counters:
     missed: int = 0
     """Finished requests that missed the SLO, and requests the upstream failed."""
     errors: int = 0
-    """Requests the upstream answered with a status >= 400, or failed."""
+    """Requests the upstream answered with a status >= 400, failed, or whose 200 stream carried an error event."""
     cancelled: int = 0
     """Requests whose client went away."""
     retried: int = 0
@@ -71,6 +73,8 @@ class Track:
         load: its part of the pending load (set at arrival).
         abort: why the proxy cancels it: ``gone`` (the client left), ``timeout`` (no answer within
             ``max_wait_s``), or None.
+        stream_error: the first bad event of its 200 stream (an error object, or not JSON), as text
+            (``SseTokenCounter.error``); None if none.
     """
 
     arrived_at_s: float
@@ -84,6 +88,7 @@ class Track:
     sent: bool = False
     load: PendingEntry | None = None
     abort: str | None = None
+    stream_error: str | None = None
 
     def tokens_sent(self, tokens: int, now_s: float) -> bool:
         """``tokens`` more tokens were sent on at ``now_s``; True if they include the first one."""
@@ -129,7 +134,7 @@ class Accounting:
             return
         if outcome != "finished":
             c.errors += 1
-            if self.slo is not None and (status == 0 or status >= 500):
+            if self.slo is not None and (status == 0 or status >= 500 or track.stream_error is not None):
                 c.missed += 1
             return
         c.finished += 1

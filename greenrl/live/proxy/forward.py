@@ -5,7 +5,9 @@ as a whole (``/v1/models``, ``/health``, ``/metrics``); ``relay`` sends one atte
 admission-controlled request and relays its answer, an SSE stream chunk by chunk as it comes, counting
 its tokens on the way (``greenrl.live.tokens.SseTokenCounter``) into the request's ``Track``. When the
 upstream connection fails before any byte reached the client, ``relay`` raises ``Retry`` (the caller
-waits with ``wait_healthy`` and sends it again); a failure after that cuts the response.
+waits with ``wait_healthy`` and sends it again); a failure after that cuts the response. A 200 stream
+that carries an error event (vLLM's mid-stream ``data: {"error": {...}}``) is relayed as it is and
+noted in ``Track.stream_error``: the request counts as an error, not finished.
 
 Public names: Retry, TokenHook, Upstream.
 """
@@ -157,6 +159,7 @@ class Upstream:
                     if tokens:
                         on_tokens(track, tokens, track.tokens_sent(tokens, loop.time()))
                 track.usage = sse.usage
+                track.stream_error = sse.error
                 await end_chunks(writer)
                 return 200
         except httpx.HTTPError as err:

@@ -261,9 +261,10 @@ class AdmissionProxy:
 
         Keys: ``arrived``, ``prompt_tokens``, ``admitted`` (first admissions upstream), ``in_flight``,
         ``queued`` (waiting in the proxy: held, over the cap, or waiting for the upstream to come back),
-        ``finished`` (whole 2xx response delivered), ``slo_met``, ``missed`` (finished requests that missed
-        the SLO, plus requests failed by the upstream: a 5xx, a cut stream or retries used up),
-        ``errors`` (upstream answered >= 400, or failed), ``cancelled`` (the client went away),
+        ``finished`` (whole 2xx response delivered, no error event in it), ``slo_met``, ``missed`` (finished
+        requests that missed the SLO, plus requests failed by the upstream: a 5xx, a cut stream, an error
+        event in a 200 stream or retries used up), ``errors`` (upstream answered >= 400, failed, or sent
+        an error event in a 200 stream), ``cancelled`` (the client went away),
         ``retried``, ``output_tokens``, ``max_in_flight`` (high-water mark), ``cap``, ``paused``,
         ``slo_judged`` (an SLO was given), ``pending_first_token`` (see the package docstring), ``decoding``
         (requests upstream past their first token).
@@ -358,7 +359,9 @@ class AdmissionProxy:
         outcome, status = "error", 0
         try:
             status = await self._attempts(req, writer, track)
-            outcome = "finished" if 200 <= status < 300 else "error"
+            outcome = "finished" if 200 <= status < 300 and track.stream_error is None else "error"
+            if track.stream_error is not None:
+                logger.warning("the upstream's 200 stream carried an error event: %s", track.stream_error)
         except asyncio.CancelledError:
             if track.abort != "timeout" or track.sent:
                 outcome = "cancelled"
