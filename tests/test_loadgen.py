@@ -123,13 +123,18 @@ def test_cli_writes_records_and_summary(twin: str, tmp_path: Path, capsys: pytes
     out = tmp_path / "records.jsonl"
     args = ["--url", twin, "--scenario", "tiny", "--window", "eval:0", "--time-scale", str(TIME_SCALE)]
     assert main([*args, "--duration-s", "4", "--max-concurrency", "16", "--json", str(out)]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["sent"] == len(lines) >= 3
     assert summary["completed"] == sum(r["status"] == "ok" for r in lines) == len(lines)
     assert summary["output_tokens_received"] == sum(r["output_tokens"] for r in lines)
     assert all(r["arrival_s"] < 4.0 for r in lines)
-    assert 0.0 <= summary["slo_attainment"] <= 1.0 and summary["ttft_p50_s"] <= summary["ttft_p99_s"]
+    # at time scale 10, client-side latency is not a measurement: no figures, the reason, the histograms
+    assert TIME_SCALE > 1 and summary["latency_measured"] is False
+    assert summary["slo_attainment"] is summary["slo_met"] is summary["ttft_p50_s"] is summary["tbt_p99_s"] is None
+    assert "vllm:time_to_first_token_seconds" in summary["latency_not_measured"]
+    assert printed.err.startswith("note: client-side latency is not measured at --time-scale 10 > 1")
     with pytest.raises(SystemExit) as err:
         main([*args, "--window", "sideways"])
     assert err.value.code == 2
@@ -164,10 +169,25 @@ def test_slo_and_summary() -> None:
     assert slo.ttft_slo_s(10) == pytest.approx(0.5)  # the floor
     assert slo.ttft_slo_s(100_000) > slo.ttft_slo_s(10_000) > 0.5  # a long prefill gets 5x its own time
     fast = RequestRecord(0, 0.0, 0.0, 10, 5, 5, 0.1, 0.01, 0.004, 0.1, "ok", 200, "")
-    slow_tbt = RequestRecord(1, 0.0, 0.0, 10, 5, 5, 0.1, 0.01, 0.02, 0.1, "ok", 200, "")
+    slow_tbt = RequestRecord(1, 0.0, 0.0, 10, 5, 5, 0.1, 0.01, 0.25, 0.1, "ok", 200, "")
     failed = RequestRecord(2, 0.0, 0.0, 10, 5, 0, 0.1, None, None, 0.1, "http_error", 400, "x")
-    assert slo.met(fast) and not slo.met(slow_tbt, time_scale=10.0) and not slo.met(failed)
-    s = summarize([fast, slow_tbt, failed], slo, time_scale=10.0)
+    assert slo.met(fast) and not slo.met(slow_tbt, time_scale=0.5) and not slo.met(failed)
+    assert not slo.met(slow_tbt)  # 0.25 s between tokens: over the 0.1 s bound
+    s = summarize([fast, slow_tbt, failed], slo)
     assert (s["sent"], s["completed"], s["failed"], s["slo_met"]) == (3, 2, 1, 1)
-    assert s["ttft_p50_s"] == pytest.approx(0.1) and s["tbt_p99_s"] == pytest.approx(0.1984)
-    assert s["slo_attainment"] == pytest.approx(1 / 3)
+    assert s["ttft_p50_s"] == pytest.approx(0.01) and s["tbt_p99_s"] == pytest.approx(0.24754)
+    assert s["slo_attainment"] == pytest.approx(1 / 3) and s["latency_measured"] is True
+    assert "latency_not_measured" not in s
+
+
+def test_no_client_side_latency_or_slo_above_time_scale_1() -> None:
+    slo = RequestSlo.from_scenario("tiny")
+    fast = RequestRecord(0, 0.0, 0.0, 10, 5, 5, 0.1, 0.01, 0.004, 0.1, "ok", 200, "")
+    failed = RequestRecord(1, 0.0, 0.0, 10, 5, 0, 0.1, None, None, 0.1, "http_error", 400, "x")
+    s = summarize([fast, failed], slo, time_scale=30.0)
+    assert (s["sent"], s["completed"], s["failed"], s["time_scale"]) == (2, 1, 1, 30.0)  # counts stay
+    assert s["latency_measured"] is False
+    for key in ("ttft_p50_s", "ttft_p99_s", "tbt_p50_s", "tbt_p99_s", "slo_met", "slo_attainment"):
+        assert s[key] is None, key
+    reason = s["latency_not_measured"]
+    assert "--time-scale 30 > 1" in reason and "vllm:inter_token_latency_seconds" in reason

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import sys
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scenario", default="tiny", help="scenario name in envs/ or a YAML path (default: tiny)")
     p.add_argument("--window", default="eval:0", help="eval:I (held-out window I) or train (default: eval:0)")
     p.add_argument("--seed", type=int, default=0, help="seeds the train window and the prompt ids (default: 0)")
-    p.add_argument("--time-scale", type=float, default=1.0, help="workload s per wall s, as the twin's (default: 1)")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="workload s per wall s, as the twin's; above 1 no client-side latency/SLO is reported (default: 1)",
+    )
     p.add_argument("--duration-s", type=float, default=None, help="send requests arriving before this (workload s)")
     p.add_argument("--max-concurrency", type=int, default=256, help="most requests in flight (default: 256)")
     p.add_argument("--model", default=None, help="model name (default: the server's first in /v1/models)")
@@ -95,5 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         atomic_write_text(args.json, "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in records))
         summary["json"] = args.json
+    if not summary["latency_measured"]:
+        print(f"note: {summary['latency_not_measured']}", file=sys.stderr)
     print(json.dumps(summary, indent=1))
     return 130 if interrupted else 0
