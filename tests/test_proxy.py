@@ -527,3 +527,28 @@ def test_a_clean_200_stream_through_the_same_upstream_is_finished(gated_upstream
     _wait(lambda: proxy.stats()["finished"] == 1)
     stats = proxy.stats()
     assert (stats["errors"], stats["slo_met"], stats["missed"]) == (0, 1, 0)
+
+
+# ------------------------------------------------------------------------------------------ shutdown
+
+
+def test_stop_with_a_stream_open_cuts_it_quietly(
+    gated_upstream: Any, proxy_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = proxy_factory(gated_upstream.url)
+    body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5.0) as s:
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        s.sendall(head + body)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")  # the stream is open, waiting for its first token
+        with caplog.at_level("DEBUG"):
+            started = time.monotonic()
+            proxy.stop()
+        assert time.monotonic() - started < 5.0
+        rest = b""
+        while chunk := s.recv(65536):  # cut: the connection closes, without [DONE]
+            rest += chunk
+        assert b"[DONE]" not in rest
+    assert proxy.stats()["cancelled"] == 1
+    noisy = [r for r in caplog.records if r.exc_info or r.levelno >= 40 or "Traceback" in r.getMessage()]
+    assert not noisy, [r.getMessage() for r in noisy]

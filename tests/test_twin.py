@@ -476,3 +476,44 @@ def test_twin_starts_at_given_knobs_and_names_the_bad_flag(capsys: pytest.Captur
         with pytest.raises(SystemExit) as exc:
             main(["--scenario", "tiny", "--port", "0", *flags])
         assert exc.value.code == 2 and name in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("sig", "stream"), [(signal.SIGTERM, True), (signal.SIGTERM, False), (signal.SIGINT, True)])
+def test_signal_with_a_request_open_exits_0_without_a_traceback(sig: signal.Signals, stream: bool) -> None:
+    """SIGTERM (or SIGINT) while a request is open: exit code 0 and no traceback, within seconds."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "greenrl.twin", "--port", "0", "--scenario", "tiny", "--time-scale", "1"]
+    proc = subprocess.Popen(
+        [*cmd, "--log-level", "INFO"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        timer = threading.Timer(20.0, proc.kill)  # bounded: a twin that never prints its port is killed
+        timer.start()
+        line = proc.stdout.readline()
+        timer.cancel()
+        assert "listening on http://127.0.0.1:" in line, line
+        port = int(line.rsplit(":", 1)[1])
+        body = json.dumps({"prompt": [7] * 50, "max_tokens": 100_000, "ignore_eos": True, "stream": stream}).encode()
+        with socket.create_connection(("127.0.0.1", port), timeout=5.0) as s:
+            head = f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            s.sendall(head.encode() + body)
+            seen = b""
+            if stream:  # tokens are flowing when the signal comes
+                while b"data: " not in seen:
+                    chunk = s.recv(4096)
+                    assert chunk, "the twin closed the stream before a token"
+                    seen += chunk
+            else:  # the whole answer is still being generated
+                time.sleep(0.3)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=10.0)
+            while chunk := s.recv(65536):  # the open request was cut: the connection closes
+                seen += chunk
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err and "CancelledError" not in err, err
+        assert b"data: [DONE]" not in seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5.0)

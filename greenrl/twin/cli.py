@@ -7,6 +7,10 @@ start it like ``vllm serve`` at a given TP). It binds loopback unless ``--allow-
 knobs over HTTP (``POST /greenrl/knobs``, what ``python -m greenrl.controller --twin`` uses) only with
 ``--allow-control``; both warn, for the twin has no authentication.
 
+SIGTERM or SIGINT stops it quietly with exit code 0 at any time: while it starts (loading the scenario,
+compiling the simulator) it just exits; once serving, it stops listening, cuts the open requests (their
+simulated requests are aborted) and exits, with no traceback.
+
 Public names: main.
 """
 
@@ -74,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stop(BaseException):
+    """SIGTERM or SIGINT before the twin serves: exit quietly (not an ``Exception``, so nothing catches it)."""
+
+
+def _stop_starting(signum: int, frame: object) -> None:
+    raise _Stop(signum)
+
+
 async def _serve(server: TwinServer) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -111,8 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         logger.warning("POST /greenrl/knobs is on (--allow-control): anyone who reaches the twin may set its knobs")
     initial = {"tp": args.tp, "replicas": args.replicas, "max_num_seqs": args.max_num_seqs}
     clocks = {"sm_clock_mhz": args.sm_clock_mhz, "prefill_sm_clock_mhz": args.prefill_sm_clock_mhz}
-    sim = LiveSim.from_scenario(args.scenario, args.capacity, initial | clocks)
-    sim.advance_to(1e-3)  # compile / load the numba kernel before serving
+    # a stop asked for while starting (the scenario load and kernel compile take a second or so)
+    previous = {sig: signal.signal(sig, _stop_starting) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        sim = LiveSim.from_scenario(args.scenario, args.capacity, initial | clocks)
+        sim.advance_to(1e-3)  # compile / load the numba kernel before serving
+    except _Stop as stop:
+        logger.info("signal %s while starting: exiting", stop.args[0])
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     server = TwinServer(
         sim,
         model_name=args.model_name or sim.node.config.model,
@@ -122,5 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         allow_control=args.allow_control,
     )
-    asyncio.run(_serve(server))
+    try:
+        asyncio.run(_serve(server))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # a signal in the instants around the loop's own handlers
+        logger.info("interrupted: exiting")
     return 0
