@@ -12,7 +12,8 @@ dropped by the proxy's own doing:
   crashed), the request gives its slot back, waits until ``GET /health`` answers 200, and is sent again
   at the head of the queue: at most ``max_retries`` times and ``retry_wait_s`` seconds in all, after
   which the client gets a 503. A failure after bytes reached the client cuts that response (counted in
-  ``errors``).
+  ``errors``), and so counts a 200 stream that carries an error event (vLLM's mid-stream
+  ``data: {"error": {...}}``): it is relayed as it came, but is neither ``finished`` nor SLO met.
 
 Forwarded: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (admission-controlled; SSE streams
 relayed as they come), and reads passed through as they are (``GET /v1/models``, ``/v1/models/<id>``,
