@@ -341,7 +341,7 @@ class SimNode:
         """Stop admissions on a replica; re-route its waiting requests (and running ones when requeueing)."""
         status = self.slot_i[s, K.SI_STATUS]
         if status == K.LOADING:
-            K._account_idle(s, self.now_s, self.slot_f, self.slot_i, self._packed)
+            K._account_idle(s, self.now_s, self.slot_f, self.slot_i)
             self.slot_i[s, K.SI_STATUS] = K.OFF
             return
         self.slot_i[s, K.SI_STATUS] = K.DRAINING
@@ -366,7 +366,7 @@ class SimNode:
         if self._target is None or np.any(self.slot_i[:, K.SI_STATUS] == K.DRAINING):
             return
         self.now_s = max(self.now_s, drained_at)
-        K.finish_interval(self.now_s, self.slot_i, self.slot_f, self._packed)
+        K.finish_interval(self.now_s, self.slot_i, self.slot_f)
         # Slot arrays are rebuilt: bank their energy per GPU in the running total first.
         self._banked += np.repeat(self.slot_f[:, K.SF_ENERGY_J] / self._slot_tp, self._slot_tp)
         target = self._target
@@ -427,7 +427,7 @@ class SimNode:
                 self._clock_at = None
             if seg_end >= t_end:
                 break
-        K.finish_interval(t_end, self.slot_i, self.slot_f, self._packed)
+        K.finish_interval(t_end, self.slot_i, self.slot_f)
         energy = self._gpu_energy()
         delta, self._energy_mark = energy - self._energy_mark, energy
         snap = self._snapshot(t_start, delta)

@@ -104,7 +104,7 @@ def _route(
 
 
 @njit(cache=True)
-def _account_idle(s: int, until: float, slot_f: np.ndarray, slot_i: np.ndarray, packed: np.ndarray) -> None:
+def _account_idle(s: int, until: float, slot_f: np.ndarray, slot_i: np.ndarray) -> None:
     """Charge replica ``s`` its between-iteration power (loaded idle, OFF or reloading) up to ``until``."""
     gap = until - slot_f[s, SF_ACCOUNTED_TO]
     if gap > 0.0:
@@ -157,7 +157,7 @@ def run_until(
                         t_rep = slot_f[s, SF_BUSY_UNTIL]
                         r = s
                 elif st == DRAINING:
-                    _account_idle(s, slot_f[s, SF_BUSY_UNTIL], slot_f, slot_i, packed)
+                    _account_idle(s, slot_f[s, SF_BUSY_UNTIL], slot_f, slot_i)
                     slot_i[s, SI_STATUS] = OFF
                     slot_f[s, SF_READY_AT] = max(slot_f[s, SF_BUSY_UNTIL], t_now)  # when it drained
                     return SLOT_DRAINED
@@ -177,12 +177,12 @@ def run_until(
             continue
         s = r
         if slot_i[s, SI_STATUS] == LOADING:
-            _account_idle(s, t_rep, slot_f, slot_i, packed)
+            _account_idle(s, t_rep, slot_f, slot_i)
             slot_i[s, SI_STATUS] = SERVING
             slot_f[s, SF_BUSY_UNTIL] = t_rep
             _route_pending(t_rep, req_f, req_i, slot_i, slot_f, run_ids, packed, cap_blocks, cfg, g, cnt)
             continue
-        _account_idle(s, t_rep, slot_f, slot_i, packed)
+        _account_idle(s, t_rep, slot_f, slot_i)
         limit = t_end
         for q in range(n_slots):
             if slot_i[q, SI_STATUS] == LOADING:
@@ -236,8 +236,8 @@ def _route_pending(
 
 
 @njit(cache=True)
-def finish_interval(t_end: float, slot_i: np.ndarray, slot_f: np.ndarray, packed: np.ndarray) -> None:
+def finish_interval(t_end: float, slot_i: np.ndarray, slot_f: np.ndarray) -> None:
     """Charge idle and loading power of every replica up to ``t_end``."""
     for s in range(slot_i.shape[0]):
         if slot_f[s, SF_ACCOUNTED_TO] < t_end:
-            _account_idle(s, t_end, slot_f, slot_i, packed)
+            _account_idle(s, t_end, slot_f, slot_i)
