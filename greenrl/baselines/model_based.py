@@ -259,7 +259,7 @@ class PlannerBaseline(_SurrogateBaseline):
         grid = np.geomspace(0.05, float(max(seqs)), 80)
         ttft_limit = keep * self.ttft_slo_s(prompt_tokens)
         ctx = prompt_tokens + output_tokens / 2.0
-        parked_w = self.env.scenario.node.gpu_power_states_w[1] or self.env.gpu.idle_power_w
+        parked_w = self.env.scenario.node.parked_gpu_w(self.env.gpu.idle_power_w)
         gpus = self.env.scenario.node.gpus
         options = []
         for tp, r in self.layouts():

@@ -56,10 +56,11 @@ class NodeSpec:
             engine_start_s=self.engine_start_s,
         )
 
-    @property
-    def gpu_power_states_w(self) -> tuple[float | None, float | None]:
-        """(loaded idle, parked) power per GPU (W); None: the GPU catalog's idle power."""
-        return self.idle_power_w, self.parked_power_w if self.parked_power_w is not None else self.idle_power_w
+    def parked_gpu_w(self, catalog_idle_w: float) -> float:
+        """Power of a GPU outside every replica (W): ``parked_power_w``, else ``idle_power_w``, else the catalog's."""
+        if self.parked_power_w is not None:
+            return self.parked_power_w
+        return self.idle_power_w if self.idle_power_w is not None else catalog_idle_w
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,7 +321,6 @@ def _validate(s: Scenario, where: str) -> None:
         raise InputError(where, "workload.rate_scale", f"needs 0 < low <= high, got {[lo, hi]}", "e.g. [0.5, 1.5]")
     if not s.workload.eval_windows_s:
         raise InputError(where, "workload.eval_windows_s", "no evaluation windows", "add [[start_s, duration_s]]")
-    _validate_day_scale(s, where)
     t0, t1 = s.workload.train_range_s
     for start, duration in s.workload.eval_windows_s:
         if start < t1 and start + duration > t0 and s.workload.synthetic is None:
@@ -329,61 +329,4 @@ def _validate(s: Scenario, where: str) -> None:
                 "workload.eval_windows_s",
                 f"window [{start}, {start + duration}) overlaps train_range_s [{t0}, {t1})",
                 "make evaluation windows disjoint from training",
-            )
-
-
-def _validate_day_scale(s: Scenario, where: str) -> None:
-    """The fields of day-scale scenarios: power states, reloads, context length, ServeGen workloads."""
-    n = s.node
-    for key in ("idle_power_w", "parked_power_w", "host_load_bandwidth_per_gpu_gbps"):
-        value = getattr(n, key)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise InputError(where, f"node.{key}", f"must be a positive number, got {value!r}", "e.g. 71.8, or omit it")
-    if not (math.isfinite(n.engine_start_s) and n.engine_start_s >= 0):
-        raise InputError(where, "node.engine_start_s", f"must be >= 0 s, got {n.engine_start_s!r}", "e.g. 30.0")
-    if n.max_model_len_tokens is not None and n.max_model_len_tokens < 1:
-        raise InputError(
-            where, "node.max_model_len_tokens", f"must be >= 1, got {n.max_model_len_tokens}", "e.g. 32768, or omit it"
-        )
-    for key in ("steps", "eval_steps"):
-        steps = getattr(s.episode, key)
-        if steps is not None and steps < 1:
-            raise InputError(where, f"episode.{key}", f"must be >= 1, got {steps}", "e.g. 2880, or omit it")
-    init = s.node.initial
-    if "replicas" in init and init["replicas"] * init.get("tp", 8) > n.gpus:
-        raise InputError(
-            where,
-            "node.initial.replicas",
-            f"tp x replicas = {init.get('tp', 8)} x {init['replicas']} does not fit {n.gpus} GPUs",
-            "lower replicas or tp",
-        )
-    spec = s.workload.servegen
-    if spec is None:
-        return
-    from greenrl.workload.servegen import DAY_S, load_servegen  # only day-scale scenarios load the data
-
-    unknown = sorted(set(spec) - {"category", "mean_rps"})
-    if unknown or "category" not in spec or "mean_rps" not in spec:
-        raise InputError(
-            where,
-            "workload.servegen",
-            f"needs exactly category and mean_rps, got {sorted(spec)}",
-            "write servegen: {category: language/m-large, mean_rps: 2.0}",
-        )
-    rate = spec["mean_rps"]
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not (math.isfinite(rate) and rate > 0):
-        raise InputError(where, "workload.servegen.mean_rps", f"must be > 0, got {rate!r}", "e.g. 2.0")
-    try:
-        data = load_servegen(str(spec["category"]))
-    except InputError as err:
-        raise InputError(where, "workload.servegen.category", err.problem, err.fix) from None
-    windows = [(f"eval_windows_s[{i}]", a, d) for i, (a, d) in enumerate(s.workload.eval_windows_s)]
-    t0, t1 = s.workload.train_range_s
-    for name, start, duration in [("train_range_s", t0, t1 - t0), *windows]:
-        if not (start >= 0 and duration > 0 and start + duration <= data.span_s):
-            raise InputError(
-                where,
-                f"workload.{name}",
-                f"[{start}, {start + duration}) s is outside {data.name}'s {data.span_s / DAY_S:g} days",
-                f"keep it within [0, {data.span_s:g}) s (day d starts at d x {DAY_S:g} s)",
             )

@@ -66,8 +66,22 @@ def check_scenario(s: Scenario, where: str) -> None:
         raise InputError(where, "node.gpus", f"must be >= 1, got {n.gpus}", "e.g. gpus: 8")
     _positive(where, "node.load_bandwidth_gbps", n.load_bandwidth_gbps, "e.g. 2.5 (GB/s from host to GPU)")
     _positive(where, "node.clock_latency_s", n.clock_latency_s, "e.g. 0.05", zero_ok=True)
-    if s.episode.steps is not None and s.episode.steps < 1:
-        raise InputError(where, "episode.steps", f"must be >= 1, got {s.episode.steps}", "e.g. 30, or omit it")
+    for key in ("idle_power_w", "parked_power_w", "host_load_bandwidth_per_gpu_gbps"):
+        _positive(where, f"node.{key}", getattr(n, key), "e.g. 71.8, or omit it")
+    _positive(where, "node.engine_start_s", n.engine_start_s, "e.g. 30.0", zero_ok=True)
+    _positive(where, "node.max_model_len_tokens", n.max_model_len_tokens, "e.g. 32768, or omit it")
+    init = n.initial
+    if "replicas" in init and init["replicas"] * init.get("tp", 8) > n.gpus:
+        raise InputError(
+            where,
+            "node.initial.replicas",
+            f"tp x replicas = {init.get('tp', 8)} x {init['replicas']} does not fit {n.gpus} GPUs",
+            "lower replicas or tp",
+        )
+    for key in ("steps", "eval_steps"):
+        steps = getattr(s.episode, key)
+        if steps is not None and steps < 1:
+            raise InputError(where, f"episode.{key}", f"must be >= 1, got {steps}", "e.g. 30, or omit it")
     _positive(where, "workload.window_s", w.window_s, "e.g. 900.0")
     _positive(where, "workload.eval_rate_scale", w.eval_rate_scale, "e.g. 1.0")
     _positive(where, "reward.slo_weight", s.reward.slo_weight, "e.g. 10.0", zero_ok=True)
@@ -87,7 +101,9 @@ def check_scenario(s: Scenario, where: str) -> None:
     _check_knobs(s, where)
     if w.synthetic is not None:
         _check_synthetic(s, where)
-    elif w.servegen is None:  # ServeGen windows are checked against the data by scenario._validate_day_scale
+    elif w.servegen is not None:
+        _check_servegen(s, where)
+    else:
         _check_trace_covers(s, where)
 
 
@@ -179,4 +195,37 @@ def _check_trace_covers(s: Scenario, where: str) -> None:
                 f"workload.eval_windows_s[{i}]",
                 f"[{start:g}, {start + length:g}) s ends past the end of trace {w.trace!r} ({duration:.1f} s)",
                 f"end every window by {math.floor(duration)} s",
+            )
+
+
+def _check_servegen(s: Scenario, where: str) -> None:
+    """The ``servegen`` spec, and every window within the category's days (the data is loaded once)."""
+    from greenrl.workload.servegen import DAY_S, load_servegen
+
+    spec = s.workload.servegen or {}
+    if set(spec) != {"category", "mean_rps"}:
+        raise InputError(
+            where,
+            "workload.servegen",
+            f"needs exactly category and mean_rps, got {sorted(spec)}",
+            "write servegen: {category: language/m-large, mean_rps: 2.0}",
+        )
+    rate = spec["mean_rps"]
+    if isinstance(rate, bool) or not isinstance(rate, int | float):
+        raise InputError(where, "workload.servegen.mean_rps", f"must be a number, got {rate!r}", "e.g. 2.0")
+    _positive(where, "workload.servegen.mean_rps", rate, "e.g. 2.0")
+    try:
+        data = load_servegen(str(spec["category"]))
+    except InputError as err:
+        raise InputError(where, "workload.servegen.category", err.problem, err.fix) from None
+    t0, t1 = s.workload.train_range_s
+    windows = [("train_range_s", t0, t1 - t0)]
+    windows += [(f"eval_windows_s[{i}]", a, d) for i, (a, d) in enumerate(s.workload.eval_windows_s)]
+    for name, start, duration in windows:
+        if not (start >= 0 and duration > 0 and start + duration <= data.span_s):
+            raise InputError(
+                where,
+                f"workload.{name}",
+                f"[{start}, {start + duration}) s is outside {data.name}'s {data.span_s / DAY_S:g} days",
+                f"keep it within [0, {data.span_s:g}) s (day d starts at d x {DAY_S:g} s)",
             )
