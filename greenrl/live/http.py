@@ -39,6 +39,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 2048
+"""Pending connections the listener queues, as uvicorn (vLLM's server) does."""
+
 MAX_BODY_BYTES = 16 * 1024 * 1024
 """Largest request body accepted (bytes)."""
 
@@ -275,7 +278,10 @@ class HttpListener:
 
     async def start(self) -> int:
         """Listen (on the running loop); returns the bound port."""
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=256 * 1024)
+        # uvicorn's (vLLM's) backlog: asyncio's default of 100 drops connects under a 512-stream burst
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self.port, limit=256 * 1024, backlog=LISTEN_BACKLOG
+        )
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self.port
 
