@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from greenrl.errors import InputError
 from greenrl.live import gpu as gpu_mod
-from greenrl.live import nvml_probe
+from greenrl.live import selfcheck
 from greenrl.live.gpu import (
     H100_SM_CLOCKS_MHZ,
     FakeGpu,
@@ -56,6 +56,20 @@ DEFAULTS = {
     "nvmlDeviceGetSupportedGraphicsClocks": [1980, 345, 360, 1965, 360, 1000],
     "nvmlDeviceSetGpuLockedClocks": None,
     "nvmlDeviceResetGpuLockedClocks": None,
+    "nvmlDeviceGetPowerManagementLimit": 700_000,
+    "nvmlDeviceGetEnforcedPowerLimit": 700_000,
+    "nvmlDeviceGetPowerManagementDefaultLimit": 700_000,
+    "nvmlDeviceGetPowerManagementLimitConstraints": [200_000, 700_000],
+    "nvmlDeviceGetMaxClockInfo": 1980,
+    "nvmlDeviceGetApplicationsClock": 1755,
+    "nvmlDeviceGetDefaultApplicationsClock": 1755,
+    "nvmlDeviceGetTemperature": 31,
+    "nvmlDeviceGetPersistenceMode": 1,
+    "nvmlDeviceGetMigMode": [0, 0],
+    "nvmlDeviceGetCurrentClocksEventReasons": 1,
+    "nvmlDeviceGetAPIRestriction": pynvml.NVML_FEATURE_ENABLED,
+    "nvmlSystemGetDriverVersion": "580.95.05",
+    "nvmlSystemGetCudaDriverVersion": 13000,
 }
 
 
@@ -356,28 +370,66 @@ def test_module_imports_without_pynvml_at_import_time() -> None:
         assert "pynvml" not in vars(module)
 
 
-# -- probe ----------------------------------------------------------------------------------------
+# -- self-check ----------------------------------------------------------------------------------
 
 
-def test_probe_without_nvml_exits_zero(nvml: dict[str, mock.MagicMock], capsys: pytest.CaptureFixture[str]) -> None:
+def test_selfcheck_without_nvml_exits_zero(nvml: dict[str, mock.MagicMock], capsys: pytest.CaptureFixture[str]) -> None:
     nvml["nvmlInit"].side_effect = _nvml_error(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-    assert nvml_probe.main([]) == 0
+    assert selfcheck.main(["--idle-s", "0", "--workload-s", "0"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["nvml"] is False and "NVML" in out["reason"]
 
 
-def test_probe_with_mocked_nvml(nvml: dict[str, mock.MagicMock]) -> None:
+def test_selfcheck_reads_settings_in_si_and_touches_no_clock(
+    nvml: dict[str, mock.MagicMock], capsys: pytest.CaptureFixture[str]
+) -> None:
     nvml["nvmlDeviceGetTotalEnergyConsumption"].side_effect = [1_000_000, 1_250_000]
-    out = nvml_probe.probe(0, seconds=0.0)
-    assert out["energy_delta_j"] == pytest.approx(250.0)
+    assert selfcheck.main(["--idle-s", "0", "--workload-s", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    s = out["settings"]
+    assert s["power_limit_w"] == pytest.approx(700.0) and s["power_limit_range_w"] == [200.0, 700.0]  # mW -> W
+    assert s["applications_sm_clock_mhz"] == 1755 and s["max_sm_clock_mhz"] == 1980
+    assert s["persistence_mode"] is True and s["mig_mode"] == [0, 0] and s["driver_version"] == "580.95.05"
+    assert s["application_clocks_restricted"] is True and s["unreadable"] == {}
+    assert out["idle"]["energy_delta_j"] == pytest.approx(250.0)
     assert out["supported_sm_clocks"] == {"count": 5, "min_mhz": 345, "max_mhz": 1980}
+    assert out["clock_lock_permission"]["euid"] == os.geteuid()
+    assert out["settings_unchanged"] is True and "lock" not in out
+    # permission is reported, never tried: no clock is locked, and none reset (an operator's lock stays)
+    nvml["nvmlDeviceSetGpuLockedClocks"].assert_not_called()
+    nvml["nvmlDeviceResetGpuLockedClocks"].assert_not_called()
+
+
+def test_selfcheck_unsupported_read_is_listed_not_fatal(nvml: dict[str, mock.MagicMock]) -> None:
+    nvml["nvmlDeviceGetMigMode"].side_effect = _nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    out = selfcheck.selfcheck(0, idle_s=0.0, workload_s=0.0)
+    assert out["settings"]["mig_mode"] is None and "mig_mode" in out["settings"]["unreadable"]
+    assert out["settings_unchanged"] is True
+
+
+def test_selfcheck_reports_settings_that_changed(
+    nvml: dict[str, mock.MagicMock], capsys: pytest.CaptureFixture[str]
+) -> None:
+    nvml["nvmlDeviceGetPowerManagementLimit"].side_effect = [700_000, 500_000]  # someone capped it meanwhile
+    assert selfcheck.main(["--idle-s", "0", "--workload-s", "0"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings_unchanged"] is False and out["settings_changed"] == {"power_limit_w": [700.0, 500.0]}
+
+
+def test_selfcheck_workload_without_cuda_says_so(nvml: dict[str, mock.MagicMock]) -> None:
+    out = selfcheck.selfcheck(0, idle_s=0.0, workload_s=0.01)
+    assert out["workload"]["ran"] is False and "CUDA" in out["workload"]["reason"]  # the CPU build of torch
+
+
+def test_selfcheck_try_lock_is_opt_in_and_resets(nvml: dict[str, mock.MagicMock]) -> None:
+    out = selfcheck.selfcheck(0, idle_s=0.0, workload_s=0.0, try_lock_mhz=990.0)
     assert out["lock"]["ok"] is True and out["lock"]["set_mhz"] == 1000
     nvml["nvmlDeviceResetGpuLockedClocks"].assert_called_once_with(HANDLE)
 
 
-def test_probe_reports_permission(nvml: dict[str, mock.MagicMock]) -> None:
+def test_selfcheck_try_lock_reports_permission(nvml: dict[str, mock.MagicMock]) -> None:
     nvml["nvmlDeviceSetGpuLockedClocks"].side_effect = _nvml_error(pynvml.NVML_ERROR_NO_PERMISSION)
-    out = nvml_probe.probe(0, seconds=0.0)
+    out = selfcheck.selfcheck(0, idle_s=0.0, workload_s=0.0, try_lock_mhz=1000.0)
     assert out["lock"]["ok"] is False and out["lock"]["permission"] is False
     assert "root" in out["lock"]["error"]
 
@@ -415,3 +467,12 @@ def test_gpu_nvml_real_device() -> None:
         assert g.sm_clock_mhz() <= clocks[-1]
         g.reset_sm_clock()
         assert g.locked_sm_clock_mhz is None
+
+
+@pytest.mark.skipif(not _nvml_available(), reason="needs an NVIDIA GPU with NVML")
+def test_selfcheck_real_device_energy_moves_and_settings_stay() -> None:
+    out = selfcheck.selfcheck(0, idle_s=1.0, workload_s=2.0)
+    assert out["nvml"] is True and out["settings_unchanged"] is True
+    assert out["idle"]["energy_delta_j"] > 0
+    if out["workload"].get("ran"):
+        assert out["workload"]["mean_power_from_energy_w"] > out["idle"]["mean_power_from_energy_w"]

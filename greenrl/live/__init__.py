@@ -12,7 +12,7 @@ earliest boost time), ``governor`` (the prefill SM clock while requests await a 
 direct lock or the governor), ``loadgen`` (package: replays a workload against the OpenAI API), ``node``
 (``LiveNode``: the ``Node`` protocol over a live server), ``http`` (small asyncio HTTP helpers shared
 with the twin), ``tokens`` (prompt and stream token counting shared by the twin, proxy and load generator),
-``nvml_probe``.
+``selfcheck`` (one GPU's NVML readings, settings and energy under a torch workload, as JSON).
 
 Public names here: Gpu, NvmlGpu, FakeGpu, GpuSet, open_gpus, snap_clock_mhz, GpuError, GpuPermissionError,
 GpuNotSupportedError, GpuUnavailableError (all from ``greenrl.live.gpu``); import the others from their

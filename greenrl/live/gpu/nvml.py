@@ -1,6 +1,6 @@
 """The real GPU through NVML: ``NvmlGpu`` (package ``nvidia-ml-py``, imported as ``pynvml``).
 
-NVML's vendor units are converted here and nowhere else: energy mJ -> J, power mW -> W. ``pynvml`` is
+NVML's vendor units are converted here and nowhere else: energy mJ -> J, power and power limits mW -> W. ``pynvml`` is
 imported only when an ``NvmlGpu`` is created (or every GPU is listed), so importing this module needs
 neither a GPU nor the ``[live]`` extra.
 """
@@ -122,6 +122,57 @@ class NvmlGpu(Gpu):
         nvml = self._nvml
         return int(self._call("sm_clock_mhz", nvml.nvmlDeviceGetClockInfo, self._handle, nvml.NVML_CLOCK_SM))
 
+    def read_settings(self) -> dict[str, Any]:
+        """The GPU's settings and state that a self-check reports, read only (nothing is set), SI/MHz.
+
+        Power limits (mW -> W), SM/memory clocks and application clocks (MHz), temperature (C),
+        persistence and MIG mode, clock-event (throttle) reasons, driver versions, and whether NVML
+        restricts application clocks to root. A read the GPU does not support is None, its error listed
+        in ``unreadable``.
+        """
+        nvml, h = self._nvml, self._handle
+        out: dict[str, Any] = {}
+        unreadable: dict[str, str] = {}
+
+        def read(key: str, fn: Callable[..., Any], *args: Any, convert: Callable[[Any], Any] = int) -> None:
+            try:
+                out[key] = convert(fn(*args))
+            except (nvml.NVMLError, AttributeError, TypeError) as err:
+                out[key] = None
+                unreadable[key] = str(err) or type(err).__name__
+
+        def watts(mw: Any) -> float:
+            return int(mw) / 1000.0
+
+        read("power_limit_w", nvml.nvmlDeviceGetPowerManagementLimit, h, convert=watts)
+        read("enforced_power_limit_w", nvml.nvmlDeviceGetEnforcedPowerLimit, h, convert=watts)
+        read("default_power_limit_w", nvml.nvmlDeviceGetPowerManagementDefaultLimit, h, convert=watts)
+        read(
+            "power_limit_range_w",
+            nvml.nvmlDeviceGetPowerManagementLimitConstraints,
+            h,
+            convert=lambda lim: [watts(lim[0]), watts(lim[1])],
+        )
+        read("max_sm_clock_mhz", nvml.nvmlDeviceGetMaxClockInfo, h, nvml.NVML_CLOCK_SM)
+        read("memory_clock_mhz", nvml.nvmlDeviceGetClockInfo, h, nvml.NVML_CLOCK_MEM)
+        read("applications_sm_clock_mhz", nvml.nvmlDeviceGetApplicationsClock, h, nvml.NVML_CLOCK_SM)
+        read("default_applications_sm_clock_mhz", nvml.nvmlDeviceGetDefaultApplicationsClock, h, nvml.NVML_CLOCK_SM)
+        read("temperature_c", nvml.nvmlDeviceGetTemperature, h, nvml.NVML_TEMPERATURE_GPU)
+        read("persistence_mode", nvml.nvmlDeviceGetPersistenceMode, h, convert=lambda v: int(v) == 1)
+        read("mig_mode", nvml.nvmlDeviceGetMigMode, h, convert=lambda v: [int(v[0]), int(v[1])])
+        read("clock_event_reasons", nvml.nvmlDeviceGetCurrentClocksEventReasons, h)
+        read(
+            "application_clocks_restricted",
+            nvml.nvmlDeviceGetAPIRestriction,
+            h,
+            nvml.NVML_RESTRICTED_API_SET_APPLICATION_CLOCKS,
+            convert=lambda v: int(v) == int(nvml.NVML_FEATURE_ENABLED),
+        )
+        read("driver_version", nvml.nvmlSystemGetDriverVersion, convert=_text)
+        read("cuda_driver_version", nvml.nvmlSystemGetCudaDriverVersion)
+        out["unreadable"] = unreadable
+        return out
+
     def _query_supported_sm_clocks_mhz(self) -> list[int]:
         nvml = self._nvml
         op = "supported_sm_clocks_mhz"
@@ -146,6 +197,10 @@ class NvmlGpu(Gpu):
                 self._nvml.nvmlShutdown()
             except self._nvml.NVMLError as err:
                 logger.warning("GPU %d: nvmlShutdown failed: %s", self.index, err)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _import_pynvml(index: int) -> ModuleType:
