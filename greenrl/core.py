@@ -239,6 +239,8 @@ class BackendReading:
         prefill_clock_s: cumulative server seconds at the prefill SM clock (None: the backend cannot tell).
         requested: the configuration being moved to: ``knobs`` with the layout of a restart under way (None
             if the backend cannot tell).
+        server_verdicts: cumulative (finished, met the SLO) requests as the server judged them in its own
+            clock (the twin, which knows the scenario's SLO); None: only the client can judge (a real node).
     """
 
     server_time_s: float
@@ -248,6 +250,7 @@ class BackendReading:
     queued: int = 0
     prefill_clock_s: float | None = None
     requested: Knobs | None = None
+    server_verdicts: tuple[int, int] | None = None
 
 
 class KnobBackend(Protocol):

@@ -104,6 +104,9 @@ def test_env_episode_on_the_twin(twin: str) -> None:
         assert abs(snap.arrived - (state["requests"]["arrived"] - prev["requests"]["arrived"])) <= 3
         assert snap.finished + snap.rejected <= snap.arrived + 40 and snap.slo_met <= snap.finished
         assert snap.rejected == 0
+        # above time scale 1 the outcomes are the twin's own verdicts, in simulated time (not client wall time x 10)
+        assert snap.finished == state["finished_total"] - prev["finished_total"]
+        assert snap.slo_met == state["slo_met_total"] - prev["slo_met_total"]
         prev = state
     total_arrived = sum(s.arrived for s, _ in snaps)
     assert total_arrived == len(sent) == 40  # every request sent was counted in exactly one interval

@@ -234,7 +234,7 @@ class LiveNode:
         return interval_snapshot(
             prev,
             self._last,
-            self._front_end(self._last.mono_s),
+            self._front_end(self._last.mono_s, prev.reading, self._last.reading),
             origin_s=self.episode_start_s,
             knobs=self._requested,
             reconfigurations=reconfigs,
@@ -308,8 +308,13 @@ class LiveNode:
                 )
             self.sleep(min((target_s - now_s) / scale + 0.002, 1.0))
 
-    def _front_end(self, until_mono_s: float) -> FrontEndCounts:
-        """The load generator's requests sent, and those whose outcome became known, up to ``until_mono_s``."""
+    def _front_end(self, until_mono_s: float, prev: BackendReading, now: BackendReading) -> FrontEndCounts:
+        """The load generator's requests sent, and those whose outcome became known, up to ``until_mono_s``.
+
+        Above time scale 1, client wall-clock latencies times the scale are not a measurement (a busy host's
+        delays are scaled up too), so where the server judges each request in its own clock (the twin's
+        ``server_verdicts``) its finished and SLO-met counts are used; a real node runs at scale 1.
+        """
         gen = self.generator
         if gen is None or gen.started_at_mono is None:
             return FrontEndCounts()
@@ -321,11 +326,15 @@ class LiveNode:
         done = done[: _count_upto([r.finished_at_s for r in done], cut_s)]
         self._done_cursor += len(done)
         ok = [r for r in done if r.status == "ok"]
+        finished, slo_met = len(ok), sum(self.slo.met(r, self.backend.time_scale) for r in ok)
+        if self.backend.time_scale > 1 and prev.server_verdicts is not None and now.server_verdicts is not None:
+            finished = now.server_verdicts[0] - prev.server_verdicts[0]
+            slo_met = now.server_verdicts[1] - prev.server_verdicts[1]
         return FrontEndCounts(
             arrived=len(sent),
             prompt_tokens_in=sum(s.prompt_tokens for s in sent),
-            finished=len(ok),
-            slo_met=sum(self.slo.met(r, self.backend.time_scale) for r in ok),
+            finished=finished,
+            slo_met=slo_met,
             rejected=sum(r.status not in ("ok", "cancelled") for r in done),
         )
 

@@ -72,6 +72,7 @@ class _Totals:
     generation_tokens: int = 0
     preemptions: int = 0
     finished: int = 0
+    slo_met: int = 0
     rejected: int = 0
     ttft_sum_s: float = 0.0
     itl_sum_s: float = 0.0
@@ -256,6 +257,7 @@ class LiveSim:
         tot.generation_tokens += snap.output_tokens
         tot.preemptions += snap.preemptions
         tot.finished += snap.finished
+        tot.slo_met += snap.slo_met
         tot.rejected += snap.rejected
         first_tokens = float(snap.ttft_hist.sum())
         tot.ttft_hist += snap.ttft_hist

@@ -231,6 +231,8 @@ class TwinServer:
             "requests": sim.node.state_counts(),
             "capacity": sim.capacity,
             "injected": sim.injected,
+            "finished_total": sim.totals.finished,
+            "slo_met_total": sim.totals.slo_met,  # judged in simulated time: honest at any --time-scale
         }
         return 200, json.dumps(out).encode(), "application/json"
 

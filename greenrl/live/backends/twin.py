@@ -83,6 +83,7 @@ class TwinBackend:
             knobs=Knobs(**s["knobs"]),
             reconfiguring=bool(s.get("reconfiguring", False)),
             requested=Knobs(**requested) if requested else None,
+            server_verdicts=(int(s["finished_total"]), int(s["slo_met_total"])) if "slo_met_total" in s else None,
         )
 
     def apply(self, knobs: Knobs, changed: Collection[str] | None = None) -> list[str]:
