@@ -9,6 +9,7 @@ synthetic prompts are made of), one token per word.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +21,8 @@ import pytest
 
 from greenrl.live.proxy import AdmissionProxy
 
-pytest.importorskip("guidellm")
+# guidellm runs in a subprocess only: importing it installs uvloop's event loop policy for the whole session
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("guidellm") is None, reason="guidellm is not installed")
 
 TIME_SCALE = 20.0
 """Simulated seconds per wall second of the module's twin (conftest's ``twin`` fixture)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -376,7 +377,25 @@ def test_pending_first_token_falls_once_when_the_upstream_fails(
     assert gated_upstream.posts == (1 if mode == "500" else 2)  # "close": tried again once, then 503
 
 
-def test_pending_first_token_falls_when_the_client_leaves_before_it(gated_upstream: Any, proxy_factory: Any) -> None:
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_policy(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The event loop the proxy runs on: asyncio's, or uvloop's (installed process-wide by some embedders,
+    e.g. by importing guidellm), whose transports raise on a write after the client left."""
+    if request.param == "asyncio":
+        yield "asyncio"
+        return
+    uvloop = pytest.importorskip("uvloop")
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield "uvloop"
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def test_pending_first_token_falls_when_the_client_leaves_before_it(
+    loop_policy: str, gated_upstream: Any, proxy_factory: Any
+) -> None:
     heard = _Heard()
     proxy = proxy_factory(gated_upstream.url, on_pending=heard)
     body = json.dumps({"prompt": "a", "max_tokens": 3, "stream": True}).encode()

@@ -5,7 +5,7 @@ Standard library only. They cover what an OpenAI-compatible server on loopback n
 and vLLM's error object.
 
 Public names: HttpError, HttpListener, Request, end_chunks, error_body, error_object, head, json_object,
-read_request, respond, serve_connection, sse_event, write_chunk.
+read_request, respond, send, serve_connection, sse_event, write_chunk.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "json_object",
     "read_request",
     "respond",
+    "send",
     "serve_connection",
     "sse_event",
     "write_chunk",
@@ -152,15 +153,30 @@ async def respond(writer: asyncio.StreamWriter, status: int, body: bytes, conten
         ("Content-Length", str(len(body))),
         ("Connection", "keep-alive" if keep_alive else "close"),
     ]
-    writer.write(head(status, headers) + body)
+    await send(writer, head(status, headers) + body)
+
+
+async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    """Write ``data`` and wait for the buffer to drain.
+
+    Raises:
+        ConnectionResetError: the client is gone. asyncio raises a ``ConnectionError`` from ``drain``; uvloop
+            (which some embedding processes install as the loop policy) raises ``RuntimeError`` from
+            ``write`` on a closed transport: both become this one error.
+    """
+    if writer.is_closing():
+        raise ConnectionResetError("the client closed the connection")
+    try:
+        writer.write(data)
+    except RuntimeError as err:  # uvloop: "unable to perform operation on <TCPTransport closed=True ...>"
+        raise ConnectionResetError(f"the client closed the connection ({err})") from err
     await writer.drain()
 
 
 async def write_chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
     """Send one chunk of a ``Transfer-Encoding: chunked`` body (empty data sends nothing)."""
     if data:
-        writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        await writer.drain()
+        await send(writer, f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
 
 def sse_event(payload: Any) -> bytes:
@@ -176,8 +192,7 @@ def sse_event(payload: Any) -> bytes:
 
 async def end_chunks(writer: asyncio.StreamWriter) -> None:
     """End a chunked body."""
-    writer.write(b"0\r\n\r\n")
-    await writer.drain()
+    await send(writer, b"0\r\n\r\n")
 
 
 _ERROR_TYPES = {

@@ -36,6 +36,7 @@ from greenrl.live.http import (
     head,
     json_object,
     respond,
+    send,
     sse_event,
     write_chunk,
 )
@@ -324,7 +325,7 @@ class TwinServer:
                         ("Transfer-Encoding", "chunked"),
                         ("Connection", "keep-alive" if keep else "close"),
                     ]
-                    writer.write(head(200, headers))
+                    await send(writer, head(200, headers))
                     started = True
                     if ask.chat:  # vLLM opens a chat stream with the assistant's role, at the first output
                         await send_chunk(shapes.chunk(None, None, role=True))

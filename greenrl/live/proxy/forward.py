@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from greenrl.live.http import Request, end_chunks, error_body, head, respond, write_chunk
+from greenrl.live.http import Request, end_chunks, error_body, head, respond, send, write_chunk
 from greenrl.live.proxy.accounting import Track
 from greenrl.live.tokens import SseTokenCounter
 
@@ -153,7 +153,7 @@ class Upstream:
                     if not track.sent:
                         framing = [("Content-Type", ctype), ("Cache-Control", "no-cache")]
                         framing += [("Transfer-Encoding", "chunked"), ("Connection", "keep-alive" if keep else "close")]
-                        writer.write(head(200, framing))
+                        await send(writer, head(200, framing))
                         track.sent = True
                     await write_chunk(writer, data)
                     if tokens:
