@@ -159,6 +159,17 @@ def test_a_real_node_through_the_admission_proxy_and_nvml_stand_ins(twin: str) -
     assert gpus[0].calls[-1] == ("reset", None)  # clocks reset on close
 
 
+def test_a_point_that_cannot_be_measured_exits_1_writing_nothing(
+    twin: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--gpus fake`` opens a ``FakeGpu`` with no energy source: the real-node path runs, the energy stands still."""
+    out = tmp_path / "x.csv"
+    grid = ["--batch", "2", "--input-tokens", "64", "--output-tokens", "32", "--warmup-s", "0", "--window-s", "0.3"]
+    assert greenrl(["profile", "--url", twin, "--gpu", GPU, "--gpus", "fake", "--out", str(out), *grid]) == 1
+    assert "error: the GPU energy counters did not advance" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def _metrics(tokens: float, itl_sum_s: float, itl_count: float, running: float) -> VllmMetrics:
     itl = np.zeros(len(VLLM_ITL_BUCKETS_S) + 1)
     itl[0] = itl_count

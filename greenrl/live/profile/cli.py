@@ -23,8 +23,9 @@ from greenrl.catalog.models import load_model
 from greenrl.core import KnobBackend, Knobs
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.live.backends import BackendError, GpuBackend, TwinBackend
+from greenrl.live.gpu import GpuError
 from greenrl.live.metrics import MetricsError, scrape
-from greenrl.live.profile.grid import PointResult, grid, measurement_rows, parse_ints, write_csv
+from greenrl.live.profile.grid import GridPoint, PointResult, grid, measurement_rows, parse_ints, write_csv
 from greenrl.live.profile.measure import MeasureError, measure_point
 
 __all__ = ["main"]
@@ -103,7 +104,7 @@ def _twin(url: str) -> tuple[TwinBackend, Knobs]:
 
 
 def _real(args: argparse.Namespace, spec: GpuSpec, batches: list[int]) -> tuple[GpuBackend, Knobs, str]:
-    from greenrl.live.gpu import open_gpus
+    from greenrl.live.gpu import open_gpus  # NVML is imported only when an NvmlGpu opens
     from greenrl.live.proxy import AdmissionProxy
 
     kind = "fake" if args.gpus.strip() == "fake" else "nvml"
@@ -134,14 +135,9 @@ def _real(args: argparse.Namespace, spec: GpuSpec, batches: list[int]) -> tuple[
     return backend, base, proxy.start()
 
 
-def _sweep(args: argparse.Namespace, backend: KnobBackend, base: Knobs, load_url: str, model: str) -> list[PointResult]:
-    spec = load_gpu(args.gpu)
-    points = grid(
-        parse_ints(args.batch, "--batch"),
-        _clocks(args.sm_clock_mhz, spec),
-        parse_ints(args.input_tokens, "--input-tokens"),
-        parse_ints(args.output_tokens, "--output-tokens"),
-    )
+def _sweep(
+    args: argparse.Namespace, points: list[GridPoint], backend: KnobBackend, base: Knobs, load_url: str, model: str
+) -> list[PointResult]:
     metrics_url = f"{args.url}/metrics"
     results = []
     for n, point in enumerate(points, start=1):
@@ -186,8 +182,12 @@ def main(argv: list[str] | None = None) -> int:
             )
     spec = load_gpu(args.gpu)
     batches = parse_ints(args.batch, "--batch")
-    grid(batches, _clocks(args.sm_clock_mhz, spec), parse_ints(args.input_tokens, "--input-tokens"), [1])
-    parse_ints(args.output_tokens, "--output-tokens")
+    points = grid(
+        batches,
+        _clocks(args.sm_clock_mhz, spec),
+        parse_ints(args.input_tokens, "--input-tokens"),
+        parse_ints(args.output_tokens, "--output-tokens"),
+    )
     served = _reachable(args.url, args.timeout_s)
     model = args.model or served
     load_model(model, where="--model")  # a served name outside the catalog needs --model
@@ -198,14 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         backend, base, load_url = _real(args, spec, batches)
     try:
-        results = _sweep(args, backend, base, load_url, served)
+        results = _sweep(args, points, backend, base, load_url, served)
     except BackendError as err:
         if err.unreachable:
             raise InputError("--url", "url", str(err), "check the server is up") from None
         raise InputError(
             "--url", "knobs", f"the server refused a knob ({err})", "start the twin with --allow-control"
         ) from None
-    except (MeasureError, MetricsError) as err:
+    except (MeasureError, MetricsError, GpuError) as err:  # the node, not the flags: nothing is written
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -163,7 +163,7 @@ def measure_point(
     failed = [r for r in records if r.status not in ("ok", "cancelled", "incomplete")]
     if failed:
         raise MeasureError(f"{len(failed)} requests failed, e.g. {failed[0].status}: {failed[0].error}")
-    _wait(lambda: scrape().running + scrape().waiting == 0, timeout_s, "the server to drain", poll_s)
+    _wait(lambda: _idle(scrape()), timeout_s, "the server to drain", poll_s)
     return result
 
 
@@ -188,6 +188,10 @@ def _window(
         now = read_instant(backend, scrape)
         samples.append((now.reading.server_time_s, now.metrics.running))
     return start, now, samples
+
+
+def _idle(m: VllmMetrics) -> bool:
+    return m.running + m.waiting == 0
 
 
 def _first_wave_done(gen: LoadGenerator, slots: int) -> bool:
