@@ -170,6 +170,12 @@ def test_a_point_that_cannot_be_measured_exits_1_writing_nothing(
     assert not out.exists()
 
 
+def test_gpus_nvml_cannot_open_is_an_input_error(twin: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as err:  # no driver here; no GPU 99 on a GPU machine either
+        greenrl(["profile", "--url", twin, "--gpu", GPU, "--gpus", "99", "--out", str(tmp_path / "x.csv")])
+    assert err.value.code == 2 and capsys.readouterr().err.startswith("error: --gpus: gpus: GPU 99:")
+
+
 def _metrics(tokens: float, itl_sum_s: float, itl_count: float, running: float) -> VllmMetrics:
     itl = np.zeros(len(VLLM_ITL_BUCKETS_S) + 1)
     itl[0] = itl_count

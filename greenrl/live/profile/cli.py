@@ -109,7 +109,10 @@ def _real(args: argparse.Namespace, spec: GpuSpec, batches: list[int]) -> tuple[
 
     kind = "fake" if args.gpus.strip() == "fake" else "nvml"
     indices = None if kind == "fake" else parse_ints(args.gpus, "--gpus", minimum=0)
-    gpus = open_gpus(indices, kind)  # type: ignore[arg-type]
+    try:
+        gpus = open_gpus(indices, kind)  # type: ignore[arg-type]
+    except GpuError as err:
+        raise InputError("--gpus", "gpus", f"GPU {err.index}: {err.problem}", err.fix) from None
     tp = args.tp or len(gpus)
     if tp < 1 or args.replicas < 1 or tp * args.replicas != len(gpus):
         gpus.close()
