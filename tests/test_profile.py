@@ -37,15 +37,15 @@ TIME_SCALE = 1.0  # the closed loop must refill as fast as the simulated node se
 MODEL, GPU, TP = "llama-3.1-8b", "h100-sxm-80gb", 2
 GRID = ["--batch", "2,16", "--input-tokens", "256,1024", "--output-tokens", "128", "--warmup-s", "0.3"]
 WINDOW = ["--window-s", "2"]
-# Largest |refit / twin - 1| over the profiled domain (batch 2-16, prompts 256-1024, 128 output tokens). Five runs on
-# the 2-core dev box gave 4.5-5.8% (step times, tokens/s), 5.0-5.5% (power), 0.7-1.7% (energy per token): the
+# Largest |refit / twin - 1| over the profiled domain (batch 2-16, prompts 256-1024, 128 output tokens). Six runs on
+# the busy 2-core dev box gave 3.8-5.8% (step times, tokens/s), 5.0-7.2% (power), 0.7-3.1% (energy per token): the
 # twin prefills whole prompts in some iterations and none in others, the fit's steady state spreads them evenly.
 TOLERANCE = {
-    "decode_step_s": 0.08,
-    "mixed_step_s": 0.08,
-    "output_tokens_per_s": 0.08,
-    "power_w": 0.08,
-    "energy_per_output_token_j": 0.04,
+    "decode_step_s": 0.10,
+    "mixed_step_s": 0.10,
+    "output_tokens_per_s": 0.10,
+    "power_w": 0.10,
+    "energy_per_output_token_j": 0.06,
 }
 DOMAIN = list(itertools.product([2, 4, 8, 16], [256, 512, 1024], [128]))
 
