@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "twin": ("greenrl.twin", "serve a vLLM-protocol twin backed by the simulator"),
     "control": ("greenrl.controller", "drive a vLLM node (or a twin) with an exported controller"),
     "loadgen": ("greenrl.live.loadgen", "replay a trace against an OpenAI-compatible server"),
+    "profile": ("greenrl.live.profile", "sweep a running vLLM node (or a twin) into a measurement CSV for fit --data"),
 }
 
 
