@@ -67,6 +67,7 @@ def steady_from_consts(
     output_tokens: Num,
     clock_frac: Num = 1.0,
     chunked_prefill: bool = True,
+    decode_median: bool = False,
 ) -> SteadyState:
     """Steady state from raw constants (vectorized over rows; used by the fitter).
 
@@ -96,7 +97,7 @@ def steady_from_consts(
             dec.comm_s + pre.comm_s,
             dec.overhead_s + pre.overhead_s,
         )
-    k_med = _poisson_median(new_per_step)
+    k_med = 0.0 if decode_median else _poisson_median(new_per_step)
     median = step(
         c, k, s, StepBatch(k_med * input_tokens, k_med * input_tokens**2 / 2.0, batch, batch * ctx), clock_frac
     )
@@ -128,4 +129,5 @@ def steady_state(
         output_tokens,
         clock_frac,
         replica.chunked_prefill,
+        replica.physics >= 3,
     )
