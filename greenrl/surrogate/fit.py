@@ -67,8 +67,8 @@ KERNEL_BOUNDS: dict[str, tuple[float, float, float]] = {
 INPUT_TOKENS_BOUNDS = (16.0, 8192.0, 400.0)
 LATENCY_METRICS = ("prefill_s", "decode_step_s", "median_itl_s", "mixed_step_s")
 POWER_METRICS = ("power_w", "run_power_w")
-PHYSICS = 2
-"""Model version a fresh fit uses (see ``replica_consts``)."""
+PHYSICS = 3
+"""Model version a fresh fit uses (``replica_consts`` and ``step``): 3, chosen by held-out error (docs/surrogate.md)."""
 KERNEL_GPU = {"a100": "a100-80gb", "h100": "h100-sxm-80gb"}  # specs used for Vidur's profiles
 
 
