@@ -320,7 +320,8 @@ def step(c: ReplicaConsts, k: KernelParams, s: StackParams, b: StepBatch, clock_
         * (s.allreduce_latency_s + tokens * c.allreduce_bytes_per_token / c.allreduce_bandwidth_bps)
     )
     roof = soft_roofline(lin_c, lin_m, k.roofline_sharpness)
-    if np.any(np.asarray(s.host_overlap_frac) > 0.0):  # physics 3: per-sequence host work overlaps the GPU
+    frac = s.host_overlap_frac
+    if frac > 0.0 if isinstance(frac, float) else np.any(frac > 0.0):  # physics 3: host work overlaps the GPU
         host = busy * b.decode_seqs * s.seq_overhead_s
         serial = busy * (s.iter_overhead_s + c.layers * s.layer_overhead_s + (c.tp - 1.0) * s.worker_overhead_s)
         latency = overlap(serial + roof + attn_c + attn_m + comm, host, s.host_overlap_frac)
