@@ -102,7 +102,8 @@ class StepResult:
     Attributes:
         latency_s: wall time of the iteration (s).
         power_w: mean power of all tp GPUs together during it (W).
-        compute_s, memory_s, comm_s, overhead_s: the parts of latency_s (compute and memory as if alone).
+        compute_s, memory_s, comm_s, overhead_s: the parts of latency_s (compute and memory as if alone;
+            overhead_s is what the CPU-side terms add, after any physics-3 overlap).
     """
 
     latency_s: Num
