@@ -244,7 +244,10 @@ def predict_rows(
     """The model's value for every row's metric (``chunked``: the scheduling mode; default: the rows' stack's)."""
     f = rows.frame
     kern = KernelParams(**{n: np.array([kernels[c][n] for c in rows.chip]) for n in KernelParams.names()})
-    values = {n: np.array([stack_by_chip[c].get(n, 0.0) for c in rows.chip]) for n in StackParams.names()}
+    names = [n for n in StackParams.names() if n != "host_overlap_frac"]
+    values = {n: np.array([stack_by_chip[c][n] for c in rows.chip]) for n in names}
+    # absent from files before physics 3: host time adds to GPU time
+    values["host_overlap_frac"] = np.array([stack_by_chip[c].get("host_overlap_frac", 0.0) for c in rows.chip])
     if rows.physics >= 2:
         values["allreduce_latency_s"] = values["allreduce_latency_s"] + rows.allreduce_latency_s
     stack = StackParams(**values)

@@ -459,7 +459,9 @@ class Surrogate:
         physics = int(self.params.get("physics", 1))
         consts = replica_consts(card, spec, tp, ar["bandwidth_bps"] if ar else 1.0, physics)
         kernel = KernelParams(**self.params["kernels"][spec.chip])
-        values = {k: chips[spec.chip].get(k, 0.0) for k in StackParams.names()}  # no overlap before physics 3
+        fitted = chips[spec.chip]
+        values = {k: fitted[k] for k in StackParams.names() if k != "host_overlap_frac"}
+        values["host_overlap_frac"] = fitted.get("host_overlap_frac", 0.0)  # absent before physics 3: additive
         if physics >= 2 and ar is not None:  # measured all-reduce latency plus the stack's fitted extra
             values["allreduce_latency_s"] += ar["latency_s"]
         stack_params = StackParams(**values)
