@@ -48,10 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--physics",
         type=int,
-        choices=(1, 2),
+        choices=(1, 2, 3),
         default=PHYSICS,
         help="model version: 1 = the shipped file's model, 2 = measured all-reduce latency and GEMM-shaped "
-        f"activation traffic (default {PHYSICS})",
+        "activation traffic, 3 = 2 plus per-sequence host time overlapping the GPU (vLLM V1 stacks) and the "
+        f"median inter-token latency of decode-only iterations (default {PHYSICS})",
     )
     return p
 

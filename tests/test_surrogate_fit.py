@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def test_reproduces_training_data_within_reported_error(surrogate: Surrogate) ->
         rows = _Rows.build(frame, params["allreduce"])
         pred = predict_rows(rows, params["kernels"], chips, params["workload_input_tokens"])
         for dataset, gpu, metric, _, n, mape, worst in _stack_errors(rows.frame, pred, "in-sample", str(stack)):
-            want = reported.loc[(dataset, gpu, metric)]
+            want = reported.xs((dataset, gpu, metric))
             assert n == want["n"]
             assert mape == pytest.approx(want["mape_pct"], abs=0.01)
             assert worst == pytest.approx(want["worst_pct"], abs=0.01)
@@ -158,3 +159,66 @@ def test_full_multi_head_attention_moves_more_activations_than_gqa() -> None:
     # sharded outputs shrink with TP; the replicated hidden-wide tensors do not
     assert act_elements_per_layer(4096, 32, 8, 128, 11008, 3, 4, physics=2) > 4 * 4096
     assert act_elements_per_layer(4096, 32, 8, 128, 11008, 3, 4, physics=1) == 4096
+
+
+def _physics_3(surrogate: Surrogate, overlap: float = 0.4, seq_overhead_s: float = 4e-4) -> dict:
+    """The shipped parameters as a physics-3 file: vllm-0.11 on H100 overlaps its per-sequence host time."""
+    params = json.loads(json.dumps(surrogate.params)) | {"physics": 3}
+    params["stacks"]["vllm-0.11"]["h100"] |= {"host_overlap_frac": overlap, "seq_overhead_s": seq_overhead_s}
+    return params
+
+
+def test_physics_3_kernel_matches_the_surrogate_in_both_regimes(surrogate: Surrogate) -> None:
+    """The compiled step evaluates the overlap form as the surrogate does, GPU-bound and host-bound."""
+    from greenrl.sim import kernel as K
+    from greenrl.sim.kernel.layout import P_OVERLAP
+    from greenrl.surrogate.model import PACKED_FIELDS, pack
+
+    assert PACKED_FIELDS[P_OVERLAP] == "stack.host_overlap_frac" and len(PACKED_FIELDS) == K.layout.N_PACKED
+    assert pack(surrogate.replica("llama-3.1-8b", "h100", 1))[P_OVERLAP] == 0.0  # physics 1: additive path
+    sur = Surrogate(_physics_3(surrogate))
+    for model, tp in (("llama-3.1-8b", 1), ("llama-3.1-70b", 4)):
+        r = sur.replica(model, "h100", tp)
+        assert r.physics == 3 and r.params.host_overlap_frac == 0.4
+        v = pack(r)
+        gpu_only = dataclasses.replace(r, params=dataclasses.replace(r.params, seq_overhead_s=0.0))
+        regimes = set()
+        for p, d, c in ((0.0, 1.0, 500.0), (0.0, 256.0, 100.0), (2048.0, 8.0, 900.0), (300.0, 200.0, 700.0)):
+            for clock in (1.0, 0.6):
+                want = r.step(StepBatch(p, p * p / 2, d, d * c), clock * r.gpu.max_sm_clock_mhz)
+                lat, power = K.step_scalar(v, p, p * p / 2, d, d * c, clock)
+                assert lat == pytest.approx(float(want.latency_s), rel=1e-9)
+                assert power == pytest.approx(float(want.power_w), rel=1e-9)
+                regimes.add(
+                    d * r.params.seq_overhead_s > float(gpu_only.step(StepBatch(p, p * p / 2, d, d * c)).latency_s)
+                )
+        assert regimes == {True, False}, model  # both the GPU-bound and the host-bound branch ran
+
+
+def test_physics_3_file_keeps_intervals_and_domain_warnings(tmp_path: Path, surrogate: Surrogate) -> None:
+    from greenrl.predict import predict
+
+    path, additive = tmp_path / "p3.json", tmp_path / "p3-additive.json"
+    path.write_text(json.dumps(_physics_3(surrogate, overlap=0.9, seq_overhead_s=5e-5)))
+    additive.write_text(json.dumps(_physics_3(surrogate, overlap=0.0, seq_overhead_s=5e-5)))
+    args = ("llama-3.1-70b", "h100", 4, 256, 512, 256)
+    p3 = predict(*args, params_path=path)
+    assert p3["decode_step_s"] < predict(*args, params_path=additive)["decode_step_s"]  # host time hidden
+    for metric in ("decode_step_s", "power_w", "energy_per_output_token_j"):
+        band = p3["intervals"][metric]
+        assert band["lo"] < p3[metric] < band["hi"], metric
+    assert p3["in_validated_domain"] and not p3["domain_warnings"]
+    far = predict("llama-3.1-8b", "h100", 1, 2048, 128, 128, params_path=path)
+    assert not far["in_validated_domain"] and any("batch" in w for w in far["domain_warnings"])
+
+
+def test_physics_3_median_inter_token_latency_is_a_decode_iteration(surrogate: Surrogate) -> None:
+    """Physics 3: the median inter-token latency is the decode-only iteration at every completion rate."""
+    from greenrl.surrogate.steady import steady_state
+
+    r1 = surrogate.replica("llama-3.1-70b", "h100", 4)
+    r3 = Surrogate(_physics_3(surrogate)).replica("llama-3.1-70b", "h100", 4)
+    for batch in (64, 384):  # 0.18 and 1.1 completions per iteration at 350 output tokens
+        mixed = StepBatch(0.0, 0.0, batch, batch * (512 + 175))
+        assert float(steady_state(r3, batch, 512, 350).median_itl_s) == float(r3.step(mixed).latency_s)
+    assert float(steady_state(r1, 384, 512, 350).median_itl_s) > float(r1.step(mixed).latency_s)  # Poisson prefill

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -78,3 +79,40 @@ def test_vectorized_matches_scalar() -> None:
         # SIMD (vector) and scalar paths round differently on some CPUs: equal to 1e-12, not bit for bit.
         assert vec.latency_s[i] == pytest.approx(float(one.latency_s), rel=1e-12, abs=0.0)
         assert vec.power_w[i] == pytest.approx(float(one.power_w), rel=1e-12, abs=0.0)
+
+
+_P3 = [
+    Surrogate(
+        _SURROGATE.params
+        | {
+            "physics": 3,
+            "stacks": _SURROGATE.params["stacks"]
+            | {"vllm-0.11": {"h100": _SURROGATE.params["stacks"]["vllm-0.11"]["h100"] | {"host_overlap_frac": 0.5}}},
+        }
+    ).replica(m, "h100", tp)
+    for m, tp in (("llama-3.1-8b", 1), ("llama-2-70b", 4))
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(_P3),
+    tokens,
+    seqs,
+    ctx,
+    st.floats(1, 256),
+    st.floats(0, 1),
+    st.floats(1e-7, 1e-3),
+    clock_mhz,
+)
+def test_overlap_is_physical(r, p, d, c, dd, frac, seq_s, f) -> None:
+    """Physics 3: never below the GPU part or the host part, never above their sum, monotone in batch."""
+    f = min(max(f, r.gpu.min_sm_clock_mhz), r.gpu.max_sm_clock_mhz)
+    r = dataclasses.replace(r, params=dataclasses.replace(r.params, host_overlap_frac=frac, seq_overhead_s=seq_s))
+    gpu_only = dataclasses.replace(r, params=dataclasses.replace(r.params, seq_overhead_s=0.0))
+    t = r.step(_batch(p, d, c), f).latency_s
+    gpu_s, host_s = gpu_only.step(_batch(p, d, c), f).latency_s, d * seq_s
+    assert max(gpu_s, host_s) * (1 - 1e-12) <= t <= (gpu_s + host_s) * (1 + 1e-12)
+    assert r.step(_batch(p, d + dd, c), f).latency_s >= t * (1 - 1e-12)
+    if frac == 1.0:
+        assert t == pytest.approx(max(gpu_s, host_s), rel=1e-12)

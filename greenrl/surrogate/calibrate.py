@@ -54,7 +54,8 @@ def fit_all(
     """Fit every parameter group and (optionally) cross-validate; returns the parameter file's content.
 
     ``physics`` picks the model version (``greenrl.surrogate.model.replica_consts``); 1 is the model of
-    the shipped parameter file, 2 adds the per-layer, all-reduce and attention-traffic terms.
+    the shipped parameter file, 2 adds the per-layer, all-reduce and attention-traffic terms, 3 adds
+    the host/GPU overlap of vLLM V1 stacks and the decode-only median inter-token latency.
     """
     say = progress or (lambda _msg: None)
     say("all-reduce")

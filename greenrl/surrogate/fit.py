@@ -55,6 +55,7 @@ STACK_BOUNDS: dict[str, tuple[float, float, float]] = {
     "power_busy_w": (1.0, 1000.0, 200.0),
     "power_compute_w": (1.0, 1000.0, 200.0),
     "power_memory_w": (1.0, 1000.0, 100.0),
+    "host_overlap_frac": (1e-3, 1.0, 0.5),
 }
 KERNEL_BOUNDS: dict[str, tuple[float, float, float]] = {
     "eff_compute": (0.05, 1.0, 0.6),
@@ -66,8 +67,8 @@ KERNEL_BOUNDS: dict[str, tuple[float, float, float]] = {
 INPUT_TOKENS_BOUNDS = (16.0, 8192.0, 400.0)
 LATENCY_METRICS = ("prefill_s", "decode_step_s", "median_itl_s", "mixed_step_s")
 POWER_METRICS = ("power_w", "run_power_w")
-PHYSICS = 2
-"""Model version a fresh fit uses (see ``replica_consts``)."""
+PHYSICS = 3
+"""Model version a fresh fit uses (``replica_consts`` and ``step``): 3, chosen by held-out error (docs/surrogate.md)."""
 KERNEL_GPU = {"a100": "a100-80gb", "h100": "h100-sxm-80gb"}  # specs used for Vidur's profiles
 
 
@@ -243,7 +244,10 @@ def predict_rows(
     """The model's value for every row's metric (``chunked``: the scheduling mode; default: the rows' stack's)."""
     f = rows.frame
     kern = KernelParams(**{n: np.array([kernels[c][n] for c in rows.chip]) for n in KernelParams.names()})
-    values = {n: np.array([stack_by_chip[c][n] for c in rows.chip]) for n in StackParams.names()}
+    names = [n for n in StackParams.names() if n != "host_overlap_frac"]
+    values = {n: np.array([stack_by_chip[c][n] for c in rows.chip]) for n in names}
+    # absent from files before physics 3: host time adds to GPU time
+    values["host_overlap_frac"] = np.array([stack_by_chip[c].get("host_overlap_frac", 0.0) for c in rows.chip])
     if rows.physics >= 2:
         values["allreduce_latency_s"] = values["allreduce_latency_s"] + rows.allreduce_latency_s
     stack = StackParams(**values)
@@ -253,7 +257,9 @@ def predict_rows(
     batch, out = f["batch"].to_numpy(dtype=float), f["output_tokens"].to_numpy(dtype=float)
     if chunked is None:
         chunked = CHUNKED_PREFILL.get(str(f["stack"].iloc[0]), True) if len(f) else True
-    st = steady_from_consts(rows.consts, kern, stack, batch, inp, out, chunked_prefill=chunked)
+    st = steady_from_consts(
+        rows.consts, kern, stack, batch, inp, out, chunked_prefill=chunked, decode_median=rows.physics >= 3
+    )
     # Static-batch run (Splitwise): one prefill, then output-1 decode steps at the mean context.
     pre = step(rows.consts, kern, stack, StepBatch.prefill(batch, inp))
     dec = step(rows.consts, kern, stack, StepBatch.decode(batch, inp + out / 2))
@@ -277,10 +283,21 @@ def predict_rows(
     return out_v
 
 
-def _free_names(frame: pd.DataFrame) -> list[str]:
-    """Stack parameters the rows of one chip can identify."""
+def _overlaps(stack: str, physics: int) -> bool:
+    """Whether a stack's per-sequence host work can overlap its GPU work (physics 3, vLLM V1 stacks).
+
+    vLLM V1 processes outputs (detokenization, streaming) in a front-end process apart from the engine
+    core; vLLM 0.5 and Splitwise's stack did it in the one loop that also launches the GPU work.
+    """
+    return physics >= 3 and CHUNKED_PREFILL.get(stack, True)
+
+
+def _free_names(frame: pd.DataFrame, physics: int = 1) -> list[str]:
+    """Stack parameters the rows of one chip can identify (the host overlap: see ``_overlaps``)."""
     metrics = set(frame["metric"])
     names = [n for n in StackParams.names() if not n.startswith("power_") or metrics & set(POWER_METRICS)]
+    if not _overlaps(str(frame["stack"].iloc[0]) if len(frame) else "", physics):
+        names.remove("host_overlap_frac")
     if "prefill_s" not in metrics:
         names.remove("eff_compute")  # modern stacks: prefill runs at the kernel efficiency
     if (frame["tp"] == 1).all():
@@ -306,7 +323,7 @@ def fit_stack(
 
     bounds: dict[str, tuple[float, float, float]] = {}
     for chip in np.unique(rows.chip):
-        for name in _free_names(rows.frame[rows.chip == chip]):
+        for name in _free_names(rows.frame[rows.chip == chip], physics):
             bounds[f"{chip}:{name}"] = STACK_BOUNDS[name]
     for w in np.unique(rows.workload[rows.frame["input_tokens"].isna().to_numpy()]):
         bounds[f"input:{w}"] = INPUT_TOKENS_BOUNDS
@@ -317,6 +334,7 @@ def fit_stack(
             defaults = {n: STACK_BOUNDS[n][2] for n in StackParams.names()}
             defaults["eff_compute"] = kernels[chip]["eff_compute"]
             defaults["allreduce_latency_s"] = STACK_BOUNDS["allreduce_latency_s"][2]
+            defaults["host_overlap_frac"] = 0.0  # additive unless fitted
             by_chip[chip] = {n: p.get(f"{chip}:{n}", defaults[n]) for n in StackParams.names()}
         inputs = {k.split(":", 1)[1]: v for k, v in p.items() if k.startswith("input:")}
         return by_chip, inputs

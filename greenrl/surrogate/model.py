@@ -4,10 +4,13 @@ One *iteration* (one forward pass of vLLM's engine) prefills ``prefill_tokens`` 
 chunks whose attention spans ``prefill_pairs`` query-key pairs) and decodes ``decode_seqs`` running
 sequences whose contexts add up to ``decode_ctx_tokens``. On each of the ``tp`` GPUs of the replica:
 
-    t = t_overhead + t_linear + t_attention + t_allreduce
+    t = t_overhead + t_linear + t_attention + t_allreduce                       (physics 1 and 2)
+    t = t_gpu + t_host - host_overlap_frac·min(t_gpu, t_host)                  (physics 3)
 
     t_overhead  = iter_overhead_s + layers·layer_overhead_s + decode_seqs·seq_overhead_s
                   + (tp - 1)·worker_overhead_s                                                (CPU side)
+    t_host      = decode_seqs·seq_overhead_s      per-sequence output processing (vLLM V1: another process)
+    t_gpu       = t_overhead - t_host + t_linear + t_attention + t_allreduce     (the serial part with it)
     t_linear    = soft_max(F_lin / C, (W + T·A) / M)          roofline of the weight GEMMs, T = P + D
     t_attention = pairs·F_pair / C  +  ctx·KV / M             prefill is compute-, decode memory-bound
     t_allreduce = 2·layers·(allreduce_latency_s + T·2h / BW_ar(tp))          only when tp > 1
@@ -99,7 +102,8 @@ class StepResult:
     Attributes:
         latency_s: wall time of the iteration (s).
         power_w: mean power of all tp GPUs together during it (W).
-        compute_s, memory_s, comm_s, overhead_s: the parts of latency_s (compute and memory as if alone).
+        compute_s, memory_s, comm_s, overhead_s: the parts of latency_s (compute and memory as if alone;
+            overhead_s is what the CPU-side terms add, after any physics-3 overlap).
     """
 
     latency_s: Num
@@ -154,6 +158,8 @@ class StackParams:
         power_busy_w: dynamic power of a GPU that is running an iteration at all, top clock (W).
         power_compute_w: extra dynamic power at full tensor-core use, top clock (W).
         power_memory_w: extra SM/L2 power at full memory streaming, top clock (W).
+        host_overlap_frac: share of the shorter of host time and GPU time hidden under the longer
+            (physics 3; 0 in physics 1 and 2 files: host time adds to GPU time).
     """
 
     eff_compute: Num
@@ -166,6 +172,7 @@ class StackParams:
     power_busy_w: Num
     power_compute_w: Num
     power_memory_w: Num
+    host_overlap_frac: Num = 0.0
 
     @classmethod
     def names(cls) -> list[str]:
@@ -276,6 +283,19 @@ def soft_roofline(compute_s: Num, memory_s: Num, sharpness: Num) -> Num:
     return big * (1.0 + (small / np.maximum(big, 1e-30)) ** sharpness) ** (1.0 / sharpness)
 
 
+def overlap(gpu_s: Num, host_s: Num, frac: Num) -> Num:
+    """Wall time of GPU work and host work that overlap by ``frac`` of the shorter: gpu + host - frac·min.
+
+    ``frac`` 0 adds them (one thread does both), 1 gives max(gpu, host) (separate processes that
+    pipeline perfectly). Never below the longer part, and non-decreasing in each part for frac <= 1.
+
+    Example:
+        >>> float(overlap(10.0, 4.0, 0.75))
+        11.0
+    """
+    return gpu_s + host_s - frac * np.minimum(gpu_s, host_s)
+
+
 def step(c: ReplicaConsts, k: KernelParams, s: StackParams, b: StepBatch, clock_frac: Num = 1.0) -> StepResult:
     """Latency and power of one iteration (see the module docstring for the formula)."""
     tokens = b.prefill_tokens + b.decode_seqs
@@ -300,13 +320,21 @@ def step(c: ReplicaConsts, k: KernelParams, s: StackParams, b: StepBatch, clock_
         * c.layers
         * (s.allreduce_latency_s + tokens * c.allreduce_bytes_per_token / c.allreduce_bandwidth_bps)
     )
-    overhead = busy * (
-        s.iter_overhead_s
-        + c.layers * s.layer_overhead_s
-        + b.decode_seqs * s.seq_overhead_s
-        + (c.tp - 1.0) * s.worker_overhead_s
-    )
-    latency = overhead + soft_roofline(lin_c, lin_m, k.roofline_sharpness) + attn_c + attn_m + comm
+    roof = soft_roofline(lin_c, lin_m, k.roofline_sharpness)
+    frac = s.host_overlap_frac
+    if frac > 0.0 if isinstance(frac, float) else np.any(frac > 0.0):  # physics 3: host work overlaps the GPU
+        host = busy * b.decode_seqs * s.seq_overhead_s
+        serial = busy * (s.iter_overhead_s + c.layers * s.layer_overhead_s + (c.tp - 1.0) * s.worker_overhead_s)
+        latency = overlap(serial + roof + attn_c + attn_m + comm, host, s.host_overlap_frac)
+        overhead = latency - (roof + attn_c + attn_m + comm)
+    else:  # physics 1 and 2: additive (this exact expression: the shipped figures depend on its rounding)
+        overhead = busy * (
+            s.iter_overhead_s
+            + c.layers * s.layer_overhead_s
+            + b.decode_seqs * s.seq_overhead_s
+            + (c.tp - 1.0) * s.worker_overhead_s
+        )
+        latency = overhead + roof + attn_c + attn_m + comm
     safe_t = np.maximum(latency, 1e-30)
 
     u_c = np.minimum(1.0, (lin_c + attn_c) / safe_t)
@@ -364,6 +392,7 @@ class ReplicaModel:
     kernel: KernelParams
     params: StackParams
     chunked_prefill: bool = True
+    physics: int = 1
 
     def step(self, batch: StepBatch, sm_clock_mhz: Num | None = None) -> StepResult:
         """Latency and power of one iteration at ``sm_clock_mhz`` (default: the top clock)."""
@@ -430,12 +459,14 @@ class Surrogate:
         physics = int(self.params.get("physics", 1))
         consts = replica_consts(card, spec, tp, ar["bandwidth_bps"] if ar else 1.0, physics)
         kernel = KernelParams(**self.params["kernels"][spec.chip])
-        values = {k: chips[spec.chip][k] for k in StackParams.names()}
+        fitted = chips[spec.chip]
+        values = {k: fitted[k] for k in StackParams.names() if k != "host_overlap_frac"}
+        values["host_overlap_frac"] = fitted.get("host_overlap_frac", 0.0)  # absent before physics 3: additive
         if physics >= 2 and ar is not None:  # measured all-reduce latency plus the stack's fitted extra
             values["allreduce_latency_s"] += ar["latency_s"]
         stack_params = StackParams(**values)
         chunked = bool(chips[spec.chip].get("chunked_prefill", True))
-        replica = ReplicaModel(card, spec, tp, str(stack), consts, kernel, stack_params, chunked)
+        replica = ReplicaModel(card, spec, tp, str(stack), consts, kernel, stack_params, chunked, physics)
         replica.check_fits()
         return replica
 

@@ -36,7 +36,9 @@ class SteadyState:
         prefill_s: one iteration that prefills ``batch`` prompts of ``input_tokens`` together (s).
         decode_step_s: one decode iteration of ``batch`` sequences at context input + output/2 (s).
         mixed_step_s: mean iteration of the steady state, prefills mixed in (s).
-        median_itl_s: median time between tokens in the steady state (s).
+        median_itl_s: median time between tokens in the steady state (s): the iteration with the median
+            (Poisson) number of prefills in it, or, in physics 3, a decode-only iteration (what ML.ENERGY
+            v3's medians follow up to 1.5 completions per iteration).
         power_w: mean power of the replica's GPUs in the steady state (W).
         output_tokens_per_s: generated tokens per second (tokens/s).
         energy_per_output_token_j: GPU energy per generated token, prefills included (J).
@@ -67,11 +69,13 @@ def steady_from_consts(
     output_tokens: Num,
     clock_frac: Num = 1.0,
     chunked_prefill: bool = True,
+    decode_median: bool = False,
 ) -> SteadyState:
     """Steady state from raw constants (vectorized over rows; used by the fitter).
 
     With ``chunked_prefill`` (vLLM V1, the default since 0.8) new prompts ride in the decode
     iterations; without it (vLLM <= 0.5) they run as separate prefill iterations between decodes.
+    ``decode_median`` (physics 3) makes the median inter-token latency a decode-only iteration.
     """
     ctx = input_tokens + output_tokens / 2.0
     new_per_step = batch / output_tokens  # requests finishing, and prompts entering, per iteration
@@ -96,7 +100,7 @@ def steady_from_consts(
             dec.comm_s + pre.comm_s,
             dec.overhead_s + pre.overhead_s,
         )
-    k_med = _poisson_median(new_per_step)
+    k_med = 0.0 if decode_median else _poisson_median(new_per_step)
     median = step(
         c, k, s, StepBatch(k_med * input_tokens, k_med * input_tokens**2 / 2.0, batch, batch * ctx), clock_frac
     )
@@ -128,4 +132,5 @@ def steady_state(
         output_tokens,
         clock_frac,
         replica.chunked_prefill,
+        replica.physics >= 3,
     )
