@@ -64,7 +64,7 @@ def _state(url: str) -> dict[str, object]:
 
 def _refit(csv_path: Path, tmp_path: Path) -> Path:
     out = tmp_path / f"{csv_path.stem}.json"
-    args = ["fit", "--data", str(csv_path), "--user-only", "--no-cv", "--physics", "1", "--out", str(out)]
+    args = ["fit", "--data", str(csv_path), "--user-only", "--physics", "1", "--out", str(out)]
     assert greenrl([*args, "--report", str(tmp_path / "absent.md")]) == 0
     return out
 

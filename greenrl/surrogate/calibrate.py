@@ -95,9 +95,13 @@ def fit_all(
     }
     if cross_validate:
         held.append(cross_stack_rows(serving, stacks, inputs, kernels, allreduce, physics))
-        rows_out = pd.concat([h for h in held if len(h)], ignore_index=True)
-        errors.append(error_table(rows_out))
-        params |= summarize(rows_out[rows_out["axis"] != "cross-stack"], serving, inputs)
+        held = [h for h in held if len(h)]
+        if held:
+            rows_out = pd.concat(held, ignore_index=True)
+            errors.append(error_table(rows_out))
+            params |= summarize(rows_out[rows_out["axis"] != "cross-stack"], serving, inputs)
+        else:  # e.g. a user's own node: one model at one TP degree leaves no fold to hold out
+            say("cross-validation: nothing to hold out (one model and one TP degree per stack); no intervals")
     _fill_power_gaps(stacks)
     table = pd.concat([e for e in errors if len(e)], ignore_index=True)
     params["validation"] = table.round(3).to_dict(orient="records")

@@ -235,9 +235,9 @@ def load_user_csv(path: str | Path) -> pd.DataFrame:
     for column in OPTIONAL_COLUMNS:
         if column not in frame.columns:
             frame[column] = np.nan if column == "input_tokens" else ""
-    frame["stack"] = frame["stack"].fillna("").replace("", "user")
-    frame["weight_dtype"] = frame["weight_dtype"].fillna("")
-    frame["workload"] = frame["workload"].fillna("")
+    for column in ("stack", "weight_dtype", "workload"):  # text columns: an all-blank one is read as float NaN
+        frame[column] = frame[column].astype(object).fillna("")
+    frame["stack"] = frame["stack"].replace("", "user")
     for i, row in enumerate(frame.itertuples(index=False), start=2):  # line 1 is the header
         if row.metric not in METRICS:
             raise InputError(
