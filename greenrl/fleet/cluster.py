@@ -65,6 +65,7 @@ class FleetSnapshot:
         pool_of_node: each node's pool in the interval.
         routed: requests the router sent to each node in the interval.
         pool_arrivals: requests of each pool that arrived in the interval.
+        pool_prompt_tokens: their prompt tokens, per pool.
         energy_j: fleet GPU energy in the interval (J), the sum of the nodes'.
     """
 
@@ -75,6 +76,7 @@ class FleetSnapshot:
     pool_of_node: tuple[int, ...]
     routed: tuple[int, ...]
     pool_arrivals: tuple[int, ...]
+    pool_prompt_tokens: tuple[int, ...]
     energy_j: float
 
     @property
@@ -110,33 +112,40 @@ class FleetResult:
 
 
 class _Ledger:
-    """The requests sent to one node: per row, the work the router booked and the output it will see."""
+    """The requests sent to one node: per row, the work the router booked, the output it will see, the pool."""
 
-    def __init__(self) -> None:
+    def __init__(self, pools: int) -> None:
+        self.pools = pools
         self.work = np.zeros(0)
         self.output = np.zeros(0)
+        self.pool = np.zeros(0, dtype=np.int64)
         self.counted = np.zeros(0, dtype=np.bool_)
         self.lo = 0
         self.n = 0
 
-    def add(self, work: npt.NDArray[np.float64], output: npt.NDArray[np.int64]) -> None:
+    def add(self, work: npt.NDArray[np.float64], output: npt.NDArray[np.int64], pool: npt.NDArray[np.int64]) -> None:
         k = len(work)
         if self.n + k > len(self.work):
             size = max(self.n + k, 2 * len(self.work), 1024)
             self.work = np.resize(self.work, size)
             self.output = np.resize(self.output, size)
+            self.pool = np.resize(self.pool, size)
             self.counted = np.resize(self.counted, size)
         self.work[self.n : self.n + k] = work
         self.output[self.n : self.n + k] = output
+        self.pool[self.n : self.n + k] = pool
         self.counted[self.n : self.n + k] = False
         self.n += k
 
-    def newly_done(self, done: npt.NDArray[np.bool_]) -> tuple[float, float, int]:
-        """Work, output tokens and count of the requests done since last asked (``done`` from row ``lo``)."""
+    def newly_done(self, done: npt.NDArray[np.bool_]) -> tuple[float, np.ndarray, np.ndarray]:
+        """Work, and per pool output tokens and count, of the requests done since last asked (``done`` from ``lo``)."""
         rows = slice(self.lo, self.n)
         new = done & ~self.counted[rows]
         self.counted[rows] |= new
-        work, out, count = float(self.work[rows][new].sum()), float(self.output[rows][new].sum()), int(new.sum())
+        pool = self.pool[rows][new]
+        out = np.bincount(pool, weights=self.output[rows][new], minlength=self.pools)
+        count = np.bincount(pool, minlength=self.pools)
+        work = float(self.work[rows][new].sum())
         pending = np.flatnonzero(~self.counted[rows])
         self.lo = self.lo + (int(pending[0]) if len(pending) else self.n - self.lo)
         return work, out, count
@@ -185,7 +194,9 @@ class FleetSim:
         self.states: list[NodeState] = ["on"] * self.n_nodes
         self.waking = [False] * self.n_nodes
         self.action = self.initial_action()
-        self.ledgers = [_Ledger() for _ in self.nodes]
+        self.ledgers = [_Ledger(len(self.config.pools)) for _ in self.nodes]
+        self.finished_output_tokens = np.zeros(len(self.config.pools))
+        self.finished_requests = np.zeros(len(self.config.pools), dtype=np.int64)
         self.energy_j = np.zeros(self.n_nodes)
         self.parked_s = np.zeros(self.n_nodes)
 
@@ -206,8 +217,9 @@ class FleetSim:
             if knobs.replicas < 1:
                 raise InputError("FleetSim.apply", "knobs.replicas", "must be >= 1", "park a node with on=False")
             if on[j]:
-                if self.states[j] == "parked":
-                    self.waking[j] = True
+                current = node.knobs
+                if self.states[j] == "parked" or (knobs.tp, knobs.replicas) != (current.tp, current.replicas):
+                    self.waking[j] = True  # reloading: the router prefers nodes that serve
                 self.states[j] = "on"
                 node.apply(knobs)
             elif self.states[j] == "on":
@@ -233,16 +245,18 @@ class FleetSim:
         arrival, inputs, outputs = trace.arrival_s[rows], trace.input_tokens[rows], trace.output_tokens[rows]
         pools = np.array(self.action.pool_of_node)
         routed = np.zeros(self.n_nodes, dtype=np.int64)
-        pool_counts = np.zeros(len(self.config.pools), dtype=np.int64)
+        n_pools = len(self.config.pools)
+        kind = pool_of(inputs, self.config.pool_bounds_tokens)
+        pool_counts = np.bincount(kind, minlength=n_pools)
+        pool_tokens = np.bincount(kind, weights=inputs, minlength=n_pools)
         if len(arrival):
             targets, work = self.router.route(inputs, pools, self._routable())
-            pool_counts = np.bincount(pool_of(inputs, self.config.pool_bounds_tokens), minlength=len(pool_counts))
             for j, node in enumerate(self.nodes):
                 sel = targets == j
                 routed[j] = int(sel.sum())
                 if routed[j]:
                     node.add_requests(arrival[sel], inputs[sel], outputs[sel])
-                    self.ledgers[j].add(work[sel], outputs[sel])
+                    self.ledgers[j].add(work[sel], outputs[sel], kind[sel])
         snaps = []
         for j, node in enumerate(self.nodes):
             snap = node.advance(dt_s)
@@ -252,8 +266,10 @@ class FleetSim:
                 self.parked_s[j] += dt_s
             ledger = self.ledgers[j]
             work_done, out_done, count = ledger.newly_done(node.done(ledger.lo))
-            if count:
-                self.router.finished(j, work_done, out_done, count)
+            if count.sum():
+                self.router.finished(j, work_done, float(out_done.sum()), int(count.sum()))
+                self.finished_output_tokens += out_done
+                self.finished_requests += count
             if self.waking[j] and not snap.reconfiguring:
                 self.waking[j] = False
             if self.states[j] == "draining" and snap.unfinished == 0:
@@ -268,6 +284,7 @@ class FleetSim:
             pool_of_node=self.action.pool_of_node,
             routed=tuple(int(r) for r in routed),
             pool_arrivals=tuple(int(c) for c in pool_counts),
+            pool_prompt_tokens=tuple(int(c) for c in pool_tokens),
             energy_j=float(sum(s.energy_j for s in snaps)),
         )
 
