@@ -134,12 +134,18 @@ def _fallback(
 
 
 def assign(
-    plan: FleetPlan, pool_of_node: tuple[int, ...], knobs: tuple[Knobs, ...], serving: tuple[bool, ...]
+    plan: FleetPlan,
+    pool_of_node: tuple[int, ...],
+    knobs: tuple[Knobs, ...],
+    serving: tuple[bool, ...],
+    max_layout_changes: int | None = None,
 ) -> tuple[tuple[bool, ...], tuple[int, ...], tuple[Knobs, ...]]:
     """Nodes for the plan's slots: (on, pool_of_node, knobs), keeping pools and layouts where it can.
 
     A slot prefers a serving node already in its pool with its layout, then a serving node with its
     layout, then any serving node, then a parked one; nodes left over park with their knobs unchanged.
+    At most ``max_layout_changes`` serving nodes change layout (TP, replicas: a drain and a reload) per call,
+    a rolling change; the others keep their layout and take the plan's clocks.
 
     Example:
         >>> from greenrl.core import Knobs
@@ -150,6 +156,7 @@ def assign(
     """
     n = len(pool_of_node)
     taken = [False] * n
+    budget = 0
     on, pools, new_knobs = [False] * n, list(pool_of_node), list(knobs)
 
     def score(j: int, pool: int, k: Knobs) -> tuple[int, int, int, int]:
@@ -160,5 +167,17 @@ def assign(
         j = max((j for j in range(n) if not taken[j]), key=lambda j: score(j, pool, k), default=None)
         if j is None:
             break
+        if serving[j] and (knobs[j].tp, knobs[j].replicas) != (k.tp, k.replicas):
+            if max_layout_changes is not None and budget >= max_layout_changes:
+                k = Knobs(
+                    knobs[j].tp,
+                    knobs[j].replicas,
+                    k.max_num_seqs,
+                    k.sm_clock_mhz,
+                    k.max_num_batched_tokens,
+                    k.prefill_sm_clock_mhz,
+                )
+            else:
+                budget += 1
         taken[j], on[j], pools[j], new_knobs[j] = True, True, pool, k
     return tuple(on), tuple(pools), tuple(new_knobs)

@@ -151,6 +151,7 @@ class PlannerFleet:
         margin_frac, ewma_alpha: forecast margin and smoothing.
         headroom_frac, quantile: the capacity model's SLO headroom and TTFT quantile.
         patience: decisions in a row that must want fewer nodes before nodes park.
+        max_layout_changes: nodes that may change layout (a drain and a reload) per decision.
     """
 
     name = "planner"
@@ -162,7 +163,9 @@ class PlannerFleet:
         headroom_frac: float = 0.2,
         quantile: float = 0.99,
         patience: int = 2,
+        max_layout_changes: int = 1,
     ) -> None:
+        self.max_layout_changes = max_layout_changes
         self.margin_frac, self.ewma_alpha = margin_frac, ewma_alpha
         self.headroom_frac, self.quantile, self.patience = headroom_frac, quantile, patience
         self._options: dict[tuple[int, int], list[NodeOption]] = {}
@@ -217,7 +220,8 @@ class PlannerFleet:
         else:
             self.fewer = 0
         self.plan = plan
-        on, pools, knobs = assign(plan, sim.action.pool_of_node, sim.action.knobs, tuple(s == "on" for s in sim.states))
+        serving = tuple(s == "on" for s in sim.states)
+        on, pools, knobs = assign(plan, sim.action.pool_of_node, sim.action.knobs, serving, self.max_layout_changes)
         return FleetAction(on, pools, knobs)
 
 
