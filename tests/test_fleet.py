@@ -230,3 +230,58 @@ def test_every_baseline_plays_and_keeps_the_slo(fleet, trace, name: str) -> None
     assert out["requests"] > 1000
     assert out["slo_attainment"] > 0.95
     assert out["energy_kwh"] > 0
+
+
+def test_a_router_fed_node_matches_one_given_the_whole_trace(fleet, trace) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.sim import SimNode
+
+    sim = FleetSim(fleet)
+    config = sim.nodes[0].config
+    whole = SimNode(config, trace)
+    fed = SimNode(config, sim._empty)
+    whole.reset(seed=0)
+    fed.reset(seed=0)
+    for step in range(10):
+        rows = (trace.arrival_s >= 30.0 * step) & (trace.arrival_s < 30.0 * (step + 1))
+        first = fed.add_requests(trace.arrival_s[rows], trace.input_tokens[rows], trace.output_tokens[rows])
+        assert first == int(np.sum(trace.arrival_s < 30.0 * step))
+        a, b = whole.advance(30.0), fed.advance(30.0)
+        assert a.energy_j == b.energy_j and a.finished == b.finished and a.slo_met == b.slo_met
+    n = int(np.sum(trace.arrival_s < 300.0))
+    ra, rb = whole.requests(), fed.requests()
+    assert len(rb["arrival_s"]) == n
+    assert np.array_equal(ra["finished_at_s"][:n], rb["finished_at_s"]) and np.array_equal(
+        ra["slo_met"][:n], rb["slo_met"]
+    )
+    assert fed.done(0).sum() == int((rb["state"] >= 3).sum())
+
+
+# ---------------------------------------------------------------------------------------------------- env
+
+
+def test_fleet_env_is_registered_and_passes_the_checkers() -> None:
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    import greenrl  # noqa: F401 - registers greenrl/fleet-default-v0
+
+    env = gym.make("greenrl/fleet-default-v0")
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and not terminated
+    assert reward == pytest.approx(sum(info["reward_terms"].values()))
+
+
+def test_fleet_env_action_parks_and_clocks_pools() -> None:
+    from greenrl.fleet.env import FleetEnv
+
+    env = FleetEnv("default")
+    env.reset(seed=1)
+    action = env.action_to_fleet(np.array([0, 3, 0, len(env.clocks) - 1]))  # 1 short node, 4 long (clamped to 3)
+    assert sum(action.on) == 4 and sorted(action.pool_of_node[j] for j in range(4) if action.on[j]) == [0, 1, 1, 1]
+    short = [action.knobs[j] for j in range(4) if action.pool_of_node[j] == 0 and action.on[j]]
+    assert short[0].sm_clock_mhz == env.clocks[0] and short[0].prefill_sm_clock_mhz == env.prefill_top
+    env.step(np.array([0, 0, 0, 0]))  # one node per pool: two drain and park
+    assert sum(s == "parked" for s in env.sim.states) == 2

@@ -183,10 +183,10 @@ class PlannerFleet:
         self.parked_node_w = n.gpus * n.parked_gpu_w(load_gpu(n.gpu).idle_power_w)
 
     def options(self, sim: FleetSim, prompt_tokens: float, output_tokens: float) -> list[NodeOption]:
-        """``node_options`` for a request shape, cached on the shape rounded to 5% (log scale)."""
-        key = (round(math.log(max(prompt_tokens, 1.0)) / 0.05), round(math.log(max(output_tokens, 1.0)) / 0.05))
+        """``node_options`` for a request shape, cached on the shape rounded to 10% (log scale)."""
+        key = (round(math.log(max(prompt_tokens, 1.0)) / 0.1), round(math.log(max(output_tokens, 1.0)) / 0.1))
         if key not in self._options:
-            p, o = (math.exp(k * 0.05) for k in key)
+            p, o = (math.exp(k * 0.1) for k in key)
             self._options[key] = node_options(sim.config.scenario, p, o, self.headroom_frac, self.quantile)
         return self._options[key]
 
