@@ -285,3 +285,14 @@ def test_fleet_env_action_parks_and_clocks_pools() -> None:
     assert short[0].sm_clock_mhz == env.clocks[0] and short[0].prefill_sm_clock_mhz == env.prefill_top
     env.step(np.array([0, 0, 0, 0]))  # one node per pool: two drain and park
     assert sum(s == "parked" for s in env.sim.states) == 2
+
+
+def test_a_node_parked_and_wanted_back_at_once_serves_on(fleet, trace) -> None:  # type: ignore[no-untyped-def]
+    sim = FleetSim(fleet)
+    sim.reset(trace, seed=0)
+    k = sim.initial_knobs
+    sim.apply(FleetAction((True, True, True, False), (0, 0, 1, 1), (k,) * 4))
+    while sim.states[3] != "parked":
+        sim.advance(30.0)
+    sim.apply(FleetAction((True,) * 4, (0, 0, 1, 1), (k,) * 4))  # its replicas are still draining: they serve on
+    assert not sim.advance(30.0).nodes[3].reconfiguring

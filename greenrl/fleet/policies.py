@@ -65,11 +65,12 @@ def _nodes_action(sim: FleetSim, counts: list[int], knobs: list[Knobs]) -> Fleet
 class AutoscalerFleet:
     """HPA-style node scaling per pool on the requests in the engines, nodes at static-max knobs.
 
-    Every fleet interval, per pool: metric = mean (running + waiting) per serving node over the interval;
-    desired = ceil(nodes x metric / target), no change within ``tolerance_frac`` of the target. Scale-up is
-    immediate; scale-down takes the highest recommendation of the last ``scale_down_window_s`` and waits
-    ``cooldown_s`` after the pool's last change (``greenrl.baselines.autoscaler``'s rule, one node per
-    replica). Pools share the fleet: when they want more nodes than it has, the largest want gives way.
+    Every node interval (HPA syncs every 15 s), per pool: metric = mean (running + waiting) per serving node
+    at the interval's end; desired = ceil(nodes x metric / target), no change within ``tolerance_frac`` of
+    the target. Scale-up is immediate; scale-down takes the highest recommendation of the last
+    ``scale_down_window_s`` and waits ``cooldown_s`` after the pool's last change (``greenrl.baselines.
+    autoscaler``'s rule, one node per replica). Pools share the fleet: when they want more nodes than it has,
+    the largest want gives way.
 
     Args:
         target_requests: requests in the engine per node aimed for.
@@ -93,24 +94,19 @@ class AutoscalerFleet:
     def reset(self, sim: FleetSim) -> None:
         """Empty gauges and recommendation windows."""
         pools = len(sim.config.pools)
-        window = max(1, round(self.scale_down_window_s / sim.config.control.fleet_interval_s))
+        window = max(1, round(self.scale_down_window_s / sim.config.control.node_interval_s))
         self.recent: list[deque[int]] = [deque(maxlen=window) for _ in range(pools)]
         self.last_change_s = [-math.inf] * pools
-        self.load = np.zeros(pools)
-        self.samples = 0
 
     def act(self, sim: FleetSim, snapshot: FleetSnapshot | None, step: int) -> FleetAction | None:
-        """Gauges every interval; a scaling decision every fleet interval."""
+        """A scaling decision every node interval from the last snapshot's gauges."""
         pools = len(sim.config.pools)
-        if snapshot is not None:
-            for j, s in enumerate(snapshot.nodes):
-                if snapshot.states[j] == "on":
-                    self.load[snapshot.pool_of_node[j]] += s.running + s.waiting
-            self.samples += 1
-        if step == 0:
+        if step == 0 or snapshot is None:
             return sim.initial_action()
-        if step % sim.config.control.steps_per_decision or not self.samples:
-            return None
+        load = np.zeros(pools)
+        for j, s in enumerate(snapshot.nodes):
+            if snapshot.states[j] == "on":
+                load[snapshot.pool_of_node[j]] += s.running + s.waiting
         now_s = step * sim.config.control.node_interval_s
         a = sim.action
         current = [
@@ -119,20 +115,22 @@ class AutoscalerFleet:
         counts = []
         for p in range(pools):
             n = max(1, current[p])
-            ratio = self.load[p] / self.samples / n / self.target_requests
+            ratio = load[p] / n / self.target_requests
             desired = n if abs(ratio - 1.0) <= self.tolerance_frac else max(1, math.ceil(n * ratio))
             self.recent[p].append(desired)
-            if now_s - self.last_change_s[p] < self.cooldown_s and current[p] >= 1:
-                counts.append(current[p])
-                continue
-            wanted = desired if desired > n else max(self.recent[p])
+            if desired > n:
+                wanted = desired  # scale up at once
+            elif now_s - self.last_change_s[p] < self.cooldown_s:
+                wanted = n
+            else:
+                wanted = max(self.recent[p])
             if wanted != current[p]:
                 self.last_change_s[p] = now_s
             counts.append(wanted)
         while sum(counts) > sim.n_nodes:
             counts[int(np.argmax(counts))] -= 1
-        self.load[:] = 0.0
-        self.samples = 0
+        if counts == current:
+            return None
         return _nodes_action(sim, counts, [sim.initial_knobs] * pools)
 
 
@@ -145,7 +143,8 @@ class PlannerFleet:
     shape, ``greenrl.fleet.planner.solve_plan`` (scipy's HiGHS MILP) picks the least-power plan, and
     ``assign`` keeps nodes in their pools and layouts where it can. A plan that needs fewer nodes than run
     now is taken only after ``patience`` decisions in a row want fewer (a parked node takes half a minute
-    to come back).
+    to come back). Between decisions, a pool whose last node interval's arrival rate exceeds its planned
+    capacity triggers a new plan at once, forecasting at least that rate (a burst does not wait 5 minutes).
 
     Args:
         margin_frac, ewma_alpha: forecast margin and smoothing.
@@ -174,6 +173,7 @@ class PlannerFleet:
         """Empty forecast."""
         pools = len(sim.config.pools)
         self.arrived = np.zeros(pools)
+        self.elapsed_s = 0.0
         self.prompt_tokens = np.zeros(pools)
         self.rate_ewma: np.ndarray | None = None
         self.prompt_ewma = np.full(pools, 1024.0)
@@ -195,12 +195,18 @@ class PlannerFleet:
         if snapshot is not None:
             self.arrived += snapshot.pool_arrivals
             self.prompt_tokens += snapshot.pool_prompt_tokens
+            self.elapsed_s += snapshot.t_end_s - snapshot.t_start_s
+            last = np.array(snapshot.pool_arrivals) / (snapshot.t_end_s - snapshot.t_start_s)
         if step == 0:
             return sim.initial_action()
-        if step % sim.config.control.steps_per_decision:
+        urgent = self.plan is not None and snapshot is not None and bool(np.any(last > self.plan.capacity_rps))
+        if step % sim.config.control.steps_per_decision and not urgent:
             return None
         a = self.ewma_alpha
-        rate = self.arrived / sim.config.control.fleet_interval_s
+        rate = self.arrived / max(self.elapsed_s, 1e-9)
+        if urgent:
+            rate = np.maximum(rate, last)
+        self.elapsed_s = 0.0
         self.rate_ewma = rate if self.rate_ewma is None else a * rate + (1.0 - a) * self.rate_ewma
         seen = self.arrived > 0
         mean_prompt = np.divide(self.prompt_tokens, self.arrived, out=self.prompt_ewma.copy(), where=seen)
@@ -213,7 +219,7 @@ class PlannerFleet:
         options = [self.options(sim, float(self.prompt_ewma[p]), float(outputs[p])) for p in range(len(forecast))]
         plan = solve_plan(options, [float(f) for f in forecast], sim.n_nodes, self.parked_node_w)
         running = sum(1 for s in sim.states if s == "on")
-        if len(plan.slots) < running:
+        if len(plan.slots) < running and not urgent:
             self.fewer += 1
             if self.fewer < self.patience and self.plan is not None:
                 plan = self.plan if len(self.plan.slots) >= len(plan.slots) else plan

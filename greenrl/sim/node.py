@@ -368,7 +368,10 @@ class SimNode:
         n_active = len(active)
         for _ in range(n_active, knobs.replicas):  # add replicas: load weights on idle GPUs
             free = np.flatnonzero(self.slot_i[:, K.SI_STATUS] == K.OFF)
-            self._start_slot(int(free[0]), loading=True)
+            if len(free):
+                self._start_slot(int(free[0]), loading=True)
+            else:  # a replica still draining is wanted again: it serves on, its weights still loaded
+                self.slot_i[int(np.flatnonzero(self.slot_i[:, K.SI_STATUS] == K.DRAINING)[0]), K.SI_STATUS] = K.SERVING
         for s in sorted(active, reverse=True)[: max(0, n_active - knobs.replicas)]:
             self._stop_slot(int(s))
         self.knobs = replace(self.knobs, tp=knobs.tp, replicas=knobs.replicas)
