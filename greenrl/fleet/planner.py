@@ -68,6 +68,7 @@ def solve_plan(
         ([0, 0, 1], True)
     """
     pools = len(options)
+    options = [_undominated(opts) for opts in options]
     cols = [(p, o) for p in range(pools) for o in options[p]]
     n = len(cols)
     if n == 0 or any(not options[p] for p in range(pools)):
@@ -106,6 +107,16 @@ def solve_plan(
     power = float(cost @ res.x) + nodes * parked_node_w
     capacity = [sum(o.capacity_rps * k for (q, o), k in zip(cols, counts, strict=True) if q == p) for p in range(pools)]
     return FleetPlan(slots, power, True, tuple(capacity))
+
+
+def _undominated(options: list[NodeOption]) -> list[NodeOption]:
+    """The options no other beats on idle power, energy per request and capacity at once (a smaller program)."""
+
+    def beats(b: NodeOption, a: NodeOption) -> bool:
+        no_worse = b.idle_w <= a.idle_w and b.slope_j <= a.slope_j and b.capacity_rps >= a.capacity_rps
+        return no_worse and (b.idle_w, b.slope_j, -b.capacity_rps) != (a.idle_w, a.slope_j, -a.capacity_rps)
+
+    return [a for a in options if not any(beats(b, a) for b in options)]
 
 
 def _fallback(
