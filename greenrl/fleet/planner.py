@@ -20,6 +20,7 @@ Public names: FleetPlan, solve_plan, assign.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,11 +95,13 @@ def solve_plan(
     rows.append(np.concatenate([np.ones(n), np.zeros(n)]))
     lb.append(0.0)
     ub.append(float(nodes))
+    # no pool needs more nodes of one configuration than its forecast fills (tight bounds: a small search)
+    most = np.array([min(nodes, max(1, math.ceil(forecast_rps[p] / o.capacity_rps))) for p, o in cols], dtype=float)
     res = milp(
         cost,
         constraints=LinearConstraint(np.array(rows), np.array(lb), np.array(ub)),
         integrality=np.concatenate([np.ones(n), np.zeros(n)]),
-        bounds=Bounds(np.zeros(2 * n), np.concatenate([np.full(n, float(nodes)), np.full(n, np.inf)])),
+        bounds=Bounds(np.zeros(2 * n), np.concatenate([most, [max(0.0, forecast_rps[p]) for p, _ in cols]])),
     )
     if not res.success:
         return _fallback(options, forecast_rps, nodes, parked_node_w)
