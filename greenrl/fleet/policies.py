@@ -4,7 +4,9 @@ A ``FleetPolicy`` is asked every node interval (``act(sim, snapshot, step)``) an
 or None (no change). Each reads what a fleet operator sees: the snapshots (arrivals per pool, the engines'
 running and waiting gauges, energy), the router's view of finished requests, and the nodes' states.
 
-Public names: FleetPolicy, StaticMaxFleet, AutoscalerFleet, PlannerFleet, FLEET_POLICIES, make_policy.
+A hindsight oracle (``OracleFleet``) plans with the true coming load.
+
+Public names: FleetPolicy, StaticMaxFleet, AutoscalerFleet, PlannerFleet, OracleFleet, FLEET_POLICIES, make_policy.
 """
 
 from __future__ import annotations
@@ -22,8 +24,17 @@ from greenrl.errors import InputError
 from greenrl.fleet.capacity import NodeOption, node_options
 from greenrl.fleet.cluster import FleetAction, FleetSim, FleetSnapshot
 from greenrl.fleet.planner import FleetPlan, assign, solve_plan
+from greenrl.fleet.router import pool_of
 
-__all__ = ["FLEET_POLICIES", "AutoscalerFleet", "FleetPolicy", "PlannerFleet", "StaticMaxFleet", "make_policy"]
+__all__ = [
+    "FLEET_POLICIES",
+    "AutoscalerFleet",
+    "FleetPolicy",
+    "OracleFleet",
+    "PlannerFleet",
+    "StaticMaxFleet",
+    "make_policy",
+]
 
 
 class FleetPolicy(Protocol):
@@ -231,10 +242,59 @@ class PlannerFleet:
         return FleetAction(on, pools, knobs)
 
 
+class OracleFleet(PlannerFleet):
+    """Hindsight: the planner's program over the true load of each coming fleet interval (not deployable).
+
+    Every fleet interval, per pool, the forecast is the highest 30-s arrival rate in the coming interval and
+    ``lookahead_s`` beyond it (so a parked node is back before a burst), and the request shape is the true
+    mean prompt and output of those requests; no margin, no patience, one layout change per decision as
+    the planner (a bound on outage, not on knowledge).
+
+    Args:
+        lookahead_s: how far past the coming interval the peak is taken (s).
+        headroom_frac, quantile: the capacity model's SLO headroom and TTFT quantile.
+    """
+
+    name = "oracle"
+
+    def __init__(self, lookahead_s: float = 60.0, headroom_frac: float = 0.2, quantile: float = 0.99) -> None:
+        super().__init__(margin_frac=0.0, headroom_frac=headroom_frac, quantile=quantile, patience=1)
+        self.lookahead_s = lookahead_s
+
+    def act(self, sim: FleetSim, snapshot: FleetSnapshot | None, step: int) -> FleetAction | None:
+        """Plan every fleet interval over the true coming load."""
+        control = sim.config.control
+        if step % control.steps_per_decision or sim.trace is None:
+            return None
+        trace = sim.trace
+        t0 = sim.now_s
+        lo, hi = np.searchsorted(trace.arrival_s, [t0, t0 + control.fleet_interval_s + self.lookahead_s])
+        inputs, outputs = trace.input_tokens[lo:hi], trace.output_tokens[lo:hi]
+        pools = len(sim.config.pools)
+        kind = pool_of(inputs, sim.config.pool_bounds_tokens)
+        bins = ((trace.arrival_s[lo:hi] - t0) // control.node_interval_s).astype(np.int64)
+        per_bin = np.zeros((pools, int(bins.max()) + 1 if len(bins) else 1))
+        np.add.at(per_bin, (kind, bins), 1.0)
+        forecast = per_bin.max(axis=1) / control.node_interval_s
+        count = np.bincount(kind, minlength=pools)
+        prompt = np.bincount(kind, weights=inputs, minlength=pools) / np.maximum(count, 1)
+        output = np.bincount(kind, weights=outputs, minlength=pools) / np.maximum(count, 1)
+        options = [
+            self.options(sim, float(prompt[p]) if count[p] else 1024.0, float(output[p]) if count[p] else 256.0)
+            for p in range(pools)
+        ]
+        self.plan = solve_plan(options, [float(f) for f in forecast], sim.n_nodes, self.parked_node_w)
+        serving = tuple(s == "on" for s in sim.states)
+        a = sim.action
+        on, pool_of_node, knobs = assign(self.plan, a.pool_of_node, a.knobs, serving, self.max_layout_changes)
+        return FleetAction(on, pool_of_node, knobs)
+
+
 FLEET_POLICIES: dict[str, Callable[[], FleetPolicy]] = {
     "static-max": StaticMaxFleet,
     "autoscaler": AutoscalerFleet,
     "planner": PlannerFleet,
+    "oracle": OracleFleet,
 }
 
 
