@@ -1,7 +1,7 @@
 """A day of the fleet under each baseline: energy (kWh), SLO attainment, parked node-hours.
 
-Run: ``python -m greenrl.fleet.evaluate --fleet default --policies static-max autoscaler planner`` (the node
-scenario's held-out days, each whole; prints a markdown table and, with ``--json``, one JSON object).
+Run: ``python -m greenrl.fleet.evaluate --fleet default --policies static-max autoscaler planner oracle`` (the
+node scenario's held-out days, each whole; prints a markdown table and, with ``--json``, one JSON object).
 
 Public names: fleet_day, run_policy, main.
 """
