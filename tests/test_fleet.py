@@ -296,3 +296,18 @@ def test_a_node_parked_and_wanted_back_at_once_serves_on(fleet, trace) -> None: 
         sim.advance(30.0)
     sim.apply(FleetAction((True,) * 4, (0, 0, 1, 1), (k,) * 4))  # its replicas are still draining: they serve on
     assert not sim.advance(30.0).nodes[3].reconfiguring
+
+
+def test_fleet_env_passes_sb3s_checker_and_repeats_for_a_seed() -> None:
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    from greenrl.fleet.env import FleetEnv
+
+    sb3_check(FleetEnv("default"), warn=True)
+    a, b = FleetEnv("default"), FleetEnv("default")
+    oa, _ = a.reset(seed=7)
+    ob, _ = b.reset(seed=7)
+    assert np.array_equal(oa, ob)
+    for action in ([1, 1, 0, 5], [0, 2, 3, 3], [0, 0, 0, 0]):
+        ra, rb = a.step(np.array(action)), b.step(np.array(action))
+        assert np.array_equal(ra[0], rb[0]) and ra[1] == rb[1]
