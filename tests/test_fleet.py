@@ -67,6 +67,8 @@ def test_default_fleet_loads(fleet) -> None:  # type: ignore[no-untyped-def]
         ("fleet_interval_s: 300.0", "fleet_interval_s: 45.0", "control.fleet_interval_s"),
         ("mean_rps: 8.0", "mean_rps: -1.0", "workload.mean_rps"),
         ("scenario: day", "scenario: nowhere", "scenario"),
+        ("scenario: day", "scenario: tiny", "scenario"),  # no ServeGen days to evaluate
+        ("category: language/m-large", "category: language/nope", "workload.category"),
         ("nodes: 4\n", "nodes: 4\nnode_count: 3\n", "node_count"),
     ],
 )
@@ -311,3 +313,11 @@ def test_fleet_env_passes_sb3s_checker_and_repeats_for_a_seed() -> None:
     for action in ([1, 1, 0, 5], [0, 2, 3, 3], [0, 0, 0, 0]):
         ra, rb = a.step(np.array(action)), b.step(np.array(action))
         assert np.array_equal(ra[0], rb[0]) and ra[1] == rb[1]
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]", "nodes: [unclosed"])
+def test_a_fleet_file_that_is_not_a_mapping_names_the_file(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        load_fleet(str(path))
+    assert err.value.where == str(path) and err.value.field == "file"

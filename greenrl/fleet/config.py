@@ -21,6 +21,7 @@ import yaml
 from greenrl.bundled import scenarios_dir
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.errors import InputError
+from greenrl.workload import servegen_categories
 
 __all__ = [
     "MAX_ROUTER_NODES",
@@ -236,6 +237,13 @@ def load_fleet(name_or_path: str) -> FleetConfig:
         scenario = load_scenario(scenario_name)
     except InputError as err:
         raise InputError(where, "scenario", f"{scenario_name!r}: {err.problem}", err.fix) from None
+    if scenario.workload.servegen is None:
+        raise InputError(
+            where,
+            "scenario",
+            f"{scenario_name!r} replays no ServeGen days, so the fleet has no day to evaluate",
+            "name a ServeGen day scenario such as day or day-m-small",
+        )
     nodes = _number(where, "nodes", raw.get("nodes"), integer=True)
     r = _section(where, raw, "router", ("policy", "max_nodes", "prior_output_tokens"))
     router = RouterSpec(
@@ -264,6 +272,11 @@ def load_fleet(name_or_path: str) -> FleetConfig:
         category=str(w.get("category", "language/m-large")),
         mean_rps=_number(where, "workload.mean_rps", w.get("mean_rps", 8.0)),
     )
+    categories = servegen_categories()
+    if workload.category not in categories:
+        raise InputError(
+            where, "workload.category", f"unknown ServeGen category {workload.category!r}", f"use one of {categories}"
+        )
     c = _section(where, raw, "control", ("node_interval_s", "fleet_interval_s"))
     control = FleetControl(
         node_interval_s=_number(where, "control.node_interval_s", c.get("node_interval_s", 30.0)),
