@@ -195,6 +195,10 @@ def test_bad_actions_are_refused(fleet, trace) -> None:  # type: ignore[no-untyp
         sim.apply(FleetAction((True,) * 4, (0, 0, 1, 7), (k,) * 4))
     with pytest.raises(InputError, match="replicas"):
         sim.apply(FleetAction((True,) * 4, (0, 0, 1, 1), (replace(k, replicas=0),) * 4))
+    before = (sim.action, list(sim.states), [node.knobs for node in sim.nodes])
+    with pytest.raises(InputError, match="tp"):  # the last node's knobs are bad: no node changes
+        sim.apply(FleetAction((False, True, True, True), (0, 0, 1, 1), (k, k, k, replace(k, tp=3))))
+    assert (sim.action, list(sim.states), [node.knobs for node in sim.nodes]) == before
     sim.apply(FleetAction((False,) * 4, (0, 0, 1, 1), (k,) * 4))  # all off: one node stays on
     assert sum(s == "on" for s in sim.states) == 1
 

@@ -207,6 +207,10 @@ class FleetSim:
             raise InputError("FleetSim.apply", "action", f"expected {n} entries per field", "one per node")
         if any(not 0 <= p < len(self.config.pools) for p in action.pool_of_node):
             raise InputError("FleetSim.apply", "pool_of_node", "a pool index out of range", "use the fleet's pools")
+        for j, node in enumerate(self.nodes):  # every check before any change: a refused action changes nothing
+            if action.knobs[j].replicas < 1:
+                raise InputError("FleetSim.apply", "knobs.replicas", "must be >= 1", "park a node with on=False")
+            node.check(action.knobs[j], "FleetSim.apply")
         on = list(action.on)
         if not any(on):
             keep = next((j for j in range(n) if self.states[j] == "on"), 0)
@@ -214,8 +218,6 @@ class FleetSim:
         self.action = replace(action, on=tuple(on))
         for j, node in enumerate(self.nodes):
             knobs = action.knobs[j]
-            if knobs.replicas < 1:
-                raise InputError("FleetSim.apply", "knobs.replicas", "must be >= 1", "park a node with on=False")
             if on[j]:
                 current = node.knobs
                 if self.states[j] == "parked" or (knobs.tp, knobs.replicas) != (current.tp, current.replicas):
