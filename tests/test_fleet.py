@@ -325,3 +325,15 @@ def test_a_fleet_file_that_is_not_a_mapping_names_the_file(tmp_path: Path, text:
     with pytest.raises(InputError) as err:
         load_fleet(str(path))
     assert err.value.where == str(path) and err.value.field == "file"
+
+
+def test_a_timeline_plot_of_each_policy(fleet, trace, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.evaluate import plot_timelines
+
+    sim = FleetSim(fleet)
+    timelines: dict[str, dict[str, list[object]]] = {}
+    for name in ("static-max", "planner"):
+        run_policy(sim, make_policy(name), trace, timeline=timelines.setdefault(name, {}))
+    assert len(timelines["planner"]["t_end_s"]) == 20
+    plot_timelines(timelines, [p.name for p in fleet.pools], tmp_path / "t.png")  # type: ignore[arg-type]
+    assert (tmp_path / "t.png").stat().st_size > 1000
