@@ -86,6 +86,8 @@ class SimConfig:
         gpu_memory_utilization, block_tokens: vLLM's memory share and KV block size.
         slo: the per-request SLO (``greenrl.slo.Slo``).
         unfinished_counts_as_missed: whether ``slo_attainment`` counts arrived, unfinished requests as missed.
+        parkable: allow ``replicas=0``: every GPU parked, as a fleet powers a node down (arrivals wait in
+            the node queue until a replica serves again).
     """
 
     model: str = "llama-2-70b"
@@ -108,6 +110,7 @@ class SimConfig:
     block_tokens: int = 16
     slo: Slo = field(default_factory=Slo)
     unfinished_counts_as_missed: bool = True
+    parkable: bool = False
 
 
 class SimNode:
@@ -192,7 +195,7 @@ class SimNode:
                 f"tp={knobs.tp} is infeasible for {self.config.model} on {self.config.gpus} x {self.gpu.name}",
                 f"use one of {self._tp_list}",
             )
-        if knobs.replicas < 1 or knobs.tp * knobs.replicas > self.config.gpus:
+        if knobs.replicas < (0 if self.config.parkable else 1) or knobs.tp * knobs.replicas > self.config.gpus:
             raise InputError(
                 where,
                 "replicas",
@@ -228,6 +231,7 @@ class SimNode:
         self.req_i[:, K.RI_OUTPUT] = trace.output_tokens
         self.req_i[:, K.RI_SLOT] = -1
         self.req_i[:, K.RI_NEXT] = -1
+        self._n_req = n
         self.g = np.array([0, -1, -1, 0], dtype=np.int64)
         self.cnt = np.zeros(K.N_K)
         self.ttft_edges = np.array(VLLM_TTFT_BUCKETS_S)
@@ -245,6 +249,38 @@ class SimNode:
         self._set_cfg(self.knobs, self.knobs.sm_clock_mhz)
         self._energy_mark = np.zeros(self.config.gpus)
         return self._snapshot(0.0, np.zeros(self.config.gpus))
+
+    def add_requests(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray) -> int:
+        """Append requests that a front end (a fleet's router) sends while the node runs; returns the first new row.
+
+        Arrivals (s since reset) must be sorted and no earlier than the requests already held. The request
+        table grows by doubling; rows not yet used wait at an infinite arrival time.
+        """
+        k, n = len(arrival_s), self._n_req
+        if k and (np.any(np.diff(arrival_s) < 0) or (n and arrival_s[0] < self.req_f[n - 1, K.RF_ARRIVAL])):
+            raise InputError("add_requests", "arrival_s", "arrivals out of order", "send requests in arrival order")
+        if n + k > len(self.req_f):
+            grow = max(n + k, 2 * len(self.req_f), 1024) - len(self.req_f)
+            pad_f = np.zeros((grow, K.N_RF))
+            pad_f[:, K.RF_ARRIVAL] = np.inf
+            pad_f[:, [K.RF_FIRST_TOKEN, K.RF_FINISH, K.RF_LAST_TOKEN, K.RF_ADMIT]] = -1.0
+            pad_i = np.zeros((grow, K.N_RI), dtype=np.int64)
+            pad_i[:, [K.RI_SLOT, K.RI_NEXT]] = -1
+            self.req_f = np.concatenate([self.req_f, pad_f])
+            self.req_i = np.concatenate([self.req_i, pad_i])
+            self.chunk = np.concatenate([self.chunk, np.zeros(grow, dtype=np.int64)])
+        rows = slice(n, n + k)
+        self.req_f[rows, K.RF_ARRIVAL] = arrival_s
+        alone = self._fastest.step(StepBatch.prefill(1.0, np.asarray(input_tokens, dtype=float))).latency_s
+        self.req_f[rows, K.RF_TTFT_SLO] = self.config.slo.ttft_bounds_s(alone)
+        self.req_i[rows, K.RI_PROMPT] = input_tokens
+        self.req_i[rows, K.RI_OUTPUT] = output_tokens
+        self._n_req = n + k
+        return n
+
+    def done(self, start: int = 0) -> np.ndarray:
+        """Whether each request from row ``start`` on has finished or been rejected (what a front end sees)."""
+        return self.req_i[start : self._n_req, K.RI_STATE] >= K.FINISHED
 
     def _build_slots(self, tp: int, replicas: int, loading: bool) -> None:
         n_slots = fit_replicas(None, tp, self.config.gpus)  # replica slots: as many as fit
@@ -332,7 +368,10 @@ class SimNode:
         n_active = len(active)
         for _ in range(n_active, knobs.replicas):  # add replicas: load weights on idle GPUs
             free = np.flatnonzero(self.slot_i[:, K.SI_STATUS] == K.OFF)
-            self._start_slot(int(free[0]), loading=True)
+            if len(free):
+                self._start_slot(int(free[0]), loading=True)
+            else:  # a replica still draining is wanted again: it serves on, its weights still loaded
+                self.slot_i[int(np.flatnonzero(self.slot_i[:, K.SI_STATUS] == K.DRAINING)[0]), K.SI_STATUS] = K.SERVING
         for s in sorted(active, reverse=True)[: max(0, n_active - knobs.replicas)]:
             self._stop_slot(int(s))
         self.knobs = replace(self.knobs, tp=knobs.tp, replicas=knobs.replicas)
@@ -474,7 +513,7 @@ class SimNode:
 
     def requests(self) -> dict[str, np.ndarray]:
         """Per-request records so far (times in s; -1 where an event has not happened)."""
-        f, i = self.req_f, self.req_i
+        f, i = self.req_f[: self._n_req], self.req_i[: self._n_req]
         gen = i[:, K.RI_GENERATED]
         first = f[:, K.RF_FIRST_TOKEN]
         ttft = np.where(first >= 0, first - f[:, K.RF_ARRIVAL], -1.0)

@@ -1,0 +1,197 @@
+"""DynamoLLM-style fleet planning: how many nodes per pool, at which configuration, as an integer program.
+
+For each pool ``p`` and node configuration ``c`` (``greenrl.fleet.capacity.node_options``: TP, replicas,
+SM clock, with capacity ``cap[p, c]`` and power ``idle[c] + slope[p, c] x rate``) the program chooses an
+integer node count ``x[p, c]`` and the rate ``y[p, c]`` those nodes serve:
+
+    minimize    sum (idle[c] - parked_node_w) x[p, c] + slope[p, c] y[p, c]
+    subject to  sum_c y[p, c] >= forecast[p]          (every pool's load is served)
+                y[p, c] <= cap[p, c] x[p, c]          (within the configuration's SLO capacity)
+                sum_c x[p, c] >= 1                    (every pool keeps a node)
+                sum x <= nodes                        (the rest are parked)
+
+solved by ``scipy.optimize.milp`` (HiGHS). When the forecast exceeds what the fleet can serve, the plan is
+every node at its highest-capacity configuration, shared between pools in proportion to their load.
+``assign`` then maps the planned (pool, configuration) slots onto nodes, keeping each node's pool and
+layout where it can (a layout change drains the node and reloads its weights).
+
+Public names: FleetPlan, solve_plan, assign.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from greenrl.core import Knobs
+from greenrl.fleet.capacity import NodeOption
+
+__all__ = ["FleetPlan", "assign", "solve_plan"]
+
+
+@dataclass(frozen=True, slots=True)
+class FleetPlan:
+    """A plan: one (pool, knobs) entry per node to keep on, its predicted power, and whether it meets the forecast.
+
+    Attributes:
+        slots: (pool index, knobs) of each node to run; the others park.
+        power_w: predicted fleet power (W), parked nodes included.
+        feasible: whether the forecast fits the fleet's capacity.
+        capacity_rps: planned capacity of each pool (requests/s).
+    """
+
+    slots: tuple[tuple[int, Knobs], ...]
+    power_w: float
+    feasible: bool
+    capacity_rps: tuple[float, ...]
+
+
+def solve_plan(
+    options: list[list[NodeOption]], forecast_rps: list[float], nodes: int, parked_node_w: float
+) -> FleetPlan:
+    """The least-power plan that serves each pool's forecast within its SLO capacity.
+
+    Args:
+        options: per pool, the node configurations with their capacity and power for its request shape.
+        forecast_rps: per pool, the rate to serve (requests/s).
+        nodes: nodes in the fleet.
+        parked_node_w: power of a parked node (W).
+
+    Example:
+        >>> from greenrl.core import Knobs
+        >>> k = Knobs(tp=4, replicas=2, max_num_seqs=256, sm_clock_mhz=1980)
+        >>> o = NodeOption(k, capacity_rps=10.0, idle_w=1000.0, slope_j=100.0)
+        >>> plan = solve_plan([[o], [o]], [15.0, 1.0], nodes=4, parked_node_w=500.0)
+        >>> sorted(p for p, _ in plan.slots), plan.feasible
+        ([0, 0, 1], True)
+    """
+    pools = len(options)
+    options = [_undominated(opts) for opts in options]
+    cols = [(p, o) for p in range(pools) for o in options[p]]
+    n = len(cols)
+    if n == 0 or any(not options[p] for p in range(pools)):
+        return _fallback(options, forecast_rps, nodes, parked_node_w)
+    cost = np.concatenate([[o.idle_w - parked_node_w for _, o in cols], [o.slope_j for _, o in cols]])
+    rows, lb, ub = [], [], []
+    for p in range(pools):
+        served = np.zeros(2 * n)
+        count = np.zeros(2 * n)
+        for i, (q, _) in enumerate(cols):
+            if q == p:
+                served[n + i] = 1.0
+                count[i] = 1.0
+        rows += [served, count]
+        lb += [max(0.0, forecast_rps[p]), 1.0]
+        ub += [np.inf, np.inf]
+    for i, (_, o) in enumerate(cols):
+        link = np.zeros(2 * n)
+        link[n + i], link[i] = 1.0, -o.capacity_rps
+        rows.append(link)
+        lb.append(-np.inf)
+        ub.append(0.0)
+    rows.append(np.concatenate([np.ones(n), np.zeros(n)]))
+    lb.append(0.0)
+    ub.append(float(nodes))
+    # no pool needs more nodes of one configuration than its forecast fills (tight bounds: a small search)
+    most = np.array([min(nodes, max(1, math.ceil(forecast_rps[p] / o.capacity_rps))) for p, o in cols], dtype=float)
+    res = milp(
+        cost,
+        constraints=LinearConstraint(np.array(rows), np.array(lb), np.array(ub)),
+        integrality=np.concatenate([np.ones(n), np.zeros(n)]),
+        bounds=Bounds(np.zeros(2 * n), np.concatenate([most, [max(0.0, forecast_rps[p]) for p, _ in cols]])),
+    )
+    if not res.success:
+        return _fallback(options, forecast_rps, nodes, parked_node_w)
+    counts = np.round(res.x[:n]).astype(int)
+    slots = tuple((p, o.knobs) for (p, o), k in zip(cols, counts, strict=True) for _ in range(k))
+    power = float(cost @ res.x) + nodes * parked_node_w
+    capacity = [sum(o.capacity_rps * k for (q, o), k in zip(cols, counts, strict=True) if q == p) for p in range(pools)]
+    return FleetPlan(slots, power, True, tuple(capacity))
+
+
+def _undominated(options: list[NodeOption]) -> list[NodeOption]:
+    """The options no other beats on idle power, energy per request and capacity at once (a smaller program)."""
+
+    def beats(b: NodeOption, a: NodeOption) -> bool:
+        no_worse = b.idle_w <= a.idle_w and b.slope_j <= a.slope_j and b.capacity_rps >= a.capacity_rps
+        return no_worse and (b.idle_w, b.slope_j, -b.capacity_rps) != (a.idle_w, a.slope_j, -a.capacity_rps)
+
+    return [a for a in options if not any(beats(b, a) for b in options)]
+
+
+def _fallback(
+    options: list[list[NodeOption]], forecast_rps: list[float], nodes: int, parked_node_w: float
+) -> FleetPlan:
+    """Every node at its pool's highest-capacity configuration, nodes shared in proportion to load / capacity."""
+    best = [max(opts, key=lambda o: o.capacity_rps) if opts else None for opts in options]
+    need = np.array([f / b.capacity_rps if b is not None else f for f, b in zip(forecast_rps, best, strict=True)])
+    share = need / need.sum() if need.sum() > 0 else np.full(len(need), 1.0 / len(need))
+    counts = np.maximum(1, np.floor(share * nodes)).astype(int)
+    while counts.sum() < nodes:
+        counts[int(np.argmax(share * nodes - counts))] += 1
+    while counts.sum() > nodes:
+        counts[int(np.argmax(counts))] -= 1
+    slots: list[tuple[int, Knobs]] = []
+    power = 0.0
+    capacity = []
+    for p, (k, b) in enumerate(zip(counts, best, strict=True)):
+        if b is None:
+            capacity.append(0.0)
+            continue
+        slots += [(p, b.knobs)] * int(k)
+        power += int(k) * b.power_w(b.capacity_rps)
+        capacity.append(int(k) * b.capacity_rps)
+    return FleetPlan(tuple(slots), power + (nodes - len(slots)) * parked_node_w, False, tuple(capacity))
+
+
+def assign(
+    plan: FleetPlan,
+    pool_of_node: tuple[int, ...],
+    knobs: tuple[Knobs, ...],
+    serving: tuple[bool, ...],
+    max_layout_changes: int | None = None,
+) -> tuple[tuple[bool, ...], tuple[int, ...], tuple[Knobs, ...]]:
+    """Nodes for the plan's slots: (on, pool_of_node, knobs), keeping pools and layouts where it can.
+
+    A slot prefers a serving node already in its pool with its layout, then a serving node with its
+    layout, then any serving node, then a parked one; nodes left over park with their knobs unchanged.
+    At most ``max_layout_changes`` serving nodes change layout (TP, replicas: a drain and a reload) per call,
+    a rolling change; the others keep their layout and take the plan's clocks.
+
+    Example:
+        >>> from greenrl.core import Knobs
+        >>> k4, k8 = Knobs(4, 2, 256, 1980), Knobs(8, 1, 256, 1980)
+        >>> plan = FleetPlan(((1, k8),), 0.0, True, (0.0, 1.0))
+        >>> assign(plan, (0, 1), (k4, k8), (True, True))[0]
+        (False, True)
+    """
+    n = len(pool_of_node)
+    taken = [False] * n
+    budget = 0
+    on, pools, new_knobs = [False] * n, list(pool_of_node), list(knobs)
+
+    def score(j: int, pool: int, k: Knobs) -> tuple[int, int, int, int]:
+        layout = (knobs[j].tp, knobs[j].replicas) == (k.tp, k.replicas)
+        return (int(serving[j]), int(layout and serving[j]), int(pool_of_node[j] == pool), -j)
+
+    for pool, k in sorted(plan.slots, key=lambda s: (s[0], -s[1].tp)):
+        j = max((j for j in range(n) if not taken[j]), key=lambda j: score(j, pool, k), default=None)
+        if j is None:
+            break
+        if serving[j] and (knobs[j].tp, knobs[j].replicas) != (k.tp, k.replicas):
+            if max_layout_changes is not None and budget >= max_layout_changes:
+                k = Knobs(
+                    knobs[j].tp,
+                    knobs[j].replicas,
+                    k.max_num_seqs,
+                    k.sm_clock_mhz,
+                    k.max_num_batched_tokens,
+                    k.prefill_sm_clock_mhz,
+                )
+            else:
+                budget += 1
+        taken[j], on[j], pools[j], new_knobs[j] = True, True, pool, k
+    return tuple(on), tuple(pools), tuple(new_knobs)

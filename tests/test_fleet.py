@@ -1,0 +1,339 @@
+"""The fleet: config validation, router properties, cluster determinism and energy, the planner's plans."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from greenrl.core import Knobs
+from greenrl.errors import InputError
+from greenrl.fleet import FleetAction, FleetSim, Router, load_fleet
+from greenrl.fleet.capacity import node_options
+from greenrl.fleet.config import fleets_dir
+from greenrl.fleet.evaluate import run_policy
+from greenrl.fleet.planner import assign, solve_plan
+from greenrl.fleet.policies import FLEET_POLICIES, make_policy
+from greenrl.workload import Trace, scale_for_rate_rps, servegen_trace
+
+DEFAULT = fleets_dir() / "default.yaml"
+
+
+@pytest.fixture(scope="module")
+def fleet():  # type: ignore[no-untyped-def]
+    return load_fleet("default")
+
+
+@pytest.fixture(scope="module")
+def trace(fleet) -> Trace:  # type: ignore[no-untyped-def]
+    """Ten busy minutes of the fleet's load (day 13, 18:00)."""
+    scale = scale_for_rate_rps(fleet.workload.category, fleet.workload.mean_rps)
+    return servegen_trace(fleet.workload.category, 13 * 86400 + 18 * 3600, 600.0, scale=scale, seed=0)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+def _variant(tmp_path: Path, old: str, new: str) -> Path:
+    text = DEFAULT.read_text()
+    assert old in text
+    return _write(tmp_path, text.replace(old, new))
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_default_fleet_loads(fleet) -> None:  # type: ignore[no-untyped-def]
+    assert fleet.nodes == 4 and fleet.scenario.name == "day"
+    assert [p.name for p in fleet.pools] == ["short", "long"]
+    assert fleet.pool_bounds_tokens == (2048.0, float("inf"))
+    assert fleet.control.steps_per_decision == 10
+    assert sum(p.nodes for p in fleet.pools) == fleet.nodes
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("nodes: 4\n", "nodes: 100\n", "nodes"),  # more nodes than the router addresses
+        ("max_nodes: 64", "max_nodes: 1000", "router.max_nodes"),
+        ("{name: long, nodes: 2}", "{name: long, max_input_tokens: 1024, nodes: 2}", "pools[1].max_input_tokens"),
+        ("max_input_tokens: 2048, nodes: 2}", "max_input_tokens: 2048, nodes: 1}", "pools.nodes"),
+        ("policy: least-work", "policy: random", "router.policy"),
+        ("fleet_interval_s: 300.0", "fleet_interval_s: 45.0", "control.fleet_interval_s"),
+        ("mean_rps: 8.0", "mean_rps: -1.0", "workload.mean_rps"),
+        ("scenario: day", "scenario: nowhere", "scenario"),
+        ("scenario: day", "scenario: tiny", "scenario"),  # no ServeGen days to evaluate
+        ("category: language/m-large", "category: language/nope", "workload.category"),
+        ("nodes: 4\n", "nodes: 4\nnode_count: 3\n", "node_count"),
+    ],
+)
+def test_bad_fleet_is_one_clear_input_error(tmp_path: Path, old: str, new: str, field: str) -> None:
+    path = _variant(tmp_path, old, new)
+    with pytest.raises(InputError) as err:
+        load_fleet(str(path))
+    assert err.value.where == str(path) and err.value.field == field and err.value.fix
+
+
+def test_pool_that_covers_no_request_is_refused(tmp_path: Path) -> None:
+    path = _variant(
+        tmp_path,
+        "  - {name: short, max_input_tokens: 2048, nodes: 2}",
+        "  - {name: short, max_input_tokens: 2048, nodes: 1}\n  - {name: mid, max_input_tokens: 1024, nodes: 1}",
+    )
+    with pytest.raises(InputError, match="covers no request") as err:
+        load_fleet(str(path))
+    assert err.value.field == "pools[1].max_input_tokens"
+
+
+def test_unknown_fleet_names_the_known_ones() -> None:
+    with pytest.raises(InputError, match="default"):
+        load_fleet("no-such-fleet")
+
+
+# ------------------------------------------------------------------------------------------------ router
+
+
+def test_pools_route_by_length_and_parked_nodes_receive_nothing() -> None:
+    router = Router(4, (2048.0, float("inf")), seed=0)
+    inputs = np.array([100, 5000, 2048, 2049, 10, 9000] * 50, dtype=np.int64)
+    pools = (0, 0, 1, 1)
+    nodes, work = router.route(inputs, pools, (True, False, True, True))
+    assert not np.any(nodes == 1)  # parked
+    assert np.all(nodes[inputs <= 2048] == 0)  # the short pool's only node that is on
+    assert set(nodes[inputs > 2048].tolist()) == {2, 3}
+    assert np.allclose(work, inputs + 256.0)
+
+
+def test_least_work_balances_the_ledger_and_completions_leave_it() -> None:
+    router = Router(3, (float("inf"),), seed=1)
+    nodes, work = router.route(np.full(300, 500, dtype=np.int64), (0, 0, 0), (True, True, True))
+    assert np.bincount(nodes, minlength=3).tolist() == [100, 100, 100]
+    router.finished(0, float(work[nodes == 0].sum()), 100 * 200.0, 100)
+    assert router.ledger_tokens[0] == 0.0
+    nodes, _ = router.route(np.full(10, 500, dtype=np.int64), (0, 0, 0), (True, True, True))
+    assert np.all(nodes == 0)  # the emptied node takes the next requests
+
+
+def test_a_pool_with_no_node_on_spills_to_the_others() -> None:
+    router = Router(2, (2048.0, float("inf")), seed=0)
+    nodes, _ = router.route(np.array([5000, 6000], dtype=np.int64), (0, 1), (True, False))
+    assert nodes.tolist() == [0, 0]
+
+
+def test_routing_is_deterministic_for_a_seed() -> None:
+    inputs = np.random.default_rng(0).integers(1, 8000, 500)
+
+    def run(seed: int) -> list[int]:
+        router = Router(4, (2048.0, float("inf")), seed=seed)
+        return router.route(inputs, (0, 0, 1, 1), (True,) * 4)[0].tolist()
+
+    assert run(3) == run(3)
+
+
+# ----------------------------------------------------------------------------------------------- cluster
+
+
+def _play(fleet, trace: Trace, policy: str, seed: int = 0):  # type: ignore[no-untyped-def]
+    sim = FleetSim(fleet)
+    out = run_policy(sim, make_policy(policy), trace, seed=seed)
+    return sim, out
+
+
+def test_same_seed_same_fleet_day(fleet, trace) -> None:  # type: ignore[no-untyped-def]
+    a, ra = _play(fleet, trace, "planner", seed=5)
+    b, rb = _play(fleet, trace, "planner", seed=5)
+    ra.pop("wall_s"), rb.pop("wall_s")
+    assert ra == rb
+    assert a.result() == b.result()
+
+
+def test_fleet_energy_is_the_sum_of_its_nodes_and_parked_nodes_get_nothing(fleet, trace) -> None:  # type: ignore[no-untyped-def]
+    sim = FleetSim(fleet)
+    sim.reset(trace, seed=0)
+    k = sim.initial_knobs
+    sim.apply(FleetAction((True, True, True, False), (0, 0, 1, 1), (k,) * 4))
+    total = 0.0
+    snaps = [sim.advance(30.0) for _ in range(20)]
+    for snap in snaps:
+        assert snap.energy_j == pytest.approx(sum(s.energy_j for s in snap.nodes))
+        assert snap.energy_j == pytest.approx(sum(sum(s.energy_per_gpu_j) for s in snap.nodes))
+        total += snap.energy_j
+        assert snap.routed[3] == 0
+    assert sim.result().energy_kwh == pytest.approx(total / 3.6e6)
+    assert snaps[-1].states[3] == "parked"
+    parked_w = 8 * fleet.scenario.node.parked_power_w
+    assert snaps[-1].nodes[3].energy_j == pytest.approx(parked_w * 30.0)
+    arrived = sum(s.arrived for s in snaps)
+    assert arrived == sum(sum(s.routed) for s in snaps) == int(np.sum(trace.arrival_s < 600.0))
+
+
+def test_a_parked_node_comes_back_at_the_reload_cost(fleet, trace) -> None:  # type: ignore[no-untyped-def]
+    sim = FleetSim(fleet)
+    sim.reset(trace, seed=0)
+    k = sim.initial_knobs
+    sim.apply(FleetAction((True, True, True, False), (0, 0, 1, 1), (k,) * 4))
+    for _ in range(4):
+        sim.advance(30.0)
+    assert sim.states[3] == "parked"
+    sim.apply(FleetAction((True,) * 4, (0, 0, 1, 1), (k,) * 4))
+    back = sim.advance(30.0)
+    assert back.nodes[3].reconfiguring and back.routed[3] == 0  # reloading (31.8 s): the router waits for it
+    later = [sim.advance(30.0) for _ in range(3)]
+    assert not later[-1].nodes[3].reconfiguring and sum(s.routed[3] for s in later) > 0
+
+
+def test_bad_actions_are_refused(fleet, trace) -> None:  # type: ignore[no-untyped-def]
+    sim = FleetSim(fleet)
+    sim.reset(trace, seed=0)
+    k = sim.initial_knobs
+    with pytest.raises(InputError, match="pool_of_node"):
+        sim.apply(FleetAction((True,) * 4, (0, 0, 1, 7), (k,) * 4))
+    with pytest.raises(InputError, match="replicas"):
+        sim.apply(FleetAction((True,) * 4, (0, 0, 1, 1), (replace(k, replicas=0),) * 4))
+    before = (sim.action, list(sim.states), [node.knobs for node in sim.nodes])
+    with pytest.raises(InputError, match="tp"):  # the last node's knobs are bad: no node changes
+        sim.apply(FleetAction((False, True, True, True), (0, 0, 1, 1), (k, k, k, replace(k, tp=3))))
+    assert (sim.action, list(sim.states), [node.knobs for node in sim.nodes]) == before
+    sim.apply(FleetAction((False,) * 4, (0, 0, 1, 1), (k,) * 4))  # all off: one node stays on
+    assert sum(s == "on" for s in sim.states) == 1
+
+
+# ----------------------------------------------------------------------------------------------- planner
+
+
+def test_planner_returns_a_feasible_plan_that_meets_capacity(fleet) -> None:  # type: ignore[no-untyped-def]
+    options = [node_options(fleet.scenario, 600.0, 130.0), node_options(fleet.scenario, 5000.0, 250.0)]
+    assert all(options)
+    forecast = [12.0, 0.3]
+    plan = solve_plan(options, forecast, fleet.nodes, parked_node_w=8 * 71.8)
+    assert plan.feasible and 2 <= len(plan.slots) <= fleet.nodes
+    for p, rate in enumerate(forecast):
+        assert plan.capacity_rps[p] >= rate
+        assert any(q == p for q, _ in plan.slots)
+    busy = solve_plan(options, [80.0, 0.3], fleet.nodes, parked_node_w=8 * 71.8)
+    assert len(busy.slots) > len(plan.slots) or busy.power_w > plan.power_w
+    overload = solve_plan(options, [1e4, 1e3], fleet.nodes, parked_node_w=8 * 71.8)
+    assert not overload.feasible and len(overload.slots) == fleet.nodes
+
+
+def test_assign_keeps_nodes_in_their_pool_and_layout() -> None:
+    k4, k8 = Knobs(4, 2, 256, 1980), Knobs(8, 1, 256, 1005)
+    from greenrl.fleet.planner import FleetPlan
+
+    plan = FleetPlan(((0, k4), (1, k8)), 0.0, True, (1.0, 1.0))
+    on, pools, knobs = assign(plan, (1, 0, 0), (k8, k4, k4), (True, True, False))
+    assert on == (True, True, False) and pools == (1, 0, 0) and knobs[:2] == (k8, k4)
+
+
+@pytest.mark.parametrize("name", sorted(FLEET_POLICIES))
+def test_every_baseline_plays_and_keeps_the_slo(fleet, trace, name: str) -> None:  # type: ignore[no-untyped-def]
+    _, out = _play(fleet, trace, name)
+    assert out["requests"] > 1000
+    assert out["slo_attainment"] > 0.95
+    assert out["energy_kwh"] > 0
+
+
+def test_a_router_fed_node_matches_one_given_the_whole_trace(fleet, trace) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.sim import SimNode
+
+    sim = FleetSim(fleet)
+    config = sim.nodes[0].config
+    whole = SimNode(config, trace)
+    fed = SimNode(config, sim._empty)
+    whole.reset(seed=0)
+    fed.reset(seed=0)
+    for step in range(10):
+        rows = (trace.arrival_s >= 30.0 * step) & (trace.arrival_s < 30.0 * (step + 1))
+        first = fed.add_requests(trace.arrival_s[rows], trace.input_tokens[rows], trace.output_tokens[rows])
+        assert first == int(np.sum(trace.arrival_s < 30.0 * step))
+        a, b = whole.advance(30.0), fed.advance(30.0)
+        assert a.energy_j == b.energy_j and a.finished == b.finished and a.slo_met == b.slo_met
+    n = int(np.sum(trace.arrival_s < 300.0))
+    ra, rb = whole.requests(), fed.requests()
+    assert len(rb["arrival_s"]) == n
+    assert np.array_equal(ra["finished_at_s"][:n], rb["finished_at_s"]) and np.array_equal(
+        ra["slo_met"][:n], rb["slo_met"]
+    )
+    assert fed.done(0).sum() == int((rb["state"] >= 3).sum())
+
+
+# ---------------------------------------------------------------------------------------------------- env
+
+
+def test_fleet_env_is_registered_and_passes_the_checkers() -> None:
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    import greenrl  # noqa: F401 - registers greenrl/fleet-default-v0
+
+    env = gym.make("greenrl/fleet-default-v0")
+    check_env(env.unwrapped, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and not terminated
+    assert reward == pytest.approx(sum(info["reward_terms"].values()))
+
+
+def test_fleet_env_action_parks_and_clocks_pools() -> None:
+    from greenrl.fleet.env import FleetEnv
+
+    env = FleetEnv("default")
+    env.reset(seed=1)
+    action = env.action_to_fleet(np.array([0, 3, 0, len(env.clocks) - 1]))  # 1 short node, 4 long (clamped to 3)
+    assert sum(action.on) == 4 and sorted(action.pool_of_node[j] for j in range(4) if action.on[j]) == [0, 1, 1, 1]
+    short = [action.knobs[j] for j in range(4) if action.pool_of_node[j] == 0 and action.on[j]]
+    assert short[0].sm_clock_mhz == env.clocks[0] and short[0].prefill_sm_clock_mhz == env.prefill_top
+    env.step(np.array([0, 0, 0, 0]))  # one node per pool: two drain and park
+    assert sum(s == "parked" for s in env.sim.states) == 2
+
+
+def test_a_node_parked_and_wanted_back_at_once_serves_on(fleet, trace) -> None:  # type: ignore[no-untyped-def]
+    sim = FleetSim(fleet)
+    sim.reset(trace, seed=0)
+    k = sim.initial_knobs
+    sim.apply(FleetAction((True, True, True, False), (0, 0, 1, 1), (k,) * 4))
+    while sim.states[3] != "parked":
+        sim.advance(30.0)
+    sim.apply(FleetAction((True,) * 4, (0, 0, 1, 1), (k,) * 4))  # its replicas are still draining: they serve on
+    assert not sim.advance(30.0).nodes[3].reconfiguring
+
+
+def test_fleet_env_passes_sb3s_checker_and_repeats_for_a_seed() -> None:
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    from greenrl.fleet.env import FleetEnv
+
+    sb3_check(FleetEnv("default"), warn=True)
+    a, b = FleetEnv("default"), FleetEnv("default")
+    oa, _ = a.reset(seed=7)
+    ob, _ = b.reset(seed=7)
+    assert np.array_equal(oa, ob)
+    for action in ([1, 1, 0, 5], [0, 2, 3, 3], [0, 0, 0, 0]):
+        ra, rb = a.step(np.array(action)), b.step(np.array(action))
+        assert np.array_equal(ra[0], rb[0]) and ra[1] == rb[1]
+
+
+@pytest.mark.parametrize("text", ["", "[1, 2]", "nodes: [unclosed"])
+def test_a_fleet_file_that_is_not_a_mapping_names_the_file(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        load_fleet(str(path))
+    assert err.value.where == str(path) and err.value.field == "file"
+
+
+def test_a_timeline_plot_of_each_policy(fleet, trace, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.evaluate import plot_timelines
+
+    sim = FleetSim(fleet)
+    timelines: dict[str, dict[str, list[object]]] = {}
+    for name in ("static-max", "planner"):
+        run_policy(sim, make_policy(name), trace, timeline=timelines.setdefault(name, {}))
+    assert len(timelines["planner"]["t_end_s"]) == 20
+    plot_timelines(timelines, [p.name for p in fleet.pools], tmp_path / "t.png")  # type: ignore[arg-type]
+    assert (tmp_path / "t.png").stat().st_size > 1000
