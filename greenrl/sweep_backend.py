@@ -106,8 +106,6 @@ class RayBackend:
     name = "ray"
 
     def __init__(self, address: str | None, num_cpus: int | None) -> None:
-        if address is not None:
-            check_reachable(address)
         import ray
 
         try:
@@ -162,6 +160,8 @@ def make_backend(name: BackendName | None, address: str | None, num_cpus: int | 
         if address is not None:
             raise InputError("--ray-address", "ray_address", "given with --backend serial", "drop one of them")
         return SerialBackend()
+    if address is not None:
+        check_reachable(address)  # before importing Ray: its own connect retries for minutes
     if not ray_installed():
         raise InputError(
             "--backend", "backend", "Ray is not installed", "pip install 'greenrl[sweep]', or use --backend serial"
