@@ -34,7 +34,7 @@ from typing import Any
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
 from greenrl.sweep_backend import TASK_THREADS, Backend, make_backend
-from greenrl.sweep_report import build_report, print_report, write_report
+from greenrl.sweep_report import EVAL_FILE, build_report, print_report, write_report
 
 __all__ = [
     "Cell",
@@ -50,8 +50,6 @@ __all__ = [
 ]
 
 _STAMP = r"\d{8}-\d{6}"
-EVAL_FILE = "sweep_eval.json"
-"""A cell's evaluation records, written into its run folder by ``--evaluate``."""
 
 
 @dataclass(frozen=True, slots=True)

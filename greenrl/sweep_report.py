@@ -6,7 +6,7 @@ over ``greenrl.evaluate``'s bootstrapped samples, paired with static-max). The i
 over the training seeds (each seed one number); baselines are not trained, so their interval is over
 evaluation samples, as ``greenrl.evaluate`` reports it.
 
-Public names: SCHEMA, METRICS, build_report, write_report, print_report, report_csv.
+Public names: EVAL_FILE, SCHEMA, METRICS, build_report, write_report, print_report, report_csv.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from greenrl.ioutil import atomic_write_text
 if TYPE_CHECKING:
     from greenrl.sweep import Cell, SweepGrid
 
-__all__ = ["METRICS", "SCHEMA", "build_report", "print_report", "report_csv", "write_report"]
+__all__ = ["EVAL_FILE", "METRICS", "SCHEMA", "build_report", "print_report", "report_csv", "write_report"]
 
 SCHEMA = "greenrl-sweep/1"
+EVAL_FILE = "sweep_eval.json"
+"""A cell's evaluation records, written into its run folder by ``--evaluate``."""
 METRICS = ("saving_vs_static_max", "slo_attainment", "slo_delta_vs_static_max")
 """Report columns (fractions): 1 - energy / static-max's, attainment, attainment minus static-max's."""
 
@@ -63,7 +65,6 @@ def _row(key: dict[str, Any], values: dict[str, list[float]], n: int, ci_over: s
 def build_report(grid: SweepGrid, runs: dict[Cell, Path | None], meta: dict[str, Any]) -> dict[str, Any]:
     """Cells, per-(scenario, SLO weight, source) rows over seeds, and baseline rows, as one JSON-ready dict."""
     from greenrl.env.scenario import load_scenario
-    from greenrl.sweep import EVAL_FILE
 
     weights = {c.scenario: load_scenario(c.scenario).reward.slo_weight for c in grid.cells}
     cells: list[dict[str, Any]] = []
