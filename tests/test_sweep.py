@@ -61,6 +61,21 @@ def test_serial_grid_trains_each_cell_like_greenrl_train(serial_sweep: Path) -> 
     assert len(hashes) == 2  # two seeds, two policies
 
 
+def test_a_cell_is_what_its_recorded_greenrl_train_command_gives(serial_sweep: Path, tmp_path: Path) -> None:
+    import shlex
+    import subprocess
+
+    cell = sorted((serial_sweep / "tiny").iterdir())[1]
+    argv = shlex.split((cell / "command.txt").read_text())
+    argv[argv.index("--out") + 1] = str(tmp_path)
+    subprocess.run(argv, check=True, capture_output=True, timeout=300)  # a fresh process, as a user runs it
+    (again,) = (tmp_path / "tiny").iterdir()
+    assert (again / "controller" / "policy.npz").read_bytes() == (cell / "controller" / "policy.npz").read_bytes()
+    kpis = [json.loads((r / "summary.json").read_text()) for r in (cell, again)]
+    assert kpis[0]["eval_trained"] == kpis[1]["eval_trained"]
+    assert kpis[0]["energy_saving_vs_static_max"] == kpis[1]["energy_saving_vs_static_max"]
+
+
 def test_report_has_mean_and_t_interval_over_seeds(serial_sweep: Path) -> None:
     report = json.loads((serial_sweep / "report.json").read_text())
     assert "Student t" in report["meta"]["ci"] and report["meta"]["torch_threads_per_task"] == 1
