@@ -33,7 +33,7 @@ from typing import Any
 
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
-from greenrl.sweep_backend import TASK_THREADS, Backend, make_backend
+from greenrl.sweep_backend import RAY_TIMEOUT_S, TASK_THREADS, Backend, make_backend
 from greenrl.sweep_report import EVAL_FILE, build_report, print_report, write_report
 
 __all__ = [
@@ -380,6 +380,12 @@ def _parser() -> argparse.ArgumentParser:
         "--backend", choices=["serial", "ray"], default=None, help="default: ray when installed, else serial"
     )
     p.add_argument("--ray-address", default=None, help="a Ray cluster's head, host:port (default: a local instance)")
+    p.add_argument(
+        "--ray-timeout",
+        type=float,
+        default=RAY_TIMEOUT_S,
+        help=f"seconds a --ray-address may take to answer as a Ray head (default {RAY_TIMEOUT_S:g})",
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--evaluate", action="store_true", help="also evaluate each controller and the baselines")
     p.add_argument("--eval-seeds", type=int, default=5, help="evaluation seeds per held-out window (default 5)")
@@ -402,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError("--eval-seeds", "eval_seeds", f"must be at least 1, got {args.eval_seeds}", "e.g. 5")
         for scenario in grid.scenarios:
             _baselines(args.baselines, scenario)
-    backend = make_backend(args.backend, args.ray_address, args.num_cpus)  # before anything is written
+    backend = make_backend(
+        args.backend, args.ray_address, args.num_cpus, args.ray_timeout
+    )  # before anything is written
     try:
         report, failures = run_sweep(grid, backend, args.evaluate, args.eval_seeds, args.baselines)
     finally:

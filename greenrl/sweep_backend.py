@@ -4,19 +4,23 @@ Both backends pin torch to one intra-op thread per task, so a cell trains the sa
 in a Ray worker as in the serial run (same seed, same CPU type). Ray is an optional dependency (the
 ``sweep`` extra) imported only by :class:`RayBackend`.
 
-Public names: Backend, SerialBackend, RayBackend, make_backend, ray_installed, check_reachable, TASK_THREADS.
+Public names: Backend, SerialBackend, RayBackend, make_backend, ray_installed, check_reachable, TASK_THREADS,
+RAY_TIMEOUT_S.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Literal, Protocol, TypeVar
 
 from greenrl.errors import InputError
 
 __all__ = [
+    "RAY_TIMEOUT_S",
     "TASK_THREADS",
     "Backend",
     "RayBackend",
@@ -31,6 +35,9 @@ TASK_THREADS = 1
 
 CONNECT_TIMEOUT_S = 5.0
 """How long ``--ray-address`` may take to accept a TCP connection before the sweep gives up."""
+
+RAY_TIMEOUT_S = 30.0
+"""How long a ``--ray-address`` that accepts connections may take to answer as a Ray head (``--ray-timeout``)."""
 
 _FIX_ADDRESS = "start the cluster with `ray start --head` on that machine, or drop --ray-address to run locally"
 
@@ -105,15 +112,38 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, address: str | None, num_cpus: int | None) -> None:
+    def __init__(self, address: str | None, num_cpus: int | None, timeout_s: float = RAY_TIMEOUT_S) -> None:
         import ray
 
-        try:
-            if address is None:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        except Exception as err:  # e.g. a port that answers but is no Ray head, or a version mismatch
+        outcome: list[BaseException | None] = []
+
+        def connect() -> None:
+            try:
+                if address is None:
+                    ray.init(
+                        num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
+                    )
+                else:
+                    ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+                outcome.append(None)
+            except BaseException as err:  # e.g. a version mismatch
+                outcome.append(err)
+
+        if address is None:
+            connect()
+        else:  # a port that accepts but is no Ray head: ray.init retries for minutes, so wait in a thread
+            thread = threading.Thread(target=connect, name="ray-connect", daemon=True)
+            thread.start()
+            thread.join(timeout_s)
+            if not outcome:
+                raise InputError(
+                    "--ray-address",
+                    "ray_address",
+                    f"{address} accepts connections but no Ray head answered within {timeout_s:g} s",
+                    _FIX_ADDRESS,
+                )
+        if outcome[0] is not None:
+            err = outcome[0]
             ray.shutdown()
             where = "--ray-address" if address else "--backend"
             text = " ".join(str(err).split())[:200] or type(err).__name__
@@ -145,7 +175,9 @@ class RayBackend:
         self._ray.shutdown()
 
 
-def make_backend(name: BackendName | None, address: str | None, num_cpus: int | None) -> Backend:
+def make_backend(
+    name: BackendName | None, address: str | None, num_cpus: int | None, timeout_s: float = RAY_TIMEOUT_S
+) -> Backend:
     """The backend a sweep asked for; by default Ray when it is installed, else serial.
 
     Raises:
@@ -166,4 +198,6 @@ def make_backend(name: BackendName | None, address: str | None, num_cpus: int | 
         raise InputError(
             "--backend", "backend", "Ray is not installed", "pip install 'greenrl[sweep]', or use --backend serial"
         )
-    return RayBackend(address, num_cpus)
+    if not timeout_s > 0:
+        raise InputError("--ray-timeout", "ray_timeout", f"must be > 0, got {timeout_s}", "e.g. 30")
+    return RayBackend(address, num_cpus, timeout_s)

@@ -168,3 +168,23 @@ def test_unreachable_ray_address_fails_fast_and_writes_nothing(
     assert len(err.splitlines()) == 1 and "--ray-address" in err and "ray start --head" in err
     assert "drop --ray-address to run locally" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not ray_installed(), reason="ray is not installed (pip install 'greenrl[sweep]')")
+def test_a_port_that_is_no_ray_head_fails_after_ray_timeout(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as server:  # accepts TCP connections (the kernel completes them) but speaks no Ray
+        server.bind(("0.0.0.0", 0))  # Ray dials the node's own address, not 127.0.0.1
+        server.listen(64)
+        port = server.getsockname()[1]
+        argv = [sys.executable, "-m", "greenrl.sweep", "--ray-address", f"127.0.0.1:{port}", "--ray-timeout", "3"]
+        started = time.perf_counter()
+        done = subprocess.run([*argv, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+        waited = time.perf_counter() - started
+    assert done.returncode == 2 and waited < 60
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --ray-address") and "no Ray head answered within 3 s" in last
+    assert not (tmp_path / "out").exists()
