@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -147,7 +148,12 @@ class RayBackend:
             ray.shutdown()
             where = "--ray-address" if address else "--backend"
             text = " ".join(str(err).split())[:200] or type(err).__name__
-            fix = _FIX_ADDRESS if address else "use --backend serial"
+            fix = (
+                "check that the cluster runs this Ray version and, if it uses token authentication, set "
+                "RAY_AUTH_MODE=token with its token in ~/.ray/auth_token (or RAY_AUTH_TOKEN); or drop --ray-address"
+                if address
+                else "use --backend serial"
+            )
             raise InputError(where, "ray", f"Ray did not start ({text})", fix) from None
         self._ray = ray
         cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -180,6 +186,9 @@ def make_backend(
 ) -> Backend:
     """The backend a sweep asked for; by default Ray when it is installed, else serial.
 
+    Ray runs on the cluster at ``address`` (default: ``$RAY_ADDRESS`` when set), else on a new local
+    instance (never on a cluster that ``ray start`` left on this machine unless it is named).
+
     Raises:
         InputError: ``--ray-address`` with the serial backend, Ray asked for but not installed, an
             unreachable ``--ray-address``, a ``--num-cpus`` below 1.
@@ -192,6 +201,7 @@ def make_backend(
         if address is not None:
             raise InputError("--ray-address", "ray_address", "given with --backend serial", "drop one of them")
         return SerialBackend()
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention for the cluster to use
     if address is not None:
         check_reachable(address)  # before importing Ray: its own connect retries for minutes
     if not ray_installed():
