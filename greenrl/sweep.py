@@ -219,8 +219,8 @@ def train_cell(cell: Cell) -> dict[str, Any]:
     finally:
         torch.set_num_threads(threads)  # the serial backend shares this process with its caller
     atomic_write_text(run / "train.log", log.getvalue())
-    if not (run / "summary.json").is_file():
-        raise RuntimeError(f"{run}: training stopped before its summary")
+    if not (run / "summary.json").is_file():  # greenrl.train returns without a summary only when interrupted
+        raise KeyboardInterrupt(f"{run}: training interrupted before its summary")
     return {
         "run": str(run),
         "policy_sha256": _policy_sha256(run),
@@ -413,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # before anything is written
     try:
         report, failures = run_sweep(grid, backend, args.evaluate, args.eval_seeds, args.baselines)
+    except KeyboardInterrupt:
+        print("interrupted: no report written; run the same command to resume (finished cells are skipped)")
+        return 130
     finally:
         backend.close()
     written = write_report(report, out)
