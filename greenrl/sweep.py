@@ -1,4 +1,4 @@
-"""``python -m greenrl.sweep``: training sweeps (scenarios x seeds x SLO weights) and evaluation grids, on Ray.
+"""``python -m greenrl.sweep``: training sweeps (scenarios x seeds x SLO weights) and evaluation grids, serial or Ray.
 
 Each cell is one ``python -m greenrl.train --scenario S --seed K --slo-weight W ...`` run (the same
 function, :func:`greenrl.train.train_argv`, with ``--torch-threads 1``) in its own run folder under
@@ -167,7 +167,12 @@ def parse_grid(
         )
     resolved: list[tuple[str, str]] = []
     for name in names:
-        scenario = load_scenario(name)
+        try:
+            scenario = load_scenario(name)
+        except InputError as err:
+            if err.where != "--scenario":
+                raise
+            raise InputError("--scenarios", err.field, err.problem, err.fix) from None
         agent_config(agent, scenario.name)
         as_given = name if Path(name).suffix not in (".yaml", ".yml") else str(Path(name).resolve())
         resolved.append((as_given, scenario.name))
@@ -379,7 +384,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", choices=["serial", "ray"], default=None, help="default: ray when installed, else serial"
     )
-    p.add_argument("--ray-address", default=None, help="a Ray cluster's head, host:port (default: a local instance)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="a Ray cluster's head, host:port (default: $RAY_ADDRESS, else a new local instance)",
+    )
     p.add_argument(
         "--ray-timeout",
         type=float,
