@@ -14,6 +14,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("greenrl.train", "train a PPO controller on a scenario"),
     "evaluate": ("greenrl.evaluate", "rank controllers and baselines on held-out load"),
+    "sweep": ("greenrl.sweep", "train and evaluate seeds x SLO weights x scenarios, serially or on Ray"),
     "fit": ("greenrl.fit", "refit the surrogate and print its cross-validation report"),
     "predict": ("greenrl.predict", "latency, power and energy of one configuration"),
     "characterize": ("greenrl.characterize", "sweep the simulated node like the characterization study"),

@@ -4,7 +4,7 @@ With no arguments: MaskablePPO on the default scenario (8 x H100, Llama-2-70B, A
 trace), a run folder under ``runs/``, tensorboard logs, periodic evaluation on held-out windows, the
 best policy exported as a controller, and a final comparison with the static maximum configuration.
 
-Public names: main, train, evaluate_policy_on, agent_config.
+Public names: main, train, train_argv, evaluate_policy_on, agent_config.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from greenrl.rollout import StaticPolicy, rollout
 from greenrl.train_callbacks import make_callbacks
 from greenrl.train_resume import check_checkpoint, recorded_run, resume_args, save_model
 
-__all__ = ["agent_config", "evaluate_policy_on", "main", "train"]
+__all__ = ["agent_config", "evaluate_policy_on", "main", "train", "train_argv"]
 
 AGENTS = {"ppo": "PPO", "maskable_ppo": "MaskablePPO"}
 _AGENT_KEYS = {
@@ -155,6 +155,8 @@ def train(
     overrides: dict[str, Any] | None = None,
     slo_weight: float | None = None,
     trust_pickle: bool = False,
+    torch_threads: int | None = None,
+    argv: list[str] | None = None,
 ) -> Path:
     """Train, evaluate against static-max, export the best controller; returns the run folder.
 
@@ -164,6 +166,9 @@ def train(
     (``total_timesteps`` and ``n_envs`` may be given to change them); its checkpoint must match the
     sha256 recorded when it was saved unless ``trust_pickle`` (an SB3 zip is a pickle: loading runs code).
     A run interrupted before its first checkpoint (during the warm start) starts over when resumed.
+    ``torch_threads`` pins torch's intra-op threads (recorded in versions.json): the same seed then gives
+    the same policy in any process with that thread count (``greenrl.sweep`` pins 1). ``argv`` is the
+    ``greenrl.train`` command line recorded in command.txt (default: this process's).
     """
     recorded: dict[str, Any] | None = None
     if resume is not None:
@@ -219,7 +224,11 @@ def train(
     from torch.distributions import Distribution
 
     Distribution.set_default_validate_args(False)  # measured: +10-25% PPO throughput on this CPU
-    if vec == "subproc":
+    if torch_threads is not None:
+        if torch_threads < 1:
+            raise InputError("--torch-threads", "torch_threads", f"must be at least 1, got {torch_threads}", "e.g. 1")
+        torch.set_num_threads(torch_threads)
+    elif vec == "subproc":
         torch.set_num_threads(1)
 
     if recorded is not None:
@@ -250,9 +259,11 @@ def train(
         }
         atomic_write_text(run / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
         atomic_write_text(
-            run / "command.txt", shlex.join([sys.executable, "-m", "greenrl.train", *sys.argv[1:]]) + "\n"
+            run / "command.txt",
+            shlex.join([sys.executable, "-m", "greenrl.train", *(sys.argv[1:] if argv is None else argv)]) + "\n",
         )
-        atomic_write_text(run / "versions.json", json.dumps(_versions(), indent=1) + "\n")
+        versions = _versions() | {"torch_threads": str(torch.get_num_threads())}
+        atomic_write_text(run / "versions.json", json.dumps(versions, indent=1) + "\n")
     try:
         return _train_in(run, scenario, agent, seed, cfg, resume, vec, progress_bar, ship, name, trust_pickle)
     except KeyboardInterrupt:
@@ -503,15 +514,17 @@ def _parser() -> argparse.ArgumentParser:
         "--warm-start", default=None, help="baseline to clone before PPO (default: the agent file's; 'none': off)"
     )
     p.add_argument("--slo-weight", type=float, default=None, help="override the scenario's reward.slo_weight")
+    p.add_argument(
+        "--torch-threads", type=int, default=None, help="pin torch's intra-op threads (greenrl.sweep pins 1)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-@exit_on_input_error
-def main(argv: list[str] | None = None) -> int:
-    """Parse flags and train."""
+def train_argv(argv: list[str]) -> Path:
+    """Train exactly as ``python -m greenrl.train <argv>`` does (recording ``argv`` in command.txt); the run folder."""
     args = _parser().parse_args(argv)
-    run = train(
+    return train(
         args.scenario,
         args.agent,
         args.seed,
@@ -525,7 +538,15 @@ def main(argv: list[str] | None = None) -> int:
         {"warm_start": args.warm_start} if args.warm_start is not None else None,
         args.slo_weight,
         args.trust_pickle,
+        args.torch_threads,
+        list(argv),
     )
+
+
+@exit_on_input_error
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags and train."""
+    run = train_argv(sys.argv[1:] if argv is None else list(argv))
     return 0 if (run / "summary.json").is_file() else 130  # 130: interrupted (Ctrl-C), resumable
 
 
