@@ -3,7 +3,7 @@
 Run: ``python -m greenrl.fleet.evaluate --fleet default --policies static-max autoscaler planner oracle`` (the
 node scenario's held-out days, each whole; prints a markdown table and, with ``--json``, one JSON object).
 
-Public names: fleet_day, run_policy, plot_timelines, main.
+Public names: fleet_day, validation_day, validation_windows_s, run_policy, plot_timelines, main.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from greenrl.fleet.config import FleetConfig, load_fleet
 from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
 from greenrl.workload import Trace, scale_for_rate_rps, servegen_trace
 
-__all__ = ["fleet_day", "main", "plot_timelines", "run_policy"]
+__all__ = ["fleet_day", "main", "plot_timelines", "run_policy", "validation_day", "validation_windows_s"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,20 @@ def fleet_day(config: FleetConfig, window: int = 0) -> Trace:
     start_s, duration_s = config.scenario.workload.eval_windows_s[window]
     scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
     return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=10_000 + window)
+
+
+def validation_windows_s(config: FleetConfig) -> list[tuple[float, float]]:
+    """Whole days between the end of the training range and the first held-out window (days 10 and 11)."""
+    w = config.scenario.workload
+    start, stop = w.train_range_s[1], min(t for t, _ in w.eval_windows_s)
+    return [(float(t), 86400.0) for t in np.arange(start, stop - 86400.0 + 1.0, 86400.0)]
+
+
+def validation_day(config: FleetConfig, index: int = 0) -> Trace:
+    """The fleet's load on validation day ``index`` (seed 20,000 + index): model and parameter selection."""
+    start_s, duration_s = validation_windows_s(config)[index]
+    scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
+    return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=20_000 + index)
 
 
 def run_policy(
