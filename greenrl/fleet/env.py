@@ -232,7 +232,7 @@ class FleetCodec:
             )
         return out
 
-    def from_action(self, action: FleetAction, states: list[str] | tuple[str, ...]) -> npt.NDArray[np.int64]:
+    def from_action(self, action: FleetAction) -> npt.NDArray[np.int64]:
         """The agent's action nearest to a fleet action (its nodes that are asked to serve)."""
         slots = tuple((action.pool_of_node[j], action.knobs[j]) for j in range(len(action.on)) if action.on[j])
         return self.from_slots(slots)
@@ -363,7 +363,7 @@ class FleetEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         """Apply the fleet action, then run one fleet interval of node intervals."""
         self.sim.apply(self.action_to_fleet(action))
         control = self.config.control
-        snaps = []
+        snaps: list[FleetSnapshot] = []
         for i in range(control.steps_per_decision):
             if i and self.guarded:
                 fast = self.codec.guard(self.sim, snaps[-1])

@@ -68,7 +68,7 @@ class FleetTeacher:
         plan = getattr(self.policy, "plan", None)
         if plan is not None:
             return env.codec.from_slots(plan.slots)
-        return env.codec.from_action(action or sim.action, sim.states)
+        return env.codec.from_action(action or sim.action)
 
     def act(self, env: FleetEnv, obs: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
         """Label the state, record it, and return the action to take (the student's, else the teacher's)."""
@@ -281,7 +281,8 @@ def train_fleet(
             loss = behaviour_clone(model.policy, demos, max(1, epochs // 2), seed + r + 1)
         gamma = float(cfg["gamma"])
         mean, var, count = running_return_stats(demos.rewards, demos.episode_end, gamma)
-        env.ret_rms.mean, env.ret_rms.var, env.ret_rms.count = mean, var, count
+        stats: Any = env.ret_rms  # VecNormalize's RunningMeanStd, seeded from the demonstrations
+        stats.mean, stats.var, stats.count = mean, var, count
         mse = fit_critic(model.policy, demos, gamma, 1.0 / float(np.sqrt(var + env.epsilon)), epochs, seed)
         report = {
             "teacher": teacher,
