@@ -34,9 +34,10 @@ def test_the_planner_breaks_ties_towards_headroom_and_repeats(fleet) -> None:  #
     assert plans[0].power_w <= first.power_w * 1.01 + 1e-6  # within the tolerance of the least power
     for p, rate in enumerate(forecast):
         assert plans[0].capacity_rps[p] >= rate
-    assert min(c / f for c, f in zip(plans[0].capacity_rps, forecast, strict=True)) >= min(
-        c / f for c, f in zip(first.capacity_rps, forecast, strict=True)
-    ) - 1e-9
+    assert (
+        min(c / f for c, f in zip(plans[0].capacity_rps, forecast, strict=True))
+        >= min(c / f for c, f in zip(first.capacity_rps, forecast, strict=True)) - 1e-9
+    )
 
 
 def test_the_codec_maps_a_plan_to_the_env_action_and_back(fleet) -> None:  # type: ignore[no-untyped-def]
