@@ -109,3 +109,28 @@ def test_the_evaluator_refuses_an_unknown_category(capsys) -> None:  # type: ign
     with pytest.raises(SystemExit):
         main(["--windows", "0", "--duration-s", "60", "--policies", "static-max", "--category", "nope"])
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_baseline_with_the_fast_guard_plays_and_the_guard_boosts_a_slow_node(fleet) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from greenrl.fleet.env import FleetCodec
+    from greenrl.fleet.evaluate import run_policy
+    from greenrl.fleet.learn import GuardedFleet
+    from greenrl.fleet.policies import make_policy
+    from greenrl.workload import scale_for_rate_rps, servegen_trace
+
+    scale = scale_for_rate_rps(fleet.workload.category, fleet.workload.mean_rps)
+    trace = servegen_trace(fleet.workload.category, 13 * 86400 + 18 * 3600, 600.0, scale=scale, seed=0)
+    sim = FleetSim(fleet)
+    out = run_policy(sim, GuardedFleet(make_policy("planner")), trace)
+    assert out["policy"] == "planner+guard" and out["slo_attainment"] > 0.95
+    sim.reset(trace, seed=0)
+    snap = sim.advance(30.0)
+    codec = FleetCodec(fleet, sim)
+    slow = replace(snap.nodes[0], tbt_mean_s=1.0)  # far above 0.8 x the TBT SLO
+    low = sim.action
+    sim.apply(type(low)(low.on, low.pool_of_node, tuple(replace(k, sm_clock_mhz=1005) for k in low.knobs)))
+    action = codec.guard(sim, replace(snap, nodes=(slow, *snap.nodes[1:])))
+    assert action is not None and action.knobs[0].sm_clock_mhz == codec.clocks[-1]
+    assert all(k.sm_clock_mhz == 1005 for k in action.knobs[1:])

@@ -127,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate fleet baselines on held-out days; print a markdown table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fleet", default="default")
-    p.add_argument("--policies", nargs="+", default=list(FLEET_POLICIES))
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        default=list(FLEET_POLICIES),
+        help=f"{', '.join(FLEET_POLICIES)}; <name>+guard adds the learned controller's fast node rule",
+    )
     p.add_argument("--windows", nargs="+", type=int, default=None, help="evaluation window indices (default: all)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeline", type=Path, default=None, help="plot the first window's day per policy to this PNG")
@@ -155,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, workload=replace(config.workload, category=args.category))
     windows = args.windows if args.windows is not None else list(range(len(config.scenario.workload.eval_windows_s)))
     sim = FleetSim(config)
-    policies: list[FleetPolicy] = [make_policy(name) for name in args.policies]
+    policies: list[FleetPolicy] = []
+    for name in args.policies:
+        if name.endswith("+guard"):  # a baseline with the learned controller's fast node rule
+            from greenrl.fleet.learn import GuardedFleet
+
+            policies.append(GuardedFleet(make_policy(name.removesuffix("+guard"))))
+        else:
+            policies.append(make_policy(name))
     if args.checkpoint:
         from greenrl.fleet.learn import load_learned
 

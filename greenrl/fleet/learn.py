@@ -8,7 +8,7 @@ validation days (10-11: ``validation_day``) against the planner there, and the h
 evaluated once at the end. ``LearnedFleet`` plays an exported controller (or an SB3 model) as a
 ``FleetPolicy``, so ``python -m greenrl.fleet.evaluate`` ranks it with the baselines.
 
-Public names: FleetTeacher, LearnedFleet, collect_fleet_demonstrations, load_learned, train_fleet.
+Public names: FleetTeacher, LearnedFleet, GuardedFleet, collect_fleet_demonstrations, load_learned, train_fleet.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ from greenrl.fleet.policies import FleetPolicy, make_policy
 from greenrl.imitation import Demonstrations
 from greenrl.ioutil import atomic_write_text
 
-__all__ = ["FleetTeacher", "LearnedFleet", "collect_fleet_demonstrations", "load_learned", "train_fleet"]
+__all__ = [
+    "FleetTeacher",
+    "GuardedFleet",
+    "LearnedFleet",
+    "collect_fleet_demonstrations",
+    "load_learned",
+    "train_fleet",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +150,31 @@ class LearnedFleet:
         self.snaps = []
         action, _ = self.predictor.predict(obs, deterministic=True)
         return self.codec.to_fleet(sim, action)
+
+
+class GuardedFleet:
+    """A fleet baseline with ``FleetCodec.guard`` between its actions: the learned controller's fast rule.
+
+    Every node interval in which the wrapped policy changes nothing, the guard may boost a node's clock or
+    take a parked node back (as ``FleetEnv`` does for the agent), so the comparison with a learned
+    controller is on the same hierarchy. Named ``<name>+guard``.
+    """
+
+    def __init__(self, inner: FleetPolicy) -> None:
+        self.inner = inner
+        self.name = f"{inner.name}+guard"
+
+    def reset(self, sim: FleetSim) -> None:
+        """Reset the wrapped policy; build the codec."""
+        self.inner.reset(sim)
+        self.codec = FleetCodec(sim.config, sim)
+
+    def act(self, sim: FleetSim, snapshot: FleetSnapshot | None, step: int) -> FleetAction | None:
+        """The wrapped policy's action, else the guard's."""
+        action = self.inner.act(sim, snapshot, step)
+        if action is None and snapshot is not None:
+            return self.codec.guard(sim, snapshot)
+        return action
 
 
 def load_learned(path: str | Path, name: str | None = None) -> LearnedFleet:
