@@ -123,20 +123,25 @@ def export_controller(model: Any, env: Any, folder: str | Path, extra: dict[str,
     if activation not in _ACTIVATIONS:
         raise InputError("export", "activation", f"{activation} is not supported", "train with tanh or relu")
     _check_weights("export", arrays, len(layers), "the training diverged: retrain (lower learning rate)")
-    mask = env.action_masks().astype(int).tolist()
+    if hasattr(env, "controller_manifest"):  # a fleet env (greenrl.fleet.env.FleetEnv) describes itself
+        env_part = env.controller_manifest()
+    else:
+        env_part = {
+            "env_id": f"greenrl/{env.scenario.name}-v{env.scenario.version}",
+            "scenario": env.scenario.name,
+            "env_version": env.scenario.version,
+            "observation": [asdict(f) for f in OBS_FIELDS],
+            "obs_clip": OBS_CLIP,
+            "normalization": "each field divided by its scale, then clipped to +-obs_clip (done by ServingEnv)",
+            "knobs": [{"name": n, "values": v} for n, v in zip(env.knob_names, env.knob_values, strict=True)],
+            "action_mask": env.action_masks().astype(int).tolist(),
+            # the prefill clock governor the policy was trained with (the live node's governor mirrors it)
+            "prefill_clock": {"ttft_target_s": env.scenario.control.prefill_clock_ttft_s},
+        }
     manifest = {
         "format": FORMAT,
         "greenrl_version": __version__,
-        "env_id": f"greenrl/{env.scenario.name}-v{env.scenario.version}",
-        "scenario": env.scenario.name,
-        "env_version": env.scenario.version,
-        "observation": [asdict(f) for f in OBS_FIELDS],
-        "obs_clip": OBS_CLIP,
-        "normalization": "each field divided by its scale, then clipped to +-obs_clip (done by ServingEnv)",
-        "knobs": [{"name": n, "values": v} for n, v in zip(env.knob_names, env.knob_values, strict=True)],
-        "action_mask": mask,
-        # the prefill clock governor the policy was trained with (the live node's governor mirrors it)
-        "prefill_clock": {"ttft_target_s": env.scenario.control.prefill_clock_ttft_s},
+        **env_part,
         "policy": {
             "file": "policy.npz",
             "sha256": "",
@@ -368,6 +373,13 @@ def load_controller(folder: str | Path, expect_env: Any = None) -> ControllerPol
     where = str(path)
     _check_manifest(manifest, where)
     expected = [asdict(f) for f in OBS_FIELDS]
+    if manifest.get("kind") == "fleet":  # a fleet controller: the observation of its fleet's FleetEnv
+        from greenrl.fleet.env import FleetEnv
+
+        fleet = manifest.get("fleet")
+        if not isinstance(fleet, str):
+            raise InputError(where, "fleet", "missing or not a fleet name", "re-export the controller")
+        expected = FleetEnv(fleet, "eval").codec.observation_spec()
     if manifest["observation"] != expected:
         names = [f["name"] for f in manifest["observation"]]
         raise InputError(

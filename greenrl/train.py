@@ -60,6 +60,8 @@ _AGENT_KEYS = {
     "dagger_rounds",
     "val_episodes",
     "slo_reference",
+    "slo_weight",  # fleets only (greenrl.fleet.learn): FleetEnv's slo_weight
+    "episode_s",  # fleets only: training episode length (s)
 }
 VAL_SEED = 1_000_000
 """Validation episodes use training-split seeds ``VAL_SEED + i``, never drawn by the training envs' streams."""
@@ -170,6 +172,22 @@ def train(
     the same policy in any process with that thread count (``greenrl.sweep`` pins 1). ``argv`` is the
     ``greenrl.train`` command line recorded in command.txt (default: this process's).
     """
+    if scenario_name is not None and scenario_name.startswith("fleet-"):  # a fleet (envs/fleets/): FleetEnv
+        if resume is not None:
+            raise InputError("--resume", "resume", "fleet runs cannot be resumed yet", "start a new run")
+        from greenrl.fleet.learn import train_fleet
+
+        cfg = agent_config(agent or "maskable_ppo", scenario_name)
+        for key, value in (overrides or {}).items():
+            cfg[key] = value
+        if total_timesteps is not None:
+            cfg["total_timesteps"] = total_timesteps
+        if n_envs is not None:
+            cfg["n_envs"] = n_envs
+        if slo_weight is not None:
+            cfg["slo_weight"] = float(slo_weight)
+        fleet = scenario_name.removeprefix("fleet-")
+        return train_fleet(fleet, cfg, agent or "maskable_ppo", seed or 0, out, ship, progress_bar)
     recorded: dict[str, Any] | None = None
     if resume is not None:
         recorded = recorded_run(Path(resume))
@@ -487,7 +505,11 @@ def _print_summary(run: Path, s: dict[str, Any]) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m greenrl.train", description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", default=None, help="scenario name (envs/*.yaml) or path (default: default)")
+    p.add_argument(
+        "--scenario",
+        default=None,
+        help="scenario name (envs/*.yaml) or path (default: default); fleet-<name>: the fleet envs/fleets/<name>.yaml",
+    )
     p.add_argument(
         "--agent", default=None, choices=sorted(AGENTS), help="hyperparameters: agents/*.yaml (default: maskable_ppo)"
     )

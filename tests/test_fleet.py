@@ -269,9 +269,9 @@ def test_fleet_env_is_registered_and_passes_the_checkers() -> None:
     import gymnasium as gym
     from gymnasium.utils.env_checker import check_env
 
-    import greenrl  # noqa: F401 - registers greenrl/fleet-default-v0
+    import greenrl  # noqa: F401 - registers greenrl/fleet-default-v1
 
-    env = gym.make("greenrl/fleet-default-v0")
+    env = gym.make("greenrl/fleet-default-v1")
     check_env(env.unwrapped, skip_render_check=True)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
@@ -285,11 +285,12 @@ def test_fleet_env_action_parks_and_clocks_pools() -> None:
 
     env = FleetEnv("default")
     env.reset(seed=1)
-    action = env.action_to_fleet(np.array([0, 3, 0, len(env.clocks) - 1]))  # 1 short node, 4 long (clamped to 3)
+    two = env.codec.layouts.index((4, 2))
+    action = env.action_to_fleet(np.array([0, 3, two, two, 0, len(env.clocks) - 1]))  # 1 short, 4 long (3)
     assert sum(action.on) == 4 and sorted(action.pool_of_node[j] for j in range(4) if action.on[j]) == [0, 1, 1, 1]
     short = [action.knobs[j] for j in range(4) if action.pool_of_node[j] == 0 and action.on[j]]
     assert short[0].sm_clock_mhz == env.clocks[0] and short[0].prefill_sm_clock_mhz == env.prefill_top
-    env.step(np.array([0, 0, 0, 0]))  # one node per pool: two drain and park
+    env.step(np.array([0, 0, two, two, 0, 0]))  # one node per pool: two drain and park
     assert sum(s == "parked" for s in env.sim.states) == 2
 
 
@@ -314,7 +315,7 @@ def test_fleet_env_passes_sb3s_checker_and_repeats_for_a_seed() -> None:
     oa, _ = a.reset(seed=7)
     ob, _ = b.reset(seed=7)
     assert np.array_equal(oa, ob)
-    for action in ([1, 1, 0, 5], [0, 2, 3, 3], [0, 0, 0, 0]):
+    for action in ([1, 1, 1, 1, 0, 5], [0, 2, 0, 2, 3, 3], [0, 0, 1, 1, 0, 0]):
         ra, rb = a.step(np.array(action)), b.step(np.array(action))
         assert np.array_equal(ra[0], rb[0]) and ra[1] == rb[1]
 

@@ -4,7 +4,8 @@ Every node is the existing ``SimNode``; the load is a ServeGen category scaled t
 job each: ``config`` (``envs/fleets/*.yaml`` -> frozen dataclasses), ``router`` (length-aware pools, least
 outstanding work), ``cluster`` (``FleetSim``: nodes, power states, routing, accounting), ``capacity`` (each
 node configuration's capacity and power from the surrogate), ``planner`` (the DynamoLLM-style integer
-program), ``policies`` (static-max, reactive autoscaler, planner), ``evaluate`` (a day of each).
+program), ``policies`` (static-max, reactive autoscaler, planner, oracle), ``evaluate`` (a day of each),
+``env`` (``FleetEnv``, ``FleetCodec``), ``learn`` (MaskablePPO warm-started from the planner; ``LearnedFleet``).
 
 Public names: FleetConfig, load_fleet, Router, FleetSim, FleetAction, FleetSnapshot, FleetResult.
 """

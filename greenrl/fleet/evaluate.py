@@ -1,9 +1,11 @@
 """A day of the fleet under each baseline: energy (kWh), SLO attainment, parked node-hours.
 
 Run: ``python -m greenrl.fleet.evaluate --fleet default --policies static-max autoscaler planner oracle`` (the
-node scenario's held-out days, each whole; prints a markdown table and, with ``--json``, one JSON object).
+node scenario's held-out days, each whole; prints a markdown table and, with ``--json``, one JSON object);
+``--checkpoint checkpoints/fleet-default/maskable_ppo_s0`` adds a learned controller, ``--category
+language/m-small`` replaces the load with a ServeGen category at the same mean rate.
 
-Public names: fleet_day, run_policy, plot_timelines, main.
+Public names: fleet_day, validation_day, validation_windows_s, run_policy, plot_timelines, main.
 """
 
 from __future__ import annotations
@@ -12,27 +14,46 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from greenrl.errors import exit_on_input_error
+from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet.cluster import FleetSim, FleetSnapshot
 from greenrl.fleet.config import FleetConfig, load_fleet
 from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
-from greenrl.workload import Trace, scale_for_rate_rps, servegen_trace
+from greenrl.workload import Trace, scale_for_rate_rps, servegen_categories, servegen_trace
 
-__all__ = ["fleet_day", "main", "plot_timelines", "run_policy"]
+__all__ = ["fleet_day", "main", "plot_timelines", "run_policy", "validation_day", "validation_windows_s"]
 
 logger = logging.getLogger(__name__)
 
 
-def fleet_day(config: FleetConfig, window: int = 0) -> Trace:
-    """The fleet's load over the node scenario's evaluation window ``window`` (seed 10,000 + window, as the env)."""
-    start_s, duration_s = config.scenario.workload.eval_windows_s[window]
+def fleet_day(config: FleetConfig, window: int = 0, duration_s: float | None = None) -> Trace:
+    """The fleet's load over the node scenario's evaluation window ``window`` (seed 10,000 + window, as the env).
+
+    ``duration_s``: only the window's first seconds (a quick look; the table's figures are whole days).
+    """
+    start_s, whole_s = config.scenario.workload.eval_windows_s[window]
+    duration_s = whole_s if duration_s is None else min(whole_s, duration_s)
     scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
     return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=10_000 + window)
+
+
+def validation_windows_s(config: FleetConfig) -> list[tuple[float, float]]:
+    """Whole days between the end of the training range and the first held-out window (days 10 and 11)."""
+    w = config.scenario.workload
+    start, stop = w.train_range_s[1], min(t for t, _ in w.eval_windows_s)
+    return [(float(t), 86400.0) for t in np.arange(start, stop - 86400.0 + 1.0, 86400.0)]
+
+
+def validation_day(config: FleetConfig, index: int = 0) -> Trace:
+    """The fleet's load on validation day ``index`` (seed 20,000 + index): model and parameter selection."""
+    start_s, duration_s = validation_windows_s(config)[index]
+    scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
+    return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=20_000 + index)
 
 
 def run_policy(
@@ -106,19 +127,56 @@ def main(argv: list[str] | None = None) -> int:
     """Evaluate fleet baselines on held-out days; print a markdown table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fleet", default="default")
-    p.add_argument("--policies", nargs="+", default=list(FLEET_POLICIES))
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        default=list(FLEET_POLICIES),
+        help=f"{', '.join(FLEET_POLICIES)}; <name>+guard adds the learned controller's fast node rule",
+    )
     p.add_argument("--windows", nargs="+", type=int, default=None, help="evaluation window indices (default: all)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeline", type=Path, default=None, help="plot the first window's day per policy to this PNG")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        default=[],
+        help="a learned fleet controller (an exported folder, or an SB3 .zip) to rank with the baselines; repeatable",
+    )
+    p.add_argument(
+        "--category",
+        default=None,
+        help="replace the fleet's ServeGen category (e.g. language/m-small, never trained on), same mean rate",
+    )
+    p.add_argument("--duration-s", type=float, default=None, help="only each day's first seconds (default: whole)")
     args = p.parse_args(argv)
     config = load_fleet(args.fleet)
+    if args.category is not None:
+        categories = servegen_categories()
+        if args.category not in categories:
+            raise InputError(
+                "--category", "category", f"unknown ServeGen category {args.category!r}", f"use one of {categories}"
+            )
+        config = replace(config, workload=replace(config.workload, category=args.category))
     windows = args.windows if args.windows is not None else list(range(len(config.scenario.workload.eval_windows_s)))
     sim = FleetSim(config)
-    policies = [make_policy(name) for name in args.policies]
+    policies: list[FleetPolicy] = []
+    for name in args.policies:
+        if name.endswith("+guard"):  # a baseline with the learned controller's fast node rule
+            from greenrl.fleet.learn import GuardedFleet
+
+            policies.append(GuardedFleet(make_policy(name.removesuffix("+guard"))))
+        else:
+            policies.append(make_policy(name))
+    if args.checkpoint:
+        from greenrl.fleet.learn import load_learned
+
+        for i, path in enumerate(args.checkpoint):
+            policies.append(load_learned(path, "learned" if len(args.checkpoint) == 1 else f"learned-{i}"))
     rows = []
     timelines: dict[str, dict[str, list[Any]]] = {}
     for w in windows:
-        trace = fleet_day(config, w)
+        trace = fleet_day(config, w, args.duration_s)
         day = int(config.scenario.workload.eval_windows_s[w][0] // 86400)
         for policy in policies:
             timeline = timelines.setdefault(policy.name, {}) if w == windows[0] else None
@@ -131,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     ref = {r["day"]: r["energy_kwh"] for r in rows if r["policy"] == "static-max"}
+    print(f"fleet {config.name}, load {config.workload.category} at {config.workload.mean_rps:g} requests/s (mean)")
     print("| day | policy | energy (kWh) | saving vs static-max | SLO attainment | missed | nodes on (mean) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

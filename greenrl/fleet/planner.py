@@ -50,15 +50,26 @@ class FleetPlan:
 
 
 def solve_plan(
-    options: list[list[NodeOption]], forecast_rps: list[float], nodes: int, parked_node_w: float
+    options: list[list[NodeOption]],
+    forecast_rps: list[float],
+    nodes: int,
+    parked_node_w: float,
+    tie_tolerance_frac: float | None = 0.01,
 ) -> FleetPlan:
     """The least-power plan that serves each pool's forecast within its SLO capacity.
+
+    Ties are broken lexicographically: a second program keeps the plans whose power is within
+    ``tie_tolerance_frac`` of the least (as a share of the fleet's planned power) and picks the one with the
+    most capacity per unit of forecast, summed over pools, so equal-power plans no longer come out as
+    HiGHS happens to return them, and the pick is the SLO-safest.
 
     Args:
         options: per pool, the node configurations with their capacity and power for its request shape.
         forecast_rps: per pool, the rate to serve (requests/s).
         nodes: nodes in the fleet.
         parked_node_w: power of a parked node (W).
+        tie_tolerance_frac: power tolerance of the second stage (share of the least plan's fleet power);
+            None: no second stage (HiGHS's first optimum).
 
     Example:
         >>> from greenrl.core import Knobs
@@ -105,11 +116,64 @@ def solve_plan(
     )
     if not res.success:
         return _fallback(options, forecast_rps, nodes, parked_node_w)
-    counts = np.round(res.x[:n]).astype(int)
+    x = res.x
+    if tie_tolerance_frac is not None:
+        x = _tie_break(cols, cost, rows, lb, ub, res.x, forecast_rps, nodes, parked_node_w, tie_tolerance_frac)
+    counts = np.round(x[:n]).astype(int)
     slots = tuple((p, o.knobs) for (p, o), k in zip(cols, counts, strict=True) for _ in range(k))
-    power = float(cost @ res.x) + nodes * parked_node_w
+    power = float(cost @ x) + nodes * parked_node_w
     capacity = [sum(o.capacity_rps * k for (q, o), k in zip(cols, counts, strict=True) if q == p) for p in range(pools)]
     return FleetPlan(slots, power, True, tuple(capacity))
+
+
+def _tie_break(
+    cols: list[tuple[int, NodeOption]],
+    cost: np.ndarray,
+    rows: list[np.ndarray],
+    lb: list[float],
+    ub: list[float],
+    first: np.ndarray,
+    forecast_rps: list[float],
+    nodes: int,
+    parked_node_w: float,
+    tolerance_frac: float,
+) -> np.ndarray:
+    """Second stage: among plans within ``tolerance_frac`` of the least fleet power, the most headroom.
+
+    Maximizes the smallest planned capacity / forecast over pools (then, by 1e-3, their mean), so the
+    pick among equal-power plans is the SLO-safest and no longer HiGHS's arbitrary one; ``first`` (the
+    first stage's solution) is kept if the second program fails.
+    """
+    n = len(cols)
+    pools = len(forecast_rps)
+    best = float(cost @ first)
+    budget = best + tolerance_frac * (best + nodes * parked_node_w) + 1e-6
+    width = 2 * n + 1  # x, y, then t = the smallest capacity / forecast
+    a = [np.append(r, 0.0) for r in rows]
+    lo, hi = list(lb), list(ub)
+    a.append(np.append(cost, 0.0))
+    lo.append(-np.inf)
+    hi.append(budget)
+    objective = np.zeros(width)
+    objective[-1] = -1.0
+    for p in range(pools):
+        row = np.zeros(width)
+        for i, (q, o) in enumerate(cols):
+            if q == p:
+                row[i] = o.capacity_rps / max(forecast_rps[p], 1e-3)
+                objective[i] -= 1e-3 * row[i] / pools
+        row[-1] = -1.0
+        a.append(row)
+        lo.append(0.0)
+        hi.append(np.inf)
+    upper = np.concatenate([np.full(n, float(nodes)), [max(0.0, forecast_rps[p]) for p, _ in cols], [1e3]])
+    tied = milp(
+        objective,
+        constraints=LinearConstraint(np.array(a), np.array(lo), np.array(hi)),
+        integrality=np.concatenate([np.ones(n), np.zeros(n + 1)]),
+        bounds=Bounds(np.zeros(width), upper),
+    )
+    return tied.x[: 2 * n] if tied.success else first
 
 
 def _undominated(options: list[NodeOption]) -> list[NodeOption]:

@@ -162,6 +162,8 @@ class PlannerFleet:
         headroom_frac, quantile: the capacity model's SLO headroom and TTFT quantile.
         patience: decisions in a row that must want fewer nodes before nodes park.
         max_layout_changes: nodes that may change layout (a drain and a reload) per decision.
+        tie_tolerance_frac: ``solve_plan``'s tie-break: among plans within this share of the least power,
+            the one with the most capacity per unit of forecast (None: HiGHS's first optimum).
     """
 
     name = "planner"
@@ -174,8 +176,9 @@ class PlannerFleet:
         quantile: float = 0.99,
         patience: int = 2,
         max_layout_changes: int = 1,
+        tie_tolerance_frac: float | None = 0.01,
     ) -> None:
-        self.max_layout_changes = max_layout_changes
+        self.max_layout_changes, self.tie_tolerance_frac = max_layout_changes, tie_tolerance_frac
         self.margin_frac, self.ewma_alpha = margin_frac, ewma_alpha
         self.headroom_frac, self.quantile, self.patience = headroom_frac, quantile, patience
         self._options: dict[tuple[int, int], list[NodeOption]] = {}
@@ -228,7 +231,9 @@ class PlannerFleet:
         done = sim.finished_requests
         outputs = np.where(done >= 20, sim.finished_output_tokens / np.maximum(done, 1), 256.0)
         options = [self.options(sim, float(self.prompt_ewma[p]), float(outputs[p])) for p in range(len(forecast))]
-        plan = solve_plan(options, [float(f) for f in forecast], sim.n_nodes, self.parked_node_w)
+        plan = solve_plan(
+            options, [float(f) for f in forecast], sim.n_nodes, self.parked_node_w, self.tie_tolerance_frac
+        )
         running = sum(1 for s in sim.states if s == "on")
         if len(plan.slots) < running and not urgent:
             self.fewer += 1
@@ -257,8 +262,20 @@ class OracleFleet(PlannerFleet):
 
     name = "oracle"
 
-    def __init__(self, lookahead_s: float = 60.0, headroom_frac: float = 0.2, quantile: float = 0.99) -> None:
-        super().__init__(margin_frac=0.0, headroom_frac=headroom_frac, quantile=quantile, patience=1)
+    def __init__(
+        self,
+        lookahead_s: float = 60.0,
+        headroom_frac: float = 0.2,
+        quantile: float = 0.99,
+        tie_tolerance_frac: float | None = 0.01,
+    ) -> None:
+        super().__init__(
+            margin_frac=0.0,
+            headroom_frac=headroom_frac,
+            quantile=quantile,
+            patience=1,
+            tie_tolerance_frac=tie_tolerance_frac,
+        )
         self.lookahead_s = lookahead_s
 
     def act(self, sim: FleetSim, snapshot: FleetSnapshot | None, step: int) -> FleetAction | None:
@@ -283,7 +300,9 @@ class OracleFleet(PlannerFleet):
             self.options(sim, float(prompt[p]) if count[p] else 1024.0, float(output[p]) if count[p] else 256.0)
             for p in range(pools)
         ]
-        self.plan = solve_plan(options, [float(f) for f in forecast], sim.n_nodes, self.parked_node_w)
+        self.plan = solve_plan(
+            options, [float(f) for f in forecast], sim.n_nodes, self.parked_node_w, self.tie_tolerance_frac
+        )
         serving = tuple(s == "on" for s in sim.states)
         a = sim.action
         on, pool_of_node, knobs = assign(self.plan, a.pool_of_node, a.knobs, serving, self.max_layout_changes)

@@ -1,0 +1,136 @@
+"""The learned fleet controller: the planner's tie-break, a tiny training run, its export and its evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from greenrl.core import Knobs
+from greenrl.fleet import FleetSim, load_fleet
+from greenrl.fleet.capacity import NodeOption, node_options
+from greenrl.fleet.planner import solve_plan
+
+
+@pytest.fixture(scope="module")
+def fleet():  # type: ignore[no-untyped-def]
+    return load_fleet("default")
+
+
+def test_the_planner_breaks_ties_towards_headroom_and_repeats(fleet) -> None:  # type: ignore[no-untyped-def]
+    slow, fast = Knobs(4, 2, 256, 1005), Knobs(4, 2, 256, 1200)
+    # equal power at 5 requests/s (1,010 W), neither dominates: the tie-break takes the larger capacity
+    a = NodeOption(slow, capacity_rps=10.0, idle_w=1000.0, slope_j=2.0)
+    b = NodeOption(fast, capacity_rps=12.0, idle_w=1010.0, slope_j=0.0)
+    for options in ([a, b], [b, a]):
+        plan = solve_plan([options], [5.0], nodes=4, parked_node_w=500.0, tie_tolerance_frac=0.0)
+        assert [k for _, k in plan.slots] == [fast] and plan.capacity_rps == (12.0,)
+    real = [node_options(fleet.scenario, 600.0, 130.0), node_options(fleet.scenario, 5000.0, 250.0)]
+    forecast = [9.0, 0.6]
+    plans = [solve_plan(real, forecast, fleet.nodes, parked_node_w=8 * 71.8) for _ in range(2)]
+    assert plans[0] == plans[1]
+    first = solve_plan(real, forecast, fleet.nodes, parked_node_w=8 * 71.8, tie_tolerance_frac=None)
+    assert plans[0].power_w <= first.power_w * 1.01 + 1e-6  # within the tolerance of the least power
+    for p, rate in enumerate(forecast):
+        assert plans[0].capacity_rps[p] >= rate
+    assert (
+        min(c / f for c, f in zip(plans[0].capacity_rps, forecast, strict=True))
+        >= min(c / f for c, f in zip(first.capacity_rps, forecast, strict=True)) - 1e-9
+    )
+
+
+def test_the_codec_maps_a_plan_to_the_env_action_and_back(fleet) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.env import FleetCodec
+
+    sim = FleetSim(fleet)
+    codec = FleetCodec(fleet, sim)
+    k = Knobs(4, 1, 256, 1200, sim.initial_knobs.max_num_batched_tokens, 1980)
+    action = codec.from_slots(((0, k), (0, k), (1, Knobs(8, 1, 256, 1980))))
+    assert action.tolist() == [1, 0, codec.layouts.index((4, 1)), codec.layouts.index((8, 1)), 1, 5]
+    assert codec.knobs_for(action[2], action[4]) == k
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A few hundred steps of the fleet recipe (warm start by the planner, DAgger, PPO), exported."""
+    from greenrl.fleet.learn import train_fleet
+    from greenrl.train import agent_config
+
+    cfg = agent_config("maskable_ppo", "fleet-default") | {
+        "total_timesteps": 128,
+        "n_envs": 2,
+        "n_steps": 32,
+        "batch_size": 32,
+        "warm_start_episodes": 2,
+        "warm_start_epochs": 5,
+        "val_episodes": 0,  # no whole validation or held-out days in a unit test
+        "episode_s": 1800.0,
+    }
+    run = train_fleet("default", cfg, out=tmp_path_factory.mktemp("runs"))
+    assert (run / "warm_start.json").is_file() and (run / "summary.json").is_file()
+    return run / "controller"
+
+
+def test_a_tiny_fleet_training_exports_a_controller_that_acts_on_fleet_env(controller: Path) -> None:
+    from greenrl.fleet.env import FleetEnv
+    from greenrl.fleet.learn import load_learned
+    from greenrl.policy import load_controller
+
+    policy = load_controller(controller)
+    assert policy.manifest["kind"] == "fleet" and policy.manifest["env_id"] == "greenrl/fleet-default-v1"
+    env = FleetEnv("default")
+    obs, _ = env.reset(seed=3)
+    for _ in range(3):
+        action, _ = policy.predict(obs)
+        assert env.action_space.contains(action)
+        obs, *_ = env.step(action)
+    batch, _ = policy.predict(np.stack([obs, obs]))
+    assert batch.shape == (2, len(env.action_space.nvec))
+    assert load_learned(controller).name == "learned"
+    assert load_learned(controller.parent / "checkpoint" / "model.zip").predictor.predict(obs)[0].shape == (6,)
+
+
+def test_the_evaluator_ranks_a_checkpoint_on_an_unseen_category(controller: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.evaluate import main
+
+    code = main(
+        ["--windows", "0", "--duration-s", "1800", "--policies", "static-max", "--checkpoint", str(controller)]
+        + ["--category", "language/m-small"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "language/m-small" in out
+    assert "| learned |" in out and "| static-max |" in out
+
+
+def test_the_evaluator_refuses_an_unknown_category(capsys) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.evaluate import main
+
+    with pytest.raises(SystemExit):
+        main(["--windows", "0", "--duration-s", "60", "--policies", "static-max", "--category", "nope"])
+    assert "nope" in capsys.readouterr().err
+
+
+def test_a_baseline_with_the_fast_guard_plays_and_the_guard_boosts_a_slow_node(fleet) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from greenrl.fleet.env import FleetCodec
+    from greenrl.fleet.evaluate import run_policy
+    from greenrl.fleet.learn import GuardedFleet
+    from greenrl.fleet.policies import make_policy
+    from greenrl.workload import scale_for_rate_rps, servegen_trace
+
+    scale = scale_for_rate_rps(fleet.workload.category, fleet.workload.mean_rps)
+    trace = servegen_trace(fleet.workload.category, 13 * 86400 + 18 * 3600, 600.0, scale=scale, seed=0)
+    sim = FleetSim(fleet)
+    out = run_policy(sim, GuardedFleet(make_policy("planner")), trace)
+    assert out["policy"] == "planner+guard" and out["slo_attainment"] > 0.95
+    sim.reset(trace, seed=0)
+    snap = sim.advance(30.0)
+    codec = FleetCodec(fleet, sim)
+    slow = replace(snap.nodes[0], tbt_mean_s=1.0)  # far above 0.8 x the TBT SLO
+    low = sim.action
+    sim.apply(type(low)(low.on, low.pool_of_node, tuple(replace(k, sm_clock_mhz=1005) for k in low.knobs)))
+    action = codec.guard(sim, replace(snap, nodes=(slow, *snap.nodes[1:])))
+    assert action is not None and action.knobs[0].sm_clock_mhz == codec.clocks[-1]
+    assert all(k.sm_clock_mhz == 1005 for k in action.knobs[1:])
