@@ -21,8 +21,9 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from greenrl.fleet import FleetSim, load_fleet
-from greenrl.fleet.evaluate import fleet_day, run_policy
+from greenrl.fleet.days import fleet_day
 from greenrl.fleet.policies import make_policy
+from greenrl.fleet.rollout import run_policy
 
 
 def _best(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]

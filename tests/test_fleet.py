@@ -13,9 +13,9 @@ from greenrl.errors import InputError
 from greenrl.fleet import FleetAction, FleetSim, Router, load_fleet
 from greenrl.fleet.capacity import node_options
 from greenrl.fleet.config import fleets_dir
-from greenrl.fleet.evaluate import run_policy
 from greenrl.fleet.planner import assign, solve_plan
 from greenrl.fleet.policies import FLEET_POLICIES, make_policy
+from greenrl.fleet.rollout import run_policy
 from greenrl.workload import Trace, scale_for_rate_rps, servegen_trace
 
 DEFAULT = fleets_dir() / "default.yaml"

@@ -115,9 +115,9 @@ def test_a_baseline_with_the_fast_guard_plays_and_the_guard_boosts_a_slow_node(f
     from dataclasses import replace
 
     from greenrl.fleet.env import FleetCodec
-    from greenrl.fleet.evaluate import run_policy
     from greenrl.fleet.learn import GuardedFleet
     from greenrl.fleet.policies import make_policy
+    from greenrl.fleet.rollout import run_policy
     from greenrl.workload import scale_for_rate_rps, servegen_trace
 
     scale = scale_for_rate_rps(fleet.workload.category, fleet.workload.mean_rps)

@@ -23,7 +23,7 @@ from greenrl.core import Knobs
 from greenrl.errors import InputError
 from greenrl.fleet.cluster import FleetAction, FleetSim, FleetSnapshot
 from greenrl.fleet.config import FleetConfig, load_fleet
-from greenrl.fleet.evaluate import fleet_day, validation_day
+from greenrl.fleet.days import fleet_day, validation_day
 from greenrl.fleet.planner import FleetPlan, assign
 from greenrl.workload import Trace, scale_for_rate_rps, servegen_trace
 

@@ -5,7 +5,8 @@ node scenario's held-out days, each whole; prints a markdown table and, with ``-
 ``--checkpoint checkpoints/fleet-default/maskable_ppo_s0`` adds a learned controller, ``--category
 language/m-small`` replaces the load with a ServeGen category at the same mean rate.
 
-Public names: fleet_day, validation_day, validation_windows_s, run_policy, plot_timelines, main.
+Public names: plot_timelines, main (the days: ``greenrl.fleet.days``; one policy over one day:
+``greenrl.fleet.rollout``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,78 +21,16 @@ from typing import Any
 import numpy as np
 
 from greenrl.errors import InputError, exit_on_input_error
-from greenrl.fleet.cluster import FleetSim, FleetSnapshot
-from greenrl.fleet.config import FleetConfig, load_fleet
+from greenrl.fleet.cluster import FleetSim
+from greenrl.fleet.config import load_fleet
+from greenrl.fleet.days import fleet_day
 from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
-from greenrl.workload import Trace, scale_for_rate_rps, servegen_categories, servegen_trace
+from greenrl.fleet.rollout import run_policy
+from greenrl.workload import servegen_categories
 
-__all__ = ["fleet_day", "main", "plot_timelines", "run_policy", "validation_day", "validation_windows_s"]
+__all__ = ["main", "plot_timelines"]
 
 logger = logging.getLogger(__name__)
-
-
-def fleet_day(config: FleetConfig, window: int = 0, duration_s: float | None = None) -> Trace:
-    """The fleet's load over the node scenario's evaluation window ``window`` (seed 10,000 + window, as the env).
-
-    ``duration_s``: only the window's first seconds (a quick look; the table's figures are whole days).
-    """
-    start_s, whole_s = config.scenario.workload.eval_windows_s[window]
-    duration_s = whole_s if duration_s is None else min(whole_s, duration_s)
-    scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
-    return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=10_000 + window)
-
-
-def validation_windows_s(config: FleetConfig) -> list[tuple[float, float]]:
-    """Whole days between the end of the training range and the first held-out window (days 10 and 11)."""
-    w = config.scenario.workload
-    start, stop = w.train_range_s[1], min(t for t, _ in w.eval_windows_s)
-    return [(float(t), 86400.0) for t in np.arange(start, stop - 86400.0 + 1.0, 86400.0)]
-
-
-def validation_day(config: FleetConfig, index: int = 0) -> Trace:
-    """The fleet's load on validation day ``index`` (seed 20,000 + index): model and parameter selection."""
-    start_s, duration_s = validation_windows_s(config)[index]
-    scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
-    return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=20_000 + index)
-
-
-def run_policy(
-    sim: FleetSim, policy: FleetPolicy, trace: Trace, seed: int = 0, timeline: dict[str, list[Any]] | None = None
-) -> dict[str, Any]:
-    """Play ``policy`` over ``trace`` (every node interval to its end); returns the day's figures.
-
-    With ``timeline`` (a dict), each interval's end (s), arrivals per pool, nodes on and fleet power (W) are
-    appended to its lists ``t_end_s``, ``pool_arrivals``, ``nodes_on``, ``power_w``.
-    """
-    t0 = time.perf_counter()
-    sim.reset(trace, seed=seed)
-    policy.reset(sim)
-    dt = sim.config.control.node_interval_s
-    steps = max(1, round(trace.duration_s / dt))
-    snap: FleetSnapshot | None = None
-    on_nodes = 0.0
-    for step in range(steps):
-        action = policy.act(sim, snap, step)
-        if action is not None:
-            sim.apply(action)
-        snap = sim.advance(dt)
-        on_nodes += sum(1 for s in snap.states if s == "on")
-        if timeline is not None:
-            timeline.setdefault("t_end_s", []).append(snap.t_end_s)
-            timeline.setdefault("pool_arrivals", []).append(snap.pool_arrivals)
-            timeline.setdefault("nodes_on", []).append(sum(1 for s in snap.states if s == "on"))
-            timeline.setdefault("power_w", []).append(snap.energy_j / (snap.t_end_s - snap.t_start_s))
-    r = sim.result()
-    return {
-        "policy": getattr(policy, "name", type(policy).__name__),
-        "energy_kwh": round(r.energy_kwh, 3),
-        "slo_attainment": round(r.slo_attainment, 5),
-        "requests": r.requests,
-        "missed": r.requests - r.slo_met,
-        "mean_nodes_on": round(on_nodes / steps, 3),
-        "parked_node_hours": round(r.parked_node_hours, 2),
-        "wall_s": round(time.perf_counter() - t0, 2),
-    }
 
 
 def plot_timelines(timelines: dict[str, dict[str, list[Any]]], pools: list[str], path: Path, every: int = 10) -> None:

@@ -29,9 +29,10 @@ import yaml
 from greenrl.errors import InputError
 from greenrl.fleet.cluster import FleetAction, FleetSim, FleetSnapshot
 from greenrl.fleet.config import FleetConfig, load_fleet
+from greenrl.fleet.days import fleet_day, validation_day, validation_windows_s
 from greenrl.fleet.env import FleetCodec, FleetEnv
-from greenrl.fleet.evaluate import fleet_day, run_policy, validation_day, validation_windows_s
 from greenrl.fleet.policies import FleetPolicy, make_policy
+from greenrl.fleet.rollout import run_policy
 from greenrl.imitation import Demonstrations
 from greenrl.ioutil import atomic_write_text
 

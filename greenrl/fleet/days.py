@@ -1,0 +1,40 @@
+"""The fleet's load days: held-out days (the node scenario's evaluation windows) and validation days 10-11.
+
+One home for which requests a fleet day holds, shared by the env, training and evaluation.
+
+Public names: fleet_day, validation_day, validation_windows_s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from greenrl.fleet.config import FleetConfig
+from greenrl.workload import Trace, scale_for_rate_rps, servegen_trace
+
+__all__ = ["fleet_day", "validation_day", "validation_windows_s"]
+
+
+def fleet_day(config: FleetConfig, window: int = 0, duration_s: float | None = None) -> Trace:
+    """The fleet's load over the node scenario's evaluation window ``window`` (seed 10,000 + window, as the env).
+
+    ``duration_s``: only the window's first seconds (a quick look; the table's figures are whole days).
+    """
+    start_s, whole_s = config.scenario.workload.eval_windows_s[window]
+    duration_s = whole_s if duration_s is None else min(whole_s, duration_s)
+    scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
+    return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=10_000 + window)
+
+
+def validation_windows_s(config: FleetConfig) -> list[tuple[float, float]]:
+    """Whole days between the end of the training range and the first held-out window (days 10 and 11)."""
+    w = config.scenario.workload
+    start, stop = w.train_range_s[1], min(t for t, _ in w.eval_windows_s)
+    return [(float(t), 86400.0) for t in np.arange(start, stop - 86400.0 + 1.0, 86400.0)]
+
+
+def validation_day(config: FleetConfig, index: int = 0) -> Trace:
+    """The fleet's load on validation day ``index`` (seed 20,000 + index): model and parameter selection."""
+    start_s, duration_s = validation_windows_s(config)[index]
+    scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
+    return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=20_000 + index)
