@@ -34,6 +34,7 @@ from greenrl.ioutil import atomic_write_text
 from greenrl.rollout import StaticPolicy, rollout
 from greenrl.train_callbacks import make_callbacks
 from greenrl.train_resume import check_checkpoint, recorded_run, resume_args, save_model
+from greenrl.train_setup import build_model, warm_start
 
 __all__ = ["agent_config", "evaluate_policy_on", "main", "train", "train_argv"]
 
@@ -310,7 +311,6 @@ def _train_in(
     trust_pickle: bool,
 ) -> Path:
     """Build the envs and the model (or load the checkpoint), learn, evaluate and export."""
-    import torch
     from sb3_contrib import MaskablePPO
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecMonitor, VecNormalize
@@ -326,7 +326,6 @@ def _train_in(
     env = VecNormalize(monitored, norm_obs=False, norm_reward=True, gamma=float(cfg["gamma"]))
     norm_file = run / "checkpoint" / "reward_norm.json"
     algo = MaskablePPO if agent == "maskable_ppo" else PPO
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.get("activation", "tanh")]
     if resume is not None:
         model = algo.load(run / "checkpoint" / "model.zip", env=env, device="cpu")
         done_steps = model.num_timesteps
@@ -334,23 +333,7 @@ def _train_in(
             stats = json.loads(norm_file.read_text())
             env.ret_rms.mean, env.ret_rms.var, env.ret_rms.count = stats["mean"], stats["var"], stats["count"]
     else:
-        model = algo(
-            "MlpPolicy",
-            env,
-            seed=seed,
-            device="cpu",
-            verbose=0,
-            tensorboard_log=str(run / "tb"),
-            n_steps=int(cfg["n_steps"]),
-            batch_size=int(cfg["batch_size"]),
-            n_epochs=int(cfg["n_epochs"]),
-            learning_rate=float(cfg["learning_rate"]),
-            gamma=float(cfg["gamma"]),
-            gae_lambda=float(cfg["gae_lambda"]),
-            ent_coef=float(cfg["ent_coef"]),
-            clip_range=float(cfg["clip_range"]),
-            policy_kwargs={"net_arch": list(cfg["net_arch"]), "activation_fn": activation},
-        )
+        model = build_model(algo, env, cfg, seed, run)
         done_steps = 0
         if cfg.get("warm_start"):
             _warm_start(model, env, scenario, cfg, seed, run)
@@ -429,37 +412,15 @@ def _train_in(
 
 
 def _warm_start(model: Any, env: Any, scenario: Scenario, cfg: dict[str, Any], seed: int, run: Path) -> None:
-    """Clone the ``warm_start`` teacher (plus DAgger rounds), fit the critic, seed the reward normalization."""
-    from greenrl.imitation import behaviour_clone, collect_demonstrations, fit_critic, running_return_stats
+    """Clone the ``warm_start`` teacher over the scenario's training episodes (``greenrl.train_setup.warm_start``)."""
+    from greenrl.imitation import collect_demonstrations
 
-    started = time.perf_counter()
     teacher = str(cfg["warm_start"])
-    episodes = int(cfg.get("warm_start_episodes", 200))
-    epochs = int(cfg.get("warm_start_epochs", 100))
-    base_seed = 2_000_000 + 10_000 * seed  # away from training and validation seeds
-    demos = collect_demonstrations(scenario, teacher, episodes, base_seed)
-    loss = behaviour_clone(model.policy, demos, epochs, seed)
-    rounds = int(cfg.get("dagger_rounds", 0))
-    for r in range(rounds):
-        demos = demos + collect_demonstrations(
-            scenario, teacher, max(1, episodes // 2), base_seed + (r + 1) * episodes, student=model
-        )
-        loss = behaviour_clone(model.policy, demos, max(1, epochs // 2), seed + r + 1)
-    gamma = float(cfg["gamma"])
-    mean, var, count = running_return_stats(demos.rewards, demos.episode_end, gamma)
-    env.ret_rms.mean, env.ret_rms.var, env.ret_rms.count = mean, var, count
-    mse = fit_critic(model.policy, demos, gamma, 1.0 / float(np.sqrt(var + env.epsilon)), epochs, seed)
-    report = {
-        "teacher": teacher,
-        "episodes": episodes,
-        "dagger_rounds": rounds,
-        "samples": len(demos),
-        "bc_loss_nats": loss,
-        "agreement": demos.agreement(model),
-        "critic_mse": mse,
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    atomic_write_text(run / "warm_start.json", json.dumps(report, indent=1) + "\n")
+
+    def collect(episodes: int, base_seed: int, student: Any) -> Any:
+        return collect_demonstrations(scenario, teacher, episodes, base_seed, student=student)
+
+    warm_start(model, env, collect, cfg, seed, run, default_episodes=200)
 
 
 def _bias_towards(model: Any, env: ServingEnv, bias: float) -> None:

@@ -35,6 +35,7 @@ from greenrl.fleet.policies import FleetPolicy, make_policy
 from greenrl.fleet.rollout import run_policy
 from greenrl.imitation import Demonstrations
 from greenrl.ioutil import atomic_write_text
+from greenrl.train_setup import build_model, warm_start
 
 __all__ = [
     "FleetTeacher",
@@ -239,13 +240,11 @@ def train_fleet(
             the planner on the validation days (energy no higher, attainment no lower).
         progress_bar: SB3's progress bar.
     """
-    import torch
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
     from torch.distributions import Distribution
 
-    from greenrl.imitation import behaviour_clone, fit_critic, running_return_stats
     from greenrl.policy import export_controller
     from greenrl.train_resume import save_model
 
@@ -275,58 +274,16 @@ def train_fleet(
     monitored = VecMonitor(DummyVecEnv([factory for _ in range(int(cfg["n_envs"]))]))
     monitored.seed(seed)
     env = VecNormalize(monitored, norm_obs=False, norm_reward=True, gamma=float(cfg["gamma"]))
-    activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.get("activation", "tanh")]
-    model = MaskablePPO(
-        "MlpPolicy",
-        env,
-        seed=seed,
-        device="cpu",
-        verbose=0,
-        tensorboard_log=str(run / "tb"),
-        n_steps=int(cfg["n_steps"]),
-        batch_size=int(cfg["batch_size"]),
-        n_epochs=int(cfg["n_epochs"]),
-        learning_rate=float(cfg["learning_rate"]),
-        gamma=float(cfg["gamma"]),
-        gae_lambda=float(cfg["gae_lambda"]),
-        ent_coef=float(cfg["ent_coef"]),
-        clip_range=float(cfg["clip_range"]),
-        policy_kwargs={"net_arch": list(cfg["net_arch"]), "activation_fn": activation},
-    )
+    model = build_model(MaskablePPO, env, cfg, seed, run)
     teacher = cfg.get("warm_start")
     if teacher and teacher != "none":
-        t0 = time.perf_counter()
-        episodes, epochs = int(cfg.get("warm_start_episodes", 16)), int(cfg.get("warm_start_epochs", 100))
-        base_seed = 2_000_000 + 10_000 * seed
-        demos = collect_fleet_demonstrations(config.path, str(teacher), episodes, base_seed, None, slo_weight, window_s)
-        loss = behaviour_clone(model.policy, demos, epochs, seed)
-        for r in range(int(cfg.get("dagger_rounds", 0))):
-            more = collect_fleet_demonstrations(
-                config.path,
-                str(teacher),
-                max(1, episodes // 2),
-                base_seed + (r + 1) * episodes,
-                model,
-                slo_weight,
-                window_s,
+
+        def collect(episodes: int, base_seed: int, student: Any) -> Any:
+            return collect_fleet_demonstrations(
+                config.path, str(teacher), episodes, base_seed, student, slo_weight, window_s
             )
-            demos = demos + more
-            loss = behaviour_clone(model.policy, demos, max(1, epochs // 2), seed + r + 1)
-        gamma = float(cfg["gamma"])
-        mean, var, count = running_return_stats(demos.rewards, demos.episode_end, gamma)
-        stats: Any = env.ret_rms  # VecNormalize's RunningMeanStd, seeded from the demonstrations
-        stats.mean, stats.var, stats.count = mean, var, count
-        mse = fit_critic(model.policy, demos, gamma, 1.0 / float(np.sqrt(var + env.epsilon)), epochs, seed)
-        report = {
-            "teacher": teacher,
-            "episodes": episodes,
-            "samples": len(demos),
-            "bc_loss_nats": loss,
-            "agreement": demos.agreement(model),
-            "critic_mse": mse,
-            "wall_s": round(time.perf_counter() - t0, 1),
-        }
-        atomic_write_text(run / "warm_start.json", json.dumps(report, indent=1) + "\n")
+
+        report = warm_start(model, env, collect, cfg, seed, run, default_episodes=16)
         logger.info("warm start: %s", report)
 
     every = int(cfg.get("eval_every_steps", 10_000))
