@@ -1,6 +1,8 @@
-"""Small file helpers: atomic writes, so an interrupted command never leaves a half-written file.
+"""Small file helpers: atomic writes and reading a user's YAML file.
 
-Public names: atomic_write_text.
+An interrupted command never leaves a half-written file; a YAML file that cannot be parsed is one clear error.
+
+Public names: atomic_write_text, read_yaml.
 """
 
 from __future__ import annotations
@@ -8,8 +10,30 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write_text"]
+import yaml
+
+from greenrl.errors import InputError
+
+__all__ = ["atomic_write_text", "read_yaml"]
+
+
+def read_yaml(path: Path, kind: str) -> Any:
+    """The parsed ``path`` (``yaml.safe_load``); bad syntax or a non-text file is one ``InputError`` naming it.
+
+    ``kind`` names what the file should be in the fix, e.g. ``"scenario"``: "give a scenario YAML".
+    """
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(
+            str(path), "file", f"not valid YAML ({' '.join(str(err).split())})", "fix the syntax"
+        ) from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise InputError(
+            str(path), "file", f"not a YAML text file ({type(err).__name__})", f"give a {kind} YAML"
+        ) from None
 
 
 def _umask() -> int:

@@ -13,12 +13,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-import yaml
-
 from greenrl.bundled import scenarios_dir
 from greenrl.core import reload_time_s
 from greenrl.env.scenario_checks import check_scenario, check_sections, check_shapes
 from greenrl.errors import InputError
+from greenrl.ioutil import read_yaml
 from greenrl.slo import Slo
 
 __all__ = ["Scenario", "load_scenario", "scenario_names", "scenarios_dir"]
@@ -248,14 +247,7 @@ def load_scenario(name_or_path: str) -> Scenario:
             f"use one of {', '.join(names) or '(none found in ' + str(scenarios_dir()) + ')'}",
         )
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(where, "file", f"not valid YAML ({' '.join(str(err).split())})", "fix the syntax") from None
-    except (UnicodeDecodeError, RecursionError) as err:
-        raise InputError(
-            where, "file", f"not a YAML text file ({type(err).__name__})", "give a scenario YAML"
-        ) from None
+    raw = read_yaml(path, "scenario")
     kwargs = _build(Scenario, raw or {}, where, "")
     check_sections(raw, where)
     scenario = Scenario(name=path.stem, path=where, **kwargs)

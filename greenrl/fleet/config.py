@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from greenrl.bundled import scenarios_dir
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.errors import InputError
+from greenrl.ioutil import read_yaml
 from greenrl.workload import servegen_categories
 
 __all__ = [
@@ -218,12 +217,7 @@ def load_fleet(name_or_path: str) -> FleetConfig:
         names = fleet_names()
         raise InputError("--fleet", "fleet", f"unknown fleet {name_or_path!r}", f"use one of {', '.join(names)}")
     where = str(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(where, "file", f"not valid YAML ({' '.join(str(err).split())})", "fix the syntax") from None
-    except (UnicodeDecodeError, RecursionError) as err:
-        raise InputError(where, "file", f"not a YAML text file ({type(err).__name__})", "give a fleet YAML") from None
+    raw = read_yaml(path, "fleet")
     if not isinstance(raw, dict):
         raise InputError(where, "file", f"expected a mapping, got {raw!r}", "see envs/fleets/default.yaml")
     top = ("version", "description", "scenario", "nodes", "pools", "router", "workload", "control")
