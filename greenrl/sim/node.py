@@ -221,16 +221,8 @@ class SimNode:
         trace = self._workload(rng) if callable(self._workload) else self._workload
         self.trace = trace
         n = len(trace)
-        self.req_f = np.zeros((n, K.N_RF))
-        self.req_f[:, K.RF_ARRIVAL] = trace.arrival_s
-        self.req_f[:, [K.RF_FIRST_TOKEN, K.RF_FINISH, K.RF_LAST_TOKEN, K.RF_ADMIT]] = -1.0
-        alone = self._fastest.step(StepBatch.prefill(1.0, trace.input_tokens.astype(float))).latency_s
-        self.req_f[:, K.RF_TTFT_SLO] = self.config.slo.ttft_bounds_s(alone)
-        self.req_i = np.zeros((n, K.N_RI), dtype=np.int64)
-        self.req_i[:, K.RI_PROMPT] = trace.input_tokens
-        self.req_i[:, K.RI_OUTPUT] = trace.output_tokens
-        self.req_i[:, K.RI_SLOT] = -1
-        self.req_i[:, K.RI_NEXT] = -1
+        self.req_f, self.req_i = _blank_requests(n)
+        self._fill_requests(slice(0, n), trace.arrival_s, trace.input_tokens, trace.output_tokens)
         self._n_req = n
         self.g = np.array([0, -1, -1, 0], dtype=np.int64)
         self.cnt = np.zeros(K.N_K)
@@ -261,22 +253,23 @@ class SimNode:
             raise InputError("add_requests", "arrival_s", "arrivals out of order", "send requests in arrival order")
         if n + k > len(self.req_f):
             grow = max(n + k, 2 * len(self.req_f), 1024) - len(self.req_f)
-            pad_f = np.zeros((grow, K.N_RF))
-            pad_f[:, K.RF_ARRIVAL] = np.inf
-            pad_f[:, [K.RF_FIRST_TOKEN, K.RF_FINISH, K.RF_LAST_TOKEN, K.RF_ADMIT]] = -1.0
-            pad_i = np.zeros((grow, K.N_RI), dtype=np.int64)
-            pad_i[:, [K.RI_SLOT, K.RI_NEXT]] = -1
+            pad_f, pad_i = _blank_requests(grow)
             self.req_f = np.concatenate([self.req_f, pad_f])
             self.req_i = np.concatenate([self.req_i, pad_i])
             self.chunk = np.concatenate([self.chunk, np.zeros(grow, dtype=np.int64)])
-        rows = slice(n, n + k)
+        self._fill_requests(slice(n, n + k), arrival_s, input_tokens, output_tokens)
+        self._n_req = n + k
+        return n
+
+    def _fill_requests(
+        self, rows: slice, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray
+    ) -> None:
+        """Write requests into table ``rows``: arrivals, lengths and each one's TTFT bound under the SLO."""
         self.req_f[rows, K.RF_ARRIVAL] = arrival_s
         alone = self._fastest.step(StepBatch.prefill(1.0, np.asarray(input_tokens, dtype=float))).latency_s
         self.req_f[rows, K.RF_TTFT_SLO] = self.config.slo.ttft_bounds_s(alone)
         self.req_i[rows, K.RI_PROMPT] = input_tokens
         self.req_i[rows, K.RI_OUTPUT] = output_tokens
-        self._n_req = n + k
-        return n
 
     def done(self, start: int = 0) -> np.ndarray:
         """Whether each request from row ``start`` on has finished or been rejected (what a front end sees)."""
@@ -563,3 +556,13 @@ class SimNode:
             "running": int((st == K.RUNNING).sum()),
             "waiting": int((st == K.WAITING).sum()),
         }
+
+
+def _blank_requests(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An empty request table of ``n`` rows: arrival at infinity (never reached), no event yet (-1), no slot."""
+    req_f = np.zeros((n, K.N_RF))
+    req_f[:, K.RF_ARRIVAL] = np.inf
+    req_f[:, [K.RF_FIRST_TOKEN, K.RF_FINISH, K.RF_LAST_TOKEN, K.RF_ADMIT]] = -1.0
+    req_i = np.zeros((n, K.N_RI), dtype=np.int64)
+    req_i[:, [K.RI_SLOT, K.RI_NEXT]] = -1
+    return req_f, req_i
