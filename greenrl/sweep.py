@@ -167,6 +167,13 @@ def parse_grid(
         )
     resolved: list[tuple[str, str]] = []
     for name in names:
+        if name.startswith("fleet-"):  # a fleet (envs/fleets/<name>.yaml): trained by greenrl.fleet.learn
+            from greenrl.fleet.config import load_fleet
+
+            load_fleet(name.removeprefix("fleet-"))
+            agent_config(agent, name)
+            resolved.append((name, name))
+            continue
         try:
             scenario = load_scenario(name)
         except InputError as err:
@@ -416,6 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.eval_seeds < 1:
             raise InputError("--eval-seeds", "eval_seeds", f"must be at least 1, got {args.eval_seeds}", "e.g. 5")
         for scenario in grid.scenarios:
+            if scenario.startswith("fleet-"):
+                raise InputError(
+                    "--evaluate",
+                    "evaluate",
+                    f"{scenario} is a fleet: each run's summary.json already holds its held-out days",
+                    "leave --evaluate out, or evaluate a run with python -m greenrl.fleet.evaluate --checkpoint",
+                )
             _baselines(args.baselines, scenario)
     backend = make_backend(
         args.backend, args.ray_address, args.num_cpus, args.ray_timeout

@@ -38,11 +38,24 @@ CI_TEXT = "95% CI: mean +- t(0.975, n-1) * sd / sqrt(n) (Student t), n = trainin
 
 def _train_kpis(run: Path) -> dict[str, float]:
     s = json.loads((run / "summary.json").read_text())
+    if "energy_saving_vs_static_max" not in s:  # a fleet run without validation (val_episodes 0)
+        return dict.fromkeys(METRICS, math.nan)
     return {
         "saving_vs_static_max": float(s["energy_saving_vs_static_max"]),
         "slo_attainment": float(s["eval_trained"]["slo_attainment"]),
         "slo_delta_vs_static_max": float(s["slo_attainment_delta"]),
     }
+
+
+def _default_slo_weight(cell: Cell) -> float:
+    """The SLO weight a cell without ``--slo-weight`` trains with: the scenario's, or a fleet's agent file's."""
+    if cell.scenario.startswith("fleet-"):
+        from greenrl.train import agent_config
+
+        return float(agent_config(cell.agent, cell.scenario).get("slo_weight", 100.0))
+    from greenrl.env.scenario import load_scenario
+
+    return load_scenario(cell.scenario).reward.slo_weight
 
 
 def _eval_records(path: Path) -> list[dict[str, Any]]:
@@ -64,9 +77,7 @@ def _row(key: dict[str, Any], values: dict[str, list[float]], n: int, ci_over: s
 
 def build_report(grid: SweepGrid, runs: dict[Cell, Path | None], meta: dict[str, Any]) -> dict[str, Any]:
     """Cells, per-(scenario, SLO weight, source) rows over seeds, and baseline rows, as one JSON-ready dict."""
-    from greenrl.env.scenario import load_scenario
-
-    weights = {c.scenario: load_scenario(c.scenario).reward.slo_weight for c in grid.cells}
+    weights = {c.scenario: _default_slo_weight(c) for c in grid.cells}
     cells: list[dict[str, Any]] = []
     groups: dict[tuple[str, float, str], tuple[list[int], dict[str, list[float]]]] = {}
     for cell, run in runs.items():

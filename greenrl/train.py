@@ -187,8 +187,16 @@ def train(
             cfg["n_envs"] = n_envs
         if slo_weight is not None:
             cfg["slo_weight"] = float(slo_weight)
+        if torch_threads is not None:
+            if torch_threads < 1:
+                raise InputError(
+                    "--torch-threads", "torch_threads", f"must be at least 1, got {torch_threads}", "e.g. 1"
+                )
+            import torch
+
+            torch.set_num_threads(torch_threads)
         fleet = scenario_name.removeprefix("fleet-")
-        return train_fleet(fleet, cfg, agent or "maskable_ppo", seed or 0, out, ship, progress_bar)
+        return train_fleet(fleet, cfg, agent or "maskable_ppo", seed or 0, out, ship, progress_bar, argv)
     recorded: dict[str, Any] | None = None
     if resume is not None:
         recorded = recorded_run(Path(resume))

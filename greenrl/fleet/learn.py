@@ -227,6 +227,7 @@ def train_fleet(
     out: Path = Path("runs"),
     ship: bool = False,
     progress_bar: bool = False,
+    argv: list[str] | None = None,
 ) -> Path:
     """Warm start, PPO, model selection on the validation days, held-out evaluation, export; the run folder.
 
@@ -239,6 +240,7 @@ def train_fleet(
         ship: also export to ``checkpoints/fleet-<fleet>/<agent>_s<seed>/`` if the controller beats or ties
             the planner on the validation days (energy no higher, attainment no lower).
         progress_bar: SB3's progress bar.
+        argv: the ``greenrl.train`` command line recorded in command.txt (default: this process's).
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -265,7 +267,10 @@ def train_fleet(
             sort_keys=False,
         ),
     )
-    atomic_write_text(run / "command.txt", shlex.join([sys.executable, "-m", "greenrl.train", *sys.argv[1:]]) + "\n")
+    atomic_write_text(
+        run / "command.txt",
+        shlex.join([sys.executable, "-m", "greenrl.train", *(sys.argv[1:] if argv is None else argv)]) + "\n",
+    )
     started = time.perf_counter()
 
     def factory() -> FleetEnv:
@@ -335,8 +340,16 @@ def train_fleet(
             val_best["slo_attainment"] >= val_planner["slo_attainment"]
         )
         held_out: dict[str, Any] = _days(config, LearnedFleet(best_model), "eval")
+        static_max: dict[str, Any] = _days(config, make_policy("static-max"), "eval")
+        # the keys of a node run's summary.json, so that greenrl.sweep reports fleets the same way
+        versus = {
+            "energy_saving_vs_static_max": 1.0 - held_out["energy_kwh"] / static_max["energy_kwh"],
+            "slo_attainment_delta": held_out["slo_attainment"] - static_max["slo_attainment"],
+            "eval_trained": {k: held_out[k] for k in ("energy_kwh", "slo_attainment", "missed")},
+            "eval_static_max": {k: static_max[k] for k in ("energy_kwh", "slo_attainment", "missed")},
+        }
     else:
-        best_model, val_planner, val_best, beats, held_out = model, {}, {}, False, {}
+        best_model, val_planner, val_best, beats, held_out, versus = model, {}, {}, False, {}, {}
     summary = {
         "timesteps": int(model.num_timesteps),
         "wall_s": round(time.perf_counter() - started, 1),
@@ -347,6 +360,7 @@ def train_fleet(
         "validation_planner": {k: v for k, v in val_planner.items() if k != "days"},
         "beats_or_ties_planner_on_validation": beats,
         "held_out": held_out,
+        **versus,
     }
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
     extra = {
