@@ -1,6 +1,6 @@
 """The day oracle: the layout (TP, replicas, parked GPUs) chosen in hindsight by lookahead over the true load.
 
-Public names: DayOracleBaseline, LayoutTrial.
+Public names: DayOracleBaseline, HeldLayout, LayoutTrial.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError
 from greenrl.rollout import play
 
-__all__ = ["DayOracleBaseline", "LayoutTrial"]
+__all__ = ["DayOracleBaseline", "HeldLayout", "LayoutTrial"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class LayoutTrial:
     cost_j: float
 
 
-class _HeldLayout(PhaseDvfsBaseline):
+class HeldLayout(PhaseDvfsBaseline):
     """phase-dvfs clocks with the layout held (the policy the day oracle plays inside each lookahead)."""
 
     layout: tuple[int, int] = (0, 0)
@@ -85,7 +85,7 @@ class DayOracleBaseline(Baseline):
 
     def bind(self, env: ServingEnv) -> None:
         """Attach to ``env`` with a phase-dvfs rule for the clocks."""
-        self._clocks = _HeldLayout(env)
+        self._clocks = HeldLayout(env)
         super().bind(env)
 
     def reset_state(self) -> None:
@@ -108,7 +108,7 @@ class DayOracleBaseline(Baseline):
 
     def _try(self, layout: tuple[int, int], missed_before: int) -> LayoutTrial:
         sim = copy.deepcopy(self.env)
-        policy = _HeldLayout(sim)
+        policy = HeldLayout(sim)
         policy.layout = layout
         policy.current = self.with_knobs(self.current, tp=layout[0], replicas=layout[1])
         policy.step_index = max(1, self.step_index)

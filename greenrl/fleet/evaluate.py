@@ -5,7 +5,7 @@ node scenario's held-out days, each whole; prints a markdown table and, with ``-
 ``--checkpoint checkpoints/fleet-default/maskable_ppo_s0`` adds a learned controller, ``--category
 language/m-small`` replaces the load with a ServeGen category at the same mean rate.
 
-Public names: plot_timelines, main (the days: ``greenrl.fleet.days``; one policy over one day:
+Public names: plot_timelines, plot_pareto, main (the days: ``greenrl.fleet.days``; one policy over one day:
 ``greenrl.fleet.rollout``).
 """
 
@@ -26,9 +26,10 @@ from greenrl.fleet.config import load_fleet
 from greenrl.fleet.days import fleet_day
 from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
 from greenrl.fleet.rollout import run_policy
+from greenrl.ioutil import atomic_write_text
 from greenrl.workload import servegen_categories
 
-__all__ = ["main", "plot_timelines"]
+__all__ = ["main", "plot_pareto", "plot_timelines"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,49 @@ def plot_timelines(timelines: dict[str, dict[str, list[Any]]], pools: list[str],
     fig.savefig(path, dpi=100)
 
 
+def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
+    """Energy saved vs static-max against SLO attainment, one panel per day, one point per policy.
+
+    Learned controllers (``learned-<i>``, e.g. one per training seed) share one marker; static-max's
+    attainment is a dashed line: points right of it and high up are what the issue asks for.
+    """
+    from matplotlib.figure import Figure
+
+    days = sorted({r["day"] for r in rows})
+    fig = Figure(figsize=(5 * len(days), 4.2))
+    axes = fig.subplots(1, len(days), squeeze=False)[0]
+    for ax, day in zip(axes, days, strict=True):
+        mine = [r for r in rows if r["day"] == day]
+        ref = next((r for r in mine if r["policy"] == "static-max"), None)
+        if ref is None:
+            continue
+        learned = [r for r in mine if r["policy"].startswith("learned")]
+        for r in mine:
+            if r in learned:
+                continue
+            x, y = 100 * r["slo_attainment"], 100 * (1 - r["energy_kwh"] / ref["energy_kwh"])
+            ax.scatter([x], [y], marker="s" if "+guard" in r["policy"] else "o")
+            ax.annotate(r["policy"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if learned:
+            ax.scatter(
+                [100 * r["slo_attainment"] for r in learned],
+                [100 * (1 - r["energy_kwh"] / ref["energy_kwh"]) for r in learned],
+                marker="*",
+                s=90,
+                color="black",
+                label=f"learned ({len(learned)} controllers)",
+            )
+            ax.legend(fontsize=7, loc="lower left")
+        ax.axvline(100 * ref["slo_attainment"], ls="--", lw=0.8, color="grey")
+        ax.set_title(f"day {day}", fontsize=9)
+        ax.set_xlabel("SLO attainment (%)")
+        ax.set_ylabel("energy saved vs static-max (%)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Evaluate fleet baselines on held-out days; print a markdown table."""
@@ -74,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--windows", nargs="+", type=int, default=None, help="evaluation window indices (default: all)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeline", type=Path, default=None, help="plot the first window's day per policy to this PNG")
+    p.add_argument("--pareto", type=Path, default=None, help="plot energy saved vs SLO attainment per day to this PNG")
+    p.add_argument("--save", type=Path, default=None, help="also write the rows as JSON to this file")
     p.add_argument(
         "--checkpoint",
         type=Path,
@@ -123,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s", row)
     if args.timeline is not None:
         plot_timelines(timelines, [pool.name for pool in config.pools], args.timeline)
+    if args.pareto is not None:
+        plot_pareto(rows, args.pareto)
+    if args.save is not None:
+        atomic_write_text(args.save, json.dumps(rows, indent=1) + "\n")
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

@@ -20,8 +20,13 @@ Public names: FleetPlan, solve_plan, assign.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -30,6 +35,43 @@ from greenrl.core import Knobs
 from greenrl.fleet.capacity import NodeOption
 
 __all__ = ["FleetPlan", "assign", "solve_plan"]
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced() -> Iterator[None]:
+    """File descriptor 1 to /dev/null while HiGHS runs.
+
+    HiGHS 1.x (scipy 1.17) writes a leftover debug line ("HighsMipSolverData::transformNewIntegerFeasibleSolution
+    tmpSolver.run();") straight to the C stdout on some programs, whatever ``disp`` says; a JSON printed by
+    a command would then not parse. Python's own ``sys.stdout`` is flushed first and untouched.
+    """
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        saved = os.dup(fd)
+    except (OSError, ValueError, AttributeError):  # no real stdout (e.g. captured): nothing to silence
+        yield
+        return
+    try:
+        sys.stdout.flush()
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        _libc_fflush()  # HiGHS's printf buffer goes to /dev/null, not to the restored stdout
+        os.dup2(saved, fd)
+        os.close(saved)
+
+
+def _libc_fflush() -> None:
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)
+
+
+def _milp(*args: Any, **kwargs: Any) -> Any:
+    with _native_stdout_silenced():
+        return milp(*args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +150,7 @@ def solve_plan(
     ub.append(float(nodes))
     # no pool needs more nodes of one configuration than its forecast fills (tight bounds: a small search)
     most = np.array([min(nodes, max(1, math.ceil(forecast_rps[p] / o.capacity_rps))) for p, o in cols], dtype=float)
-    res = milp(
+    res = _milp(
         cost,
         constraints=LinearConstraint(np.array(rows), np.array(lb), np.array(ub)),
         integrality=np.concatenate([np.ones(n), np.zeros(n)]),
@@ -167,7 +209,7 @@ def _tie_break(
         lo.append(0.0)
         hi.append(np.inf)
     upper = np.concatenate([np.full(n, float(nodes)), [max(0.0, forecast_rps[p]) for p, _ in cols], [1e3]])
-    tied = milp(
+    tied = _milp(
         objective,
         constraints=LinearConstraint(np.array(a), np.array(lo), np.array(hi)),
         integrality=np.concatenate([np.ones(n), np.zeros(n + 1)]),
