@@ -134,3 +134,31 @@ def test_a_baseline_with_the_fast_guard_plays_and_the_guard_boosts_a_slow_node(f
     action = codec.guard(sim, replace(snap, nodes=(slow, *snap.nodes[1:])))
     assert action is not None and action.knobs[0].sm_clock_mhz == codec.clocks[-1]
     assert all(k.sm_clock_mhz == 1005 for k in action.knobs[1:])
+
+
+@pytest.mark.parametrize(
+    ("energy_kwh", "attainment", "ships", "why"),
+    [
+        (250.0, 0.9919, True, "not dominated"),  # more energy, but more attainment than the planner
+        (200.0, 0.9950, True, "not dominated"),  # better on both
+        (200.0, 0.9890, False, "below 99%"),  # cheap, but under the floor
+        (230.0, 0.9700, False, "below 99%"),
+    ],
+)
+def test_the_ship_verdict_needs_the_floor_and_no_domination(
+    energy_kwh: float, attainment: float, ships: bool, why: str
+) -> None:
+    from greenrl.fleet.learn import ship_verdict
+
+    planner = {"energy_kwh": 215.0, "slo_attainment": 0.9706}
+    ok, reason = ship_verdict({"energy_kwh": energy_kwh, "slo_attainment": attainment}, planner)
+    assert ok is ships and why in reason and "planner 215.0 kWh" in reason
+
+
+def test_a_controller_the_planner_dominates_does_not_ship() -> None:
+    from greenrl.fleet.learn import ship_verdict
+
+    ok, reason = ship_verdict(
+        {"energy_kwh": 220.0, "slo_attainment": 0.992}, {"energy_kwh": 210.0, "slo_attainment": 0.995}
+    )
+    assert not ok and "dominated by the planner" in reason

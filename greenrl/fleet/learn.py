@@ -8,7 +8,8 @@ validation days (10-11: ``validation_day``) against the planner there, and the h
 evaluated once at the end. ``LearnedFleet`` plays an exported controller (or an SB3 model) as a
 ``FleetPolicy``, so ``python -m greenrl.fleet.evaluate`` ranks it with the baselines.
 
-Public names: FleetTeacher, LearnedFleet, GuardedFleet, collect_fleet_demonstrations, load_learned, train_fleet.
+Public names: FleetTeacher, LearnedFleet, GuardedFleet, collect_fleet_demonstrations, load_learned, ship_verdict,
+train_fleet, SHIP_MIN_ATTAINMENT.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ __all__ = [
     "GuardedFleet",
     "LearnedFleet",
     "collect_fleet_demonstrations",
+    "SHIP_MIN_ATTAINMENT",
     "load_learned",
+    "ship_verdict",
     "train_fleet",
 ]
 
@@ -205,6 +208,26 @@ def _score(row: dict[str, Any], config: FleetConfig, slo_weight: float) -> float
     return -energy - slo_weight * steps * row["missed"] / max(1, row["requests"])
 
 
+SHIP_MIN_ATTAINMENT = 0.99
+"""A fleet controller ships only if it meets at least this SLO attainment on the validation days."""
+
+
+def ship_verdict(selected: dict[str, Any], planner: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a selected controller may ship, and why: what an operator would accept on the validation days.
+
+    It must meet ``SHIP_MIN_ATTAINMENT`` and not be dominated by the planner (less energy, or higher
+    attainment; the planner alone may sit below the floor). The held-out days never decide it.
+    """
+    att, energy = selected["slo_attainment"], selected["energy_kwh"]
+    figures = f"validation {energy:.1f} kWh at {100 * att:.2f}% (planner {planner['energy_kwh']:.1f} kWh at "
+    figures += f"{100 * planner['slo_attainment']:.2f}%)"
+    if att < SHIP_MIN_ATTAINMENT:
+        return False, f"attainment below {100 * SHIP_MIN_ATTAINMENT:g}%: {figures}"
+    if energy >= planner["energy_kwh"] and att <= planner["slo_attainment"]:
+        return False, f"dominated by the planner: {figures}"
+    return True, f"meets {100 * SHIP_MIN_ATTAINMENT:g}% and is not dominated by the planner: {figures}"
+
+
 def _days(config: FleetConfig, policy: Any, split: str) -> dict[str, Any]:
     """Energy, requests, missed and attainment of ``policy`` over the validation or held-out days."""
     sim = FleetSim(config)
@@ -237,8 +260,7 @@ def train_fleet(
         agent: ``maskable_ppo`` (the only agent for a fleet).
         seed: training seed.
         out: parent of the run folder.
-        ship: also export to ``checkpoints/fleet-<fleet>/<agent>_s<seed>/`` if the controller beats or ties
-            the planner on the validation days (energy no higher, attainment no lower).
+        ship: also export to ``checkpoints/fleet-<fleet>/<agent>_s<seed>/`` if :func:`ship_verdict` passes it.
         progress_bar: SB3's progress bar.
         argv: the ``greenrl.train`` command line recorded in command.txt (default: this process's).
     """
@@ -336,9 +358,7 @@ def train_fleet(
         best_model = MaskablePPO.load(run / "best" / "model.zip", device="cpu")
         val_planner: dict[str, Any] = _days(config, make_policy("planner"), "val")
         val_best: dict[str, Any] = next(e for e in evals if e["score"] == best["score"])
-        beats = val_best["energy_kwh"] <= val_planner["energy_kwh"] and (
-            val_best["slo_attainment"] >= val_planner["slo_attainment"]
-        )
+        shippable, ship_reason = ship_verdict(val_best, val_planner)
         held_out: dict[str, Any] = _days(config, LearnedFleet(best_model), "eval")
         static_max: dict[str, Any] = _days(config, make_policy("static-max"), "eval")
         # the keys of a node run's summary.json, so that greenrl.sweep reports fleets the same way
@@ -349,7 +369,8 @@ def train_fleet(
             "eval_static_max": {k: static_max[k] for k in ("energy_kwh", "slo_attainment", "missed")},
         }
     else:
-        best_model, val_planner, val_best, beats, held_out, versus = model, {}, {}, False, {}, {}
+        best_model, val_planner, val_best, held_out, versus = model, {}, {}, {}, {}
+        shippable, ship_reason = False, "not validated (val_episodes 0)"
     summary = {
         "timesteps": int(model.num_timesteps),
         "wall_s": round(time.perf_counter() - started, 1),
@@ -358,7 +379,8 @@ def train_fleet(
         "validation": evals,
         "selected": val_best,
         "validation_planner": {k: v for k, v in val_planner.items() if k != "days"},
-        "beats_or_ties_planner_on_validation": beats,
+        "shippable": shippable,
+        "ship_verdict": ship_reason,
         "held_out": held_out,
         **versus,
     }
@@ -372,9 +394,9 @@ def train_fleet(
     }
     probe = FleetEnv(config.path, "eval")
     export_controller(best_model, probe, run / "controller", extra)
-    if ship and beats:
+    if ship and shippable:
         export_controller(best_model, probe, Path("checkpoints") / scenario / name, extra)
     elif ship:
-        print("not shipped: the controller does not beat or tie the planner on the validation days", flush=True)
+        print(f"not shipped: {ship_reason}", flush=True)
     print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=1, default=float), flush=True)
     return run
