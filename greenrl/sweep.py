@@ -34,7 +34,7 @@ from typing import Any
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
 from greenrl.sweep_backend import RAY_TIMEOUT_S, TASK_THREADS, Backend, make_backend
-from greenrl.sweep_report import EVAL_FILE, build_report, print_report, write_report
+from greenrl.sweep_report import EVAL_FILE, WORKER_FILE, build_report, print_report, write_report
 
 __all__ = [
     "Cell",
@@ -233,12 +233,18 @@ def train_cell(cell: Cell) -> dict[str, Any]:
     atomic_write_text(run / "train.log", log.getvalue())
     if not (run / "summary.json").is_file():  # greenrl.train returns without a summary only when interrupted
         raise KeyboardInterrupt(f"{run}: training interrupted before its summary")
-    return {
-        "run": str(run),
-        "policy_sha256": _policy_sha256(run),
-        "host": platform.node(),
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
+    worker = {"host": platform.node(), "ray_node_id": _ray_node_id(), "wall_s": round(time.perf_counter() - started, 1)}
+    atomic_write_text(run / WORKER_FILE, json.dumps(worker) + "\n")
+    return {"run": str(run), "policy_sha256": _policy_sha256(run), **worker}
+
+
+def _ray_node_id() -> str | None:
+    """The Ray node this task runs on (None outside Ray): which machine of a cluster trained a cell."""
+    if "ray" not in sys.modules:
+        return None
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else None
 
 
 def _baselines(text: str, scenario: str) -> tuple[str, ...]:

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 __all__ = ["EVAL_FILE", "METRICS", "SCHEMA", "build_report", "print_report", "report_csv", "write_report"]
 
 SCHEMA = "greenrl-sweep/1"
+WORKER_FILE = "sweep_worker.json"
+"""Where a cell trained (host, Ray node id, wall time), written into its run folder by the sweep."""
 EVAL_FILE = "sweep_eval.json"
 """A cell's evaluation records, written into its run folder by ``--evaluate``."""
 METRICS = ("saving_vs_static_max", "slo_attainment", "slo_delta_vs_static_max")
@@ -88,6 +90,8 @@ def build_report(grid: SweepGrid, runs: dict[Cell, Path | None], meta: dict[str,
             cells.append(entry)
             continue
         entry["policy_sha256"] = json.loads((run / "controller" / "controller.json").read_text())["policy"]["sha256"]
+        if (run / WORKER_FILE).is_file():
+            entry["worker"] = json.loads((run / WORKER_FILE).read_text())
         sources = {"train": _train_kpis(run)}
         trained = [r for r in _eval_records(run / EVAL_FILE) if r["policy_kind"] != "baseline"]
         if trained:

@@ -129,6 +129,36 @@ def test_ray_local_gives_the_serial_results(serial_sweep: Path, tmp_path: Path) 
     assert serial["rows"] == ray["rows"]
 
 
+@pytest.mark.skipif(not ray_installed(), reason="ray is not installed (pip install 'greenrl[sweep]')")
+def test_a_two_node_ray_cluster_gives_the_serial_results(serial_sweep: Path, tmp_path: Path) -> None:
+    """--ray-address on a cluster of two Ray nodes (Ray's own multi-node test cluster: a head and a worker raylet
+    on this host, as two machines would run them): each node trains one cell, and the results are the serial ones.
+    What only real machines add (another host's Python, network file paths) is outside this test."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        address = cluster.address
+        code = sweep_cli.main(
+            ["--scenarios", "tiny", "--seeds", "0-1", "--slo-weights", "50", "--total-timesteps", str(STEPS)]
+            + ["--ray-address", address, "--evaluate", "--eval-seeds", "1", "--out", str(tmp_path)]
+        )
+    finally:
+        cluster.shutdown()
+    assert code == 0
+    serial = json.loads((serial_sweep / "report.json").read_text())
+    ray = json.loads((tmp_path / "report.json").read_text())
+    assert f"cluster at {address}, 2 CPUs" in ray["meta"]["backend"]
+    assert len({c["worker"]["ray_node_id"] for c in ray["cells"]}) == 2  # one cell per node: both trained
+    assert all(c["worker"]["ray_node_id"] is None for c in serial["cells"])
+    for a, b in zip(serial["cells"], ray["cells"], strict=True):
+        assert a["policy_sha256"] == b["policy_sha256"]
+        assert a["train"] == b["train"] and a["evaluate"] == b["evaluate"]
+    assert serial["rows"] == ray["rows"]
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -143,6 +173,8 @@ def test_ray_local_gives_the_serial_results(serial_sweep: Path, tmp_path: Path) 
         (["--ray-address", "nowhere"], "not host:port"),
         (["--num-cpus", "0"], "--num-cpus"),
         (["--evaluate", "--baselines", "nope"], "unknown baseline"),
+        (["--scenarios", "fleet-default", "--evaluate"], "already holds its held-out days"),
+        (["--scenarios", "fleet-nope"], "fleet"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
@@ -154,6 +186,17 @@ def test_bad_input_exits_2_with_one_line(
     err = capsys.readouterr().err.strip()
     assert expected in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fleet_is_a_sweep_scenario_with_its_agent_files_slo_weight(tmp_path: Path) -> None:
+    from greenrl.sweep_report import _default_slo_weight
+    from greenrl.train import agent_config
+
+    grid = parse_grid("fleet-default,tiny", "0-1", None, "maskable_ppo", None, tmp_path)
+    assert grid.scenarios == ("fleet-default", "tiny") and len(grid.cells) == 4
+    fleet_cell = grid.cells[0]
+    assert fleet_cell.train_argv()[:2] == ["--scenario", "fleet-default"]
+    assert _default_slo_weight(fleet_cell) == agent_config("maskable_ppo", "fleet-default")["slo_weight"]
 
 
 def test_unreachable_ray_address_fails_fast_and_writes_nothing(
