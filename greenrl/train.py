@@ -144,6 +144,61 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _is_fleet_run(run: Path) -> bool:
+    """Whether ``run`` is a fleet run folder (its config.yaml names a ``fleet-`` scenario)."""
+    try:
+        recorded = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False  # recorded_run says what is wrong
+    return isinstance(recorded, dict) and str(recorded.get("scenario", "")).startswith("fleet-")
+
+
+def _resume_fleet(
+    run: Path,
+    scenario_name: str | None,
+    agent: str | None,
+    seed: int | None,
+    total_timesteps: int | None,
+    overrides: dict[str, Any] | None,
+    slo_weight: float | None,
+    trust_pickle: bool,
+    ship: bool,
+    progress_bar: bool,
+) -> Path:
+    """Continue a fleet run from its checkpoint with its recorded fleet, agent, seed and hyperparameters."""
+    from greenrl.fleet.learn import train_fleet
+
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    keys = ("scenario", "fleet_file", "agent", "seed", "hyperparameters")
+    if any(k not in recorded for k in keys):
+        raise InputError(str(run / "config.yaml"), "file", f"lacks one of {', '.join(keys)}", "start a new run")
+    given = (("--scenario", scenario_name, "scenario"), ("--agent", agent, "agent"), ("--seed", seed, "seed"))
+    for flag, value, key in given:
+        if value is not None and value != recorded[key]:
+            raise InputError(flag, key, f"the run used {recorded[key]!r}, not {value!r}", f"drop {flag} when resuming")
+    if overrides or slo_weight is not None:
+        raise InputError(
+            "--resume",
+            "warm_start/slo_weight",
+            "hyperparameters and the SLO weight are the run's own when resuming",
+            "drop --warm-start and --slo-weight, or start a new run",
+        )
+    if not (run / "checkpoint" / "model.zip").is_file():
+        raise InputError(
+            "--resume",
+            "resume",
+            f"{run} has no checkpoint: it stopped before its first validation",
+            f"start a new run: python -m greenrl.train --scenario {recorded['scenario']}",
+        )
+    check_checkpoint(run / "checkpoint" / "model.zip", trust_pickle)
+    cfg = dict(recorded["hyperparameters"])
+    if total_timesteps is not None:
+        cfg["total_timesteps"] = total_timesteps
+    fleet = str(recorded["fleet_file"])
+    agent_name, seed_value = str(recorded["agent"]), int(recorded["seed"])
+    return train_fleet(fleet, cfg, agent_name, seed_value, run.parent, ship, progress_bar, resume=run)
+
+
 def train(
     scenario_name: str | None = None,
     agent: str | None = None,
@@ -173,9 +228,12 @@ def train(
     the same policy in any process with that thread count (``greenrl.sweep`` pins 1). ``argv`` is the
     ``greenrl.train`` command line recorded in command.txt (default: this process's).
     """
+    if resume is not None and _is_fleet_run(Path(resume)):
+        given = (scenario_name, agent, seed, total_timesteps, overrides, slo_weight)
+        return _resume_fleet(Path(resume), *given, trust_pickle, ship, progress_bar)
     if scenario_name is not None and scenario_name.startswith("fleet-"):  # a fleet (envs/fleets/): FleetEnv
         if resume is not None:
-            raise InputError("--resume", "resume", "fleet runs cannot be resumed yet", "start a new run")
+            raise InputError("--resume", "resume", f"{resume} is not a fleet run", "drop --scenario when resuming")
         from greenrl.fleet.learn import train_fleet
 
         cfg = agent_config(agent or "maskable_ppo", scenario_name)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from greenrl.core import Knobs
+from greenrl.errors import InputError
 from greenrl.fleet import FleetSim, load_fleet
 from greenrl.fleet.capacity import NodeOption, node_options
 from greenrl.fleet.planner import solve_plan
@@ -162,3 +164,30 @@ def test_a_controller_the_planner_dominates_does_not_ship() -> None:
         {"energy_kwh": 220.0, "slo_attainment": 0.992}, {"energy_kwh": 210.0, "slo_attainment": 0.995}
     )
     assert not ok and "dominated by the planner" in reason
+
+
+def test_a_fleet_run_resumes_from_its_checkpoint(controller: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import yaml
+
+    from greenrl.train import train
+
+    run = tmp_path / controller.parent.name
+    shutil.copytree(controller.parent, run)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["timesteps"] == 128
+    warm = (run / "warm_start.json").read_bytes()
+    with pytest.raises(InputError, match="the run used 0"):
+        train(resume=run, seed=1)
+    assert train(resume=run, total_timesteps=256, progress_bar=False) == run
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["timesteps"] == 256
+    assert json.loads((run / "summary.json").read_text())["timesteps"] == 256
+    assert (run / "warm_start.json").read_bytes() == warm  # the warm start is not repeated
+    assert yaml.safe_load((run / "config.yaml").read_text())["hyperparameters"]["total_timesteps"] == 128
+
+    data = bytearray((run / "checkpoint" / "model.zip").read_bytes())
+    data[-1] ^= 0xFF
+    (run / "checkpoint" / "model.zip").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="sha256"):
+        train(resume=run, total_timesteps=384, progress_bar=False)

@@ -228,6 +228,14 @@ def ship_verdict(selected: dict[str, Any], planner: dict[str, Any]) -> tuple[boo
     return True, f"meets {100 * SHIP_MIN_ATTAINMENT:g}% and is not dominated by the planner: {figures}"
 
 
+def fleet_files_sha256(config: FleetConfig) -> dict[str, str]:
+    """sha256 of the fleet YAML and of its node scenario YAML: a resumed run must train on the same fleet."""
+    import hashlib
+
+    paths = (config.path, config.scenario.path)
+    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
+
+
 def _days(config: FleetConfig, policy: Any, split: str) -> dict[str, Any]:
     """Energy, requests, missed and attainment of ``policy`` over the validation or held-out days."""
     sim = FleetSim(config)
@@ -251,6 +259,7 @@ def train_fleet(
     ship: bool = False,
     progress_bar: bool = False,
     argv: list[str] | None = None,
+    resume: Path | None = None,
 ) -> Path:
     """Warm start, PPO, model selection on the validation days, held-out evaluation, export; the run folder.
 
@@ -263,6 +272,9 @@ def train_fleet(
         ship: also export to ``checkpoints/fleet-<fleet>/<agent>_s<seed>/`` if :func:`ship_verdict` passes it.
         progress_bar: SB3's progress bar.
         argv: the ``greenrl.train`` command line recorded in command.txt (default: this process's).
+        resume: a fleet run folder to continue from its checkpoint (saved at every validation and on
+            Ctrl-C; the caller checked its hash and passes the recorded ``cfg``, ``agent`` and ``seed``).
+            Its warm start is not repeated; the validations so far and the best model are kept.
     """
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -280,19 +292,26 @@ def train_fleet(
     slo_weight = float(cfg.get("slo_weight", 100.0))
     window_s = float(cfg["episode_s"]) if "episode_s" in cfg else None
     name = f"{agent}_s{seed}"
-    run = Path(out) / scenario / f"{name}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run.mkdir(parents=True, exist_ok=False)
-    atomic_write_text(
-        run / "config.yaml",
-        yaml.safe_dump(
-            {"scenario": scenario, "fleet_file": config.path, "agent": agent, "seed": seed, "hyperparameters": cfg},
-            sort_keys=False,
-        ),
-    )
-    atomic_write_text(
-        run / "command.txt",
-        shlex.join([sys.executable, "-m", "greenrl.train", *(sys.argv[1:] if argv is None else argv)]) + "\n",
-    )
+    if resume is None:
+        run = Path(out) / scenario / f"{name}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        run.mkdir(parents=True, exist_ok=False)
+        recorded = {"scenario": scenario, "fleet_file": config.path, "agent": agent, "seed": seed}
+        recorded["files_sha256"] = fleet_files_sha256(config)
+        atomic_write_text(run / "config.yaml", yaml.safe_dump(recorded | {"hyperparameters": cfg}, sort_keys=False))
+        atomic_write_text(
+            run / "command.txt",
+            shlex.join([sys.executable, "-m", "greenrl.train", *(sys.argv[1:] if argv is None else argv)]) + "\n",
+        )
+    else:
+        run = Path(resume)
+        recorded = yaml.safe_load((run / "config.yaml").read_text())
+        if recorded.get("files_sha256") != fleet_files_sha256(config):
+            raise InputError(
+                str(run / "config.yaml"),
+                "files_sha256",
+                f"the fleet file {config.path} or its node scenario changed since this run started",
+                "restore them, or start a new run",
+            )
     started = time.perf_counter()
 
     def factory() -> FleetEnv:
@@ -301,9 +320,29 @@ def train_fleet(
     monitored = VecMonitor(DummyVecEnv([factory for _ in range(int(cfg["n_envs"]))]))
     monitored.seed(seed)
     env = VecNormalize(monitored, norm_obs=False, norm_reward=True, gamma=float(cfg["gamma"]))
-    model = build_model(MaskablePPO, env, cfg, seed, run)
+    evals: list[dict[str, Any]] = []
+    best = {"score": -np.inf}
+    if resume is not None:
+        model = MaskablePPO.load(run / "checkpoint" / "model.zip", env=env, device="cpu")
+        state = json.loads((run / "checkpoint" / "state.json").read_text())
+        env.ret_rms.mean, env.ret_rms.var, env.ret_rms.count = (
+            state["reward_norm"][k] for k in ("mean", "var", "count")
+        )
+        evals[:] = state["validation"]
+        best["score"] = max((e["score"] for e in evals), default=-np.inf)
+        print(f"resuming {run} at {model.num_timesteps} timesteps", flush=True)
+    else:
+        model = build_model(MaskablePPO, env, cfg, seed, run)
+
+    def checkpoint() -> None:
+        """The model, the reward normalization and the validations so far: what ``--resume`` continues from."""
+        save_model(model, run / "checkpoint" / "model.zip")
+        norm = {"mean": float(env.ret_rms.mean), "var": float(env.ret_rms.var), "count": float(env.ret_rms.count)}
+        state = {"timesteps": int(model.num_timesteps), "reward_norm": norm, "validation": evals}
+        atomic_write_text(run / "checkpoint" / "state.json", json.dumps(state, default=float) + "\n")
+
     teacher = cfg.get("warm_start")
-    if teacher and teacher != "none":
+    if resume is None and teacher and teacher != "none":
 
         def collect(episodes: int, base_seed: int, student: Any) -> Any:
             return collect_fleet_demonstrations(
@@ -314,8 +353,6 @@ def train_fleet(
         logger.info("warm start: %s", report)
 
     every = int(cfg.get("eval_every_steps", 10_000))
-    evals: list[dict[str, Any]] = []
-    best = {"score": -np.inf}
 
     def validate(steps: int) -> None:
         row = _days(config, LearnedFleet(model), "val")
@@ -330,11 +367,12 @@ def train_fleet(
         if score > best["score"]:
             best["score"] = score
             save_model(model, run / "best" / "model.zip")
+        checkpoint()
 
     class Validate(BaseCallback):
         def __init__(self) -> None:
             super().__init__()
-            self.next = every
+            self.next = (model.num_timesteps // every + 1) * every
 
         def _on_step(self) -> bool:
             if self.num_timesteps >= self.next:
@@ -343,15 +381,29 @@ def train_fleet(
             return True
 
     validating = int(cfg.get("val_episodes", 2)) > 0  # 0: no validation or held-out days (a smoke test)
-    if validating:
+    if validating and resume is None:
         validate(0)
     t_learn = time.perf_counter()
     callback = Validate() if validating else None
-    model.learn(int(cfg["total_timesteps"]), callback=callback, progress_bar=progress_bar, tb_log_name=agent)
+    remaining = int(cfg["total_timesteps"]) - model.num_timesteps
+    try:
+        if remaining > 0:
+            model.learn(
+                remaining,
+                callback=callback,
+                progress_bar=progress_bar,
+                tb_log_name=agent,
+                reset_num_timesteps=resume is None,
+            )
+    except KeyboardInterrupt:
+        checkpoint()
+        env.close()
+        print(f"interrupted at {model.num_timesteps} timesteps; resume with: python -m greenrl.train --resume {run}")
+        return run
     learn_s = time.perf_counter() - t_learn
-    if validating and evals[-1]["timesteps"] != model.num_timesteps:
+    if validating and (not evals or evals[-1]["timesteps"] != model.num_timesteps):
         validate(model.num_timesteps)
-    save_model(model, run / "checkpoint" / "model.zip")
+    checkpoint()
     env.close()
 
     if validating:
