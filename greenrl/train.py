@@ -33,7 +33,7 @@ from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
 from greenrl.rollout import StaticPolicy, rollout
 from greenrl.train_callbacks import make_callbacks
-from greenrl.train_resume import check_checkpoint, recorded_run, resume_args, save_model
+from greenrl.train_resume import check_checkpoint, check_resume_flags, recorded_run, resume_args, save_model
 from greenrl.train_setup import build_model, warm_start
 
 __all__ = ["agent_config", "evaluate_policy_on", "main", "train", "train_argv"]
@@ -172,17 +172,14 @@ def _resume_fleet(
     keys = ("scenario", "fleet_file", "agent", "seed", "hyperparameters")
     if any(k not in recorded for k in keys):
         raise InputError(str(run / "config.yaml"), "file", f"lacks one of {', '.join(keys)}", "start a new run")
-    given = (("--scenario", scenario_name, "scenario"), ("--agent", agent, "agent"), ("--seed", seed, "seed"))
-    for flag, value, key in given:
-        if value is not None and value != recorded[key]:
-            raise InputError(flag, key, f"the run used {recorded[key]!r}, not {value!r}", f"drop {flag} when resuming")
-    if overrides or slo_weight is not None:
+    if scenario_name is not None and scenario_name != recorded["scenario"]:
         raise InputError(
-            "--resume",
-            "warm_start/slo_weight",
-            "hyperparameters and the SLO weight are the run's own when resuming",
-            "drop --warm-start and --slo-weight, or start a new run",
+            "--scenario",
+            "scenario",
+            f"the run was trained on {recorded['scenario']}, not {scenario_name}",
+            "drop --scenario when resuming (the run's own is used)",
         )
+    check_resume_flags(recorded, agent, seed, overrides, slo_weight)
     if not (run / "checkpoint" / "model.zip").is_file():
         raise InputError(
             "--resume",

@@ -5,7 +5,7 @@ temp file and ``os.replace`` (never a truncated checkpoint) and records its sha2
 record (``greenrl.trust``, the one home of pickle trust); ``check_checkpoint`` refuses a zip whose hash is
 not the recorded one unless the user trusts it.
 
-Public names: check_checkpoint, recorded_run, resume_args, save_model.
+Public names: check_checkpoint, check_resume_flags, recorded_run, resume_args, save_model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from greenrl.env.scenario import load_scenario
 from greenrl.errors import InputError
 from greenrl.trust import check_pickle, record_pickle
 
-__all__ = ["check_checkpoint", "recorded_run", "resume_args", "save_model"]
+__all__ = ["check_checkpoint", "check_resume_flags", "recorded_run", "resume_args", "save_model"]
 
 
 def recorded_run(run: Path) -> dict[str, Any]:
@@ -61,6 +61,18 @@ def resume_args(
             f"the run was trained on {recorded['scenario_file']}, not {scenario_name}",
             "drop --scenario when resuming (the run's own is used)",
         )
+    check_resume_flags(recorded, agent, seed, overrides, slo_weight)
+    return str(recorded["scenario_file"]), str(recorded["agent"]), int(recorded["seed"])
+
+
+def check_resume_flags(
+    recorded: dict[str, Any],
+    agent: str | None,
+    seed: int | None,
+    overrides: dict[str, Any] | None,
+    slo_weight: float | None,
+) -> None:
+    """A resumed run (node or fleet) keeps its recorded agent, seed and hyperparameters; another flag is an error."""
     for flag, given, key in (("--agent", agent, "agent"), ("--seed", seed, "seed")):
         if given is not None and given != recorded[key]:
             raise InputError(flag, key, f"the run used {recorded[key]!r}, not {given!r}", f"drop {flag} when resuming")
@@ -71,7 +83,6 @@ def resume_args(
             "hyperparameters and the SLO weight are the run's own when resuming",
             "drop --warm-start and --slo-weight, or start a new run",
         )
-    return str(recorded["scenario_file"]), str(recorded["agent"]), int(recorded["seed"])
 
 
 def save_model(model: Any, path: Path) -> None:
