@@ -263,10 +263,10 @@ def test_the_proxy_forwards_only_the_serving_api() -> None:
 
 
 def test_the_twin_serves_knob_changes_and_remote_hosts_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
-    import asyncio
 
     from greenrl.env.scenario import load_scenario
     from greenrl.twin.cli import main as twin_main
+    from greenrl.twin.inprocess import serving_in_thread
     from greenrl.twin.livesim import LiveSim
     from greenrl.twin.server import TwinServer
 
@@ -275,31 +275,11 @@ def test_the_twin_serves_knob_changes_and_remote_hosts_only_when_asked(capsys: p
     assert exc.value.code == 2 and "--allow-remote" in capsys.readouterr().err
     sim = LiveSim.from_scenario(load_scenario("tiny").name, 10, {})
     for allow, expected in ((False, 403), (True, 200)):
-        server = TwinServer(sim, model_name="m", port=0, allow_control=allow)
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve(
-            loop: asyncio.AbstractEventLoop = loop, server: TwinServer = server, ready: threading.Event = ready
-        ) -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(server.start())
-            ready.set()
-            loop.run_forever()
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        try:
-            assert ready.wait(60.0)  # a loaded 2-core machine has taken 12 s
+        with serving_in_thread(TwinServer(sim, model_name="m", port=0, allow_control=allow)) as server:
             status, body = _request(f"http://127.0.0.1:{server.port}/greenrl/knobs", "POST", b'{"sm_clock_mhz": 1005}')
             assert status == expected, body
             if not allow:
                 assert b"--allow-control" in body
-        finally:
-            asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10.0)
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(5.0)
-            loop.close()
 
 
 # ------------------------------------------------------------------ the proxy: upstream killed or frozen, clients leave

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ from greenrl.core import VLLM_ITL_BUCKETS_S, VLLM_TTFT_BUCKETS_S
 from greenrl.errors import InputError
 from greenrl.sim import SimConfig
 from greenrl.sim import kernel as K
-from greenrl.twin import CapacityError, LiveSim, TwinServer, prompt_token_count, render_metrics
+from greenrl.twin import CapacityError, LiveSim, TwinServer, prompt_token_count, render_metrics, serving_in_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME_SCALE = 20.0
@@ -434,20 +433,7 @@ def test_twin_knobs_and_state(twin: str) -> None:
 
 def test_in_process_server_capacity_503(tiny_config: SimConfig) -> None:
     sim = LiveSim(tiny_config, capacity=1)
-    server = TwinServer(sim, model_name="m", time_scale=50.0, port=0)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(10.0)
+    with serving_in_thread(TwinServer(sim, model_name="m", time_scale=50.0, port=0)) as server:
         base = f"http://127.0.0.1:{server.port}"
         assert _post(f"{base}/v1/completions", {"prompt": "a b", "max_tokens": 3})[0] == 200
         status, body = _post(f"{base}/v1/completions", {"prompt": "a b", "max_tokens": 3})
@@ -457,11 +443,6 @@ def test_in_process_server_capacity_503(tiny_config: SimConfig) -> None:
         with socket.create_connection(("127.0.0.1", server.port), timeout=5.0) as s:
             s.sendall(b"NONSENSE\r\n\r\n")
             assert s.recv(100).startswith(b"HTTP/1.1 400")
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10.0)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5.0)
-        loop.close()
     with pytest.raises(InputError):
         TwinServer(sim, model_name="m", time_scale=0.0)
 

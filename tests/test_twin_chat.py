@@ -3,7 +3,6 @@ proxy in front of it with chat; the official ``openai`` client against both."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import threading
@@ -19,7 +18,7 @@ from greenrl.live.http import HttpError
 from greenrl.live.proxy import AdmissionProxy
 from greenrl.live.tokens import approx_prompt_tokens
 from greenrl.slo import Slo, SloJudge
-from greenrl.twin import LiveSim, TwinServer
+from greenrl.twin import LiveSim, TwinServer, serving_in_thread
 from greenrl.twin.protocol import CHAT_DEFAULT_MAX_TOKENS, parse_ask
 
 TIME_SCALE = 50.0
@@ -175,26 +174,8 @@ def test_the_context_length_bounds_prompt_plus_max_tokens() -> None:
 def in_process() -> Iterator[TwinServer]:
     """A twin in this process (its simulator readable), on its own loop thread."""
     sim = LiveSim.from_scenario("tiny", capacity=16)
-    server = TwinServer(sim, model_name="m", time_scale=5.0, tick_s=0.01, port=0)
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(server.start())
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        assert ready.wait(10.0)
+    with serving_in_thread(TwinServer(sim, model_name="m", time_scale=5.0, tick_s=0.01, port=0)) as server:
         yield server
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(timeout=10.0)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5.0)
-        loop.close()
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])

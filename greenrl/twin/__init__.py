@@ -9,17 +9,19 @@ seconds per wall second).
 See ``docs/twin.md`` for the protocol subset, the injection design and its limits.
 
 Modules, one job each: ``livesim`` (``LiveSim``: the simulator hook), ``protocol`` (request checks,
-response shapes), ``server`` (``TwinServer``: HTTP and the simulation driver), ``prometheus``
-(``render_metrics``), ``cli`` (``main``).
+response shapes), ``server`` (``TwinServer``: HTTP and the simulation driver), ``inprocess``
+(``serving_in_thread``: a twin on a loop thread of this process), ``prometheus`` (``render_metrics``),
+``cli`` (``main``).
 
 Only the standard library, numpy, the simulator and ``greenrl.live.http`` / ``greenrl.live.tokens`` are
 used (no optional dependency).
 
 Public names: CapacityError, LiveSim, RequestProgress, TwinServer, main, prompt_token_count,
-render_metrics.
+render_metrics, serving_in_thread.
 """
 
 from greenrl.twin.cli import main
+from greenrl.twin.inprocess import serving_in_thread
 from greenrl.twin.livesim import CapacityError, LiveSim, RequestProgress
 from greenrl.twin.prometheus import render_metrics
 from greenrl.twin.protocol import prompt_token_count
@@ -33,4 +35,5 @@ __all__ = [
     "main",
     "prompt_token_count",
     "render_metrics",
+    "serving_in_thread",
 ]
