@@ -391,3 +391,17 @@ def test_evaluate_writes_rows_and_a_pareto_plot(tmp_path: Path, capsys: pytest.C
     learned = [dict(rows[1], policy=f"learned-{i}", energy_kwh=rows[1]["energy_kwh"] * (1 + i / 10)) for i in range(3)]
     plot_pareto(rows + learned, tmp_path / "q.png")  # the seeds' points share one marker
     assert (tmp_path / "q.png").stat().st_size > 10_000
+
+
+def test_the_seed_summary_is_a_t_interval_over_learned_controllers() -> None:
+    from greenrl.fleet.evaluate import seed_summary
+
+    rows = [{"day": 12, "policy": "static-max", "energy_kwh": 200.0, "slo_attainment": 0.999}]
+    rows += [
+        {"day": 12, "policy": f"learned-{i}", "energy_kwh": e, "slo_attainment": a}
+        for i, (e, a) in enumerate([(100.0, 0.998), (110.0, 0.999), (90.0, 0.997)])
+    ]
+    lines = seed_summary(rows)
+    # savings 50, 45, 55: mean 50, sd 5, t(0.975, 2) = 4.303 -> half-width 12.4
+    assert lines[-1] == "| 12 | 3 (mean +- 95% CI, Student t) | 50.0 +- 12.4% | 99.80 +- 0.25% | 1 of 3 |"
+    assert seed_summary(rows[:2]) == []  # one controller: no interval

@@ -5,8 +5,8 @@ node scenario's held-out days, each whole; prints a markdown table and, with ``-
 ``--checkpoint checkpoints/fleet-default/maskable_ppo_s0`` adds a learned controller, ``--category
 language/m-small`` replaces the load with a ServeGen category at the same mean rate.
 
-Public names: plot_timelines, plot_pareto, main (the days: ``greenrl.fleet.days``; one policy over one day:
-``greenrl.fleet.rollout``).
+Public names: plot_timelines, plot_pareto, seed_summary, main (the days: ``greenrl.fleet.days``; one policy
+over one day: ``greenrl.fleet.rollout``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from greenrl.fleet.rollout import run_policy
 from greenrl.ioutil import atomic_write_text
 from greenrl.workload import servegen_categories
 
-__all__ = ["main", "plot_pareto", "plot_timelines"]
+__all__ = ["main", "plot_pareto", "plot_timelines", "seed_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +186,39 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['day']} | {r['policy']} | {r['energy_kwh']:.1f} | {saving} | {100 * r['slo_attainment']:.2f}% "
             f"| {r['missed']} | {r['mean_nodes_on']:.2f} |"
         )
+    for line in seed_summary(rows):
+        print(line)
     return 0
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[str]:
+    """Per day, the learned controllers (``learned-<i>``: one per training seed) as mean +- Student-t 95% CI.
+
+    Markdown lines: energy saved vs static-max and SLO attainment (percent) over the controllers, and how
+    many of them beat or tie static-max's attainment; nothing with fewer than two controllers.
+    """
+    from greenrl.evaluate_kpis import mean_ci95
+
+    lines: list[str] = []
+    for day in sorted({r["day"] for r in rows}):
+        ref = next((r for r in rows if r["day"] == day and r["policy"] == "static-max"), None)
+        learned = [r for r in rows if r["day"] == day and r["policy"].startswith("learned-")]
+        if ref is None or len(learned) < 2:
+            continue
+        saving, s_ci = mean_ci95([100 * (1 - r["energy_kwh"] / ref["energy_kwh"]) for r in learned])
+        att, a_ci = mean_ci95([100 * r["slo_attainment"] for r in learned])
+        at_least = sum(r["slo_attainment"] >= ref["slo_attainment"] for r in learned)
+        if not lines:
+            lines += [
+                "",
+                "| day | learned controllers | saving vs static-max | SLO attainment | at static-max's attainment |",
+            ]
+            lines += ["|---|---|---|---|---|"]
+        lines.append(
+            f"| {day} | {len(learned)} (mean +- 95% CI, Student t) | {saving:.1f} +- {s_ci:.1f}% "
+            f"| {att:.2f} +- {a_ci:.2f}% | {at_least} of {len(learned)} |"
+        )
+    return lines
 
 
 if __name__ == "__main__":
