@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import Any
 
 import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from greenrl.fleet import FleetAction, FleetSim, FleetSnapshot, load_fleet
 from greenrl.fleet.days import validation_day, validation_windows_s
@@ -116,7 +119,10 @@ def _predict_s(model: Any, obs: np.ndarray, repeats: int = 200) -> float:
 
 
 def main() -> None:
+    import torch
     from sb3_contrib import MaskablePPO
+
+    torch.set_num_threads(1)  # the predict times on one core, as the simulator's
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--central", required=True, help="the centralized model (.zip)")
