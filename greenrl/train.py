@@ -38,7 +38,8 @@ from greenrl.train_setup import build_model, warm_start
 
 __all__ = ["agent_config", "evaluate_policy_on", "main", "train", "train_argv"]
 
-AGENTS = {"ppo": "PPO", "maskable_ppo": "MaskablePPO"}
+AGENTS = {"ppo": "PPO", "maskable_ppo": "MaskablePPO", "maskable_ppo_shared": "MaskablePPO"}
+"""maskable_ppo_shared: fleets only, one policy shared by every node (``greenrl.fleet.shared_learn``)."""
 _AGENT_KEYS = {
     "init_bias",
     "total_timesteps",
@@ -251,6 +252,10 @@ def train(
 
             torch.set_num_threads(torch_threads)
         fleet = scenario_name.removeprefix("fleet-")
+        if agent == "maskable_ppo_shared":
+            from greenrl.fleet.shared_learn import train_shared_fleet
+
+            return train_shared_fleet(fleet, cfg, agent, seed or 0, out, progress_bar, argv)
         return train_fleet(fleet, cfg, agent or "maskable_ppo", seed or 0, out, ship, progress_bar, argv)
     recorded: dict[str, Any] | None = None
     if resume is not None:
@@ -258,6 +263,8 @@ def train(
         scenario_name, agent, seed = resume_args(recorded, scenario_name, agent, seed, overrides, slo_weight)
     scenario_name = scenario_name or "default"
     agent = agent or "maskable_ppo"
+    if agent == "maskable_ppo_shared":
+        raise InputError("--agent", "agent", "maskable_ppo_shared trains fleets only", "use --scenario fleet-<name>")
     seed = 0 if seed is None else seed
     scenario = load_scenario(scenario_name)
     if recorded is not None:  # the run's reward (its --slo-weight, the agent file's slo_reference)

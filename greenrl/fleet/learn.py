@@ -66,8 +66,8 @@ class FleetTeacher:
         self.obs: list[npt.NDArray[np.float32]] = []
         self.labels: list[npt.NDArray[np.int64]] = []
 
-    def label(self, env: FleetEnv) -> npt.NDArray[np.int64]:
-        """The teacher's action for the env's state (after ``reset`` or ``step``)."""
+    def decide(self, env: FleetEnv) -> FleetAction:
+        """The teacher's fleet action for the env's state (after ``reset`` or ``step``; the sim's when it keeps it)."""
         sim, spd = env.sim, env.config.control.steps_per_decision
         action: FleetAction | None = None
         if env.t == 0:
@@ -77,10 +77,15 @@ class FleetTeacher:
         else:
             for i, snap in enumerate(env.snaps):
                 action = self.policy.act(sim, snap, (env.t - 1) * spd + i + 1) or action
+        return action or sim.action
+
+    def label(self, env: FleetEnv) -> npt.NDArray[np.int64]:
+        """The teacher's per-pool action for the env's state: its plan's slots, else its fleet action."""
+        action = self.decide(env)
         plan = getattr(self.policy, "plan", None)
         if plan is not None:
             return env.codec.from_slots(plan.slots)
-        return env.codec.from_action(action or sim.action)
+        return env.codec.from_action(action)
 
     def act(self, env: FleetEnv, obs: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
         """Label the state, record it, and return the action to take (the student's, else the teacher's)."""
@@ -284,8 +289,13 @@ def train_fleet(
     from greenrl.policy import export_controller
     from greenrl.train_resume import save_model
 
-    if agent != "maskable_ppo":
-        raise InputError("--agent", "agent", f"a fleet trains with maskable_ppo, not {agent}", "leave --agent out")
+    if agent != "maskable_ppo":  # maskable_ppo_shared: greenrl.train sends it to greenrl.fleet.shared_learn
+        raise InputError(
+            "--agent",
+            "agent",
+            f"a fleet trains with maskable_ppo or maskable_ppo_shared, not {agent}",
+            "leave --agent out",
+        )
     Distribution.set_default_validate_args(False)
     config = load_fleet(fleet)
     scenario = f"fleet-{config.name}"
