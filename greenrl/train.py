@@ -181,6 +181,13 @@ def _resume_fleet(
             "drop --scenario when resuming (the run's own is used)",
         )
     check_resume_flags(recorded, agent, seed, overrides, slo_weight)
+    if recorded["agent"] != "maskable_ppo":
+        raise InputError(
+            "--resume",
+            "agent",
+            f"{run} trained {recorded['agent']}: only centralized fleet runs (maskable_ppo) resume yet",
+            f"start a new run: python -m greenrl.train --scenario {recorded['scenario']} --agent {recorded['agent']}",
+        )
     if not (run / "checkpoint" / "model.zip").is_file():
         raise InputError(
             "--resume",
