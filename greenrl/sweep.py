@@ -153,8 +153,8 @@ def parse_grid(
         InputError: an empty list, a malformed seed range, an unknown scenario or agent, a negative
             SLO weight, ``total_timesteps`` below 1.
     """
+    from greenrl.agent_config import agent_config
     from greenrl.env.scenario import load_scenario
-    from greenrl.train import agent_config
 
     names = _split("--scenarios", scenarios)
     seed_list = parse_seeds(seeds)

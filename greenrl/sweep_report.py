@@ -52,7 +52,7 @@ def _train_kpis(run: Path) -> dict[str, float]:
 def _default_slo_weight(cell: Cell) -> float:
     """The SLO weight a cell without ``--slo-weight`` trains with: the scenario's, or a fleet's agent file's."""
     if cell.scenario.startswith("fleet-"):
-        from greenrl.train import agent_config
+        from greenrl.agent_config import agent_config
 
         return float(agent_config(cell.agent, cell.scenario).get("slo_weight", 100.0))
     from greenrl.env.scenario import load_scenario

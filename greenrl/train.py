@@ -26,65 +26,20 @@ import numpy as np
 import yaml
 
 from greenrl import __version__
-from greenrl.bundled import agents_dir
+from greenrl.agent_config import AGENT_KEYS, AGENTS, agent_config
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.env.serving_env import ServingEnv
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.ioutil import atomic_write_text
 from greenrl.rollout import StaticPolicy, rollout
 from greenrl.train_callbacks import make_callbacks
-from greenrl.train_resume import check_checkpoint, check_resume_flags, recorded_run, resume_args, save_model
+from greenrl.train_resume import check_checkpoint, is_fleet_run, recorded_run, resume_args, save_model
 from greenrl.train_setup import build_model, warm_start
 
 __all__ = ["agent_config", "evaluate_policy_on", "main", "train", "train_argv"]
 
-AGENTS = {"ppo": "PPO", "maskable_ppo": "MaskablePPO", "maskable_ppo_shared": "MaskablePPO"}
-"""maskable_ppo_shared: fleets only, one policy shared by every node (``greenrl.fleet.shared_learn``)."""
-_AGENT_KEYS = {
-    "init_bias",
-    "total_timesteps",
-    "n_envs",
-    "n_steps",
-    "batch_size",
-    "n_epochs",
-    "learning_rate",
-    "gamma",
-    "gae_lambda",
-    "ent_coef",
-    "clip_range",
-    "net_arch",
-    "activation",
-    "eval_every_steps",
-    "vf_coef",
-    "warm_start",
-    "warm_start_episodes",
-    "warm_start_epochs",
-    "dagger_rounds",
-    "val_episodes",
-    "slo_reference",
-    "slo_weight",  # fleets only (greenrl.fleet.learn): FleetEnv's slo_weight
-    "episode_s",  # fleets only: training episode length (s)
-}
 VAL_SEED = 1_000_000
 """Validation episodes use training-split seeds ``VAL_SEED + i``, never drawn by the training envs' streams."""
-
-
-def agent_config(agent: str, scenario: str) -> dict[str, Any]:
-    """Hyperparameters: the agent file's ``default`` entry updated by the scenario's entry."""
-    if agent not in AGENTS:
-        raise InputError("--agent", "agent", f"unknown agent {agent!r}", f"use one of {', '.join(AGENTS)}")
-    path = agents_dir() / f"{agent}.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise InputError(str(path), "agent", "file not found", "restore agents/ from the repository") from None
-    config = dict(raw.get("default", {})) | dict(raw.get(scenario, {}))
-    for key, value in config.items():
-        if key not in _AGENT_KEYS:
-            raise InputError(str(path), key, "unknown hyperparameter", f"use {', '.join(sorted(_AGENT_KEYS))}")
-        if key == "learning_rate" and isinstance(value, str):
-            raise InputError(str(path), key, f"{value!r} was read as text", "write floats with a dot: 3.0e-4")
-    return config
 
 
 def evaluate_policy_on(policy: Any, scenario: Scenario, seeds: int = 1, val_episodes: int = 0) -> dict[str, float]:
@@ -145,65 +100,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _is_fleet_run(run: Path) -> bool:
-    """Whether ``run`` is a fleet run folder (its config.yaml names a ``fleet-`` scenario)."""
-    try:
-        recorded = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return False  # recorded_run says what is wrong
-    return isinstance(recorded, dict) and str(recorded.get("scenario", "")).startswith("fleet-")
-
-
-def _resume_fleet(
-    run: Path,
-    scenario_name: str | None,
-    agent: str | None,
-    seed: int | None,
-    total_timesteps: int | None,
-    overrides: dict[str, Any] | None,
-    slo_weight: float | None,
-    trust_pickle: bool,
-    ship: bool,
-    progress_bar: bool,
-) -> Path:
-    """Continue a fleet run from its checkpoint with its recorded fleet, agent, seed and hyperparameters."""
-    from greenrl.fleet.learn import train_fleet
-
-    recorded = yaml.safe_load((run / "config.yaml").read_text())
-    keys = ("scenario", "fleet_file", "agent", "seed", "hyperparameters")
-    if any(k not in recorded for k in keys):
-        raise InputError(str(run / "config.yaml"), "file", f"lacks one of {', '.join(keys)}", "start a new run")
-    if scenario_name is not None and scenario_name != recorded["scenario"]:
-        raise InputError(
-            "--scenario",
-            "scenario",
-            f"the run was trained on {recorded['scenario']}, not {scenario_name}",
-            "drop --scenario when resuming (the run's own is used)",
-        )
-    check_resume_flags(recorded, agent, seed, overrides, slo_weight)
-    if recorded["agent"] != "maskable_ppo":
-        raise InputError(
-            "--resume",
-            "agent",
-            f"{run} trained {recorded['agent']}: only centralized fleet runs (maskable_ppo) resume yet",
-            f"start a new run: python -m greenrl.train --scenario {recorded['scenario']} --agent {recorded['agent']}",
-        )
-    if not (run / "checkpoint" / "model.zip").is_file():
-        raise InputError(
-            "--resume",
-            "resume",
-            f"{run} has no checkpoint: it stopped before its first validation",
-            f"start a new run: python -m greenrl.train --scenario {recorded['scenario']}",
-        )
-    check_checkpoint(run / "checkpoint" / "model.zip", trust_pickle)
-    cfg = dict(recorded["hyperparameters"])
-    if total_timesteps is not None:
-        cfg["total_timesteps"] = total_timesteps
-    fleet = str(recorded["fleet_file"])
-    agent_name, seed_value = str(recorded["agent"]), int(recorded["seed"])
-    return train_fleet(fleet, cfg, agent_name, seed_value, run.parent, ship, progress_bar, resume=run)
-
-
 def train(
     scenario_name: str | None = None,
     agent: str | None = None,
@@ -233,37 +129,11 @@ def train(
     the same policy in any process with that thread count (``greenrl.sweep`` pins 1). ``argv`` is the
     ``greenrl.train`` command line recorded in command.txt (default: this process's).
     """
-    if resume is not None and _is_fleet_run(Path(resume)):
-        given = (scenario_name, agent, seed, total_timesteps, overrides, slo_weight)
-        return _resume_fleet(Path(resume), *given, trust_pickle, ship, progress_bar)
-    if scenario_name is not None and scenario_name.startswith("fleet-"):  # a fleet (envs/fleets/): FleetEnv
-        if resume is not None:
-            raise InputError("--resume", "resume", f"{resume} is not a fleet run", "drop --scenario when resuming")
-        from greenrl.fleet.learn import train_fleet
+    if (resume is not None and is_fleet_run(Path(resume))) or str(scenario_name).startswith("fleet-"):
+        from greenrl.fleet.train_entry import train_fleet_scenario
 
-        cfg = agent_config(agent or "maskable_ppo", scenario_name)
-        for key, value in (overrides or {}).items():
-            cfg[key] = value
-        if total_timesteps is not None:
-            cfg["total_timesteps"] = total_timesteps
-        if n_envs is not None:
-            cfg["n_envs"] = n_envs
-        if slo_weight is not None:
-            cfg["slo_weight"] = float(slo_weight)
-        if torch_threads is not None:
-            if torch_threads < 1:
-                raise InputError(
-                    "--torch-threads", "torch_threads", f"must be at least 1, got {torch_threads}", "e.g. 1"
-                )
-            import torch
-
-            torch.set_num_threads(torch_threads)
-        fleet = scenario_name.removeprefix("fleet-")
-        if agent == "maskable_ppo_shared":
-            from greenrl.fleet.shared_learn import train_shared_fleet
-
-            return train_shared_fleet(fleet, cfg, agent, seed or 0, out, progress_bar, argv)
-        return train_fleet(fleet, cfg, agent or "maskable_ppo", seed or 0, out, ship, progress_bar, argv)
+        given = (scenario_name, agent, seed, total_timesteps, n_envs, out, resume, ship, progress_bar, overrides)
+        return train_fleet_scenario(*given, slo_weight, trust_pickle, torch_threads, argv)
     recorded: dict[str, Any] | None = None
     if resume is not None:
         recorded = recorded_run(Path(resume))
@@ -283,8 +153,8 @@ def train(
         scenario = replace(scenario, reward=replace(scenario.reward, slo_weight=float(slo_weight)))
     cfg = agent_config(agent, scenario.name) if recorded is None else dict(recorded["hyperparameters"])
     for key, value in (overrides or {}).items():
-        if key not in _AGENT_KEYS:
-            raise InputError("train", key, "unknown hyperparameter", f"use {', '.join(sorted(_AGENT_KEYS))}")
+        if key not in AGENT_KEYS:
+            raise InputError("train", key, "unknown hyperparameter", f"use {', '.join(sorted(AGENT_KEYS))}")
         cfg[key] = value
     if "slo_reference" in cfg:
         # a training-time baseline for the SLO term (the scenario's default stays off: it halves env steps/s)

@@ -5,7 +5,7 @@ temp file and ``os.replace`` (never a truncated checkpoint) and records its sha2
 record (``greenrl.trust``, the one home of pickle trust); ``check_checkpoint`` refuses a zip whose hash is
 not the recorded one unless the user trusts it.
 
-Public names: check_checkpoint, check_resume_flags, recorded_run, resume_args, save_model.
+Public names: check_checkpoint, check_resume_flags, is_fleet_run, recorded_run, resume_args, save_model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from greenrl.env.scenario import load_scenario
 from greenrl.errors import InputError
 from greenrl.trust import check_pickle, record_pickle
 
-__all__ = ["check_checkpoint", "check_resume_flags", "recorded_run", "resume_args", "save_model"]
+__all__ = ["check_checkpoint", "check_resume_flags", "is_fleet_run", "recorded_run", "resume_args", "save_model"]
 
 
 def recorded_run(run: Path) -> dict[str, Any]:
@@ -111,3 +111,12 @@ def save_model(model: Any, path: Path) -> None:
 def check_checkpoint(path: Path, trust_pickle: bool) -> None:
     """Refuse a zip this run did not save as it is now (SB3 zips are pickles; ``greenrl.trust.check_pickle``)."""
     check_pickle(path, trust_pickle=trust_pickle, where="--resume")
+
+
+def is_fleet_run(run: Path) -> bool:
+    """Whether ``run`` is a fleet run folder (its config.yaml names a ``fleet-`` scenario)."""
+    try:
+        recorded = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return False  # recorded_run says what is wrong
+    return isinstance(recorded, dict) and str(recorded.get("scenario", "")).startswith("fleet-")

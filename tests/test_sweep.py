@@ -189,8 +189,8 @@ def test_bad_input_exits_2_with_one_line(
 
 
 def test_a_fleet_is_a_sweep_scenario_with_its_agent_files_slo_weight(tmp_path: Path) -> None:
+    from greenrl.agent_config import agent_config
     from greenrl.sweep_report import _default_slo_weight
-    from greenrl.train import agent_config
 
     grid = parse_grid("fleet-default,tiny", "0-1", None, "maskable_ppo", None, tmp_path)
     assert grid.scenarios == ("fleet-default", "tiny") and len(grid.cells) == 4

@@ -270,7 +270,7 @@ def train_fleet(
 
     Args:
         fleet: the fleet's name (``envs/fleets/<fleet>.yaml``).
-        cfg: the agent file's resolved entry (``greenrl.train.agent_config(agent, "fleet-<fleet>")``).
+        cfg: the agent file's resolved entry (``greenrl.agent_config.agent_config(agent, "fleet-<fleet>")``).
         agent: ``maskable_ppo`` (the only agent for a fleet).
         seed: training seed.
         out: parent of the run folder.

@@ -107,7 +107,7 @@ def train_shared_fleet(
 
     Args:
         fleet: the fleet's name (``envs/fleets/<fleet>.yaml``).
-        cfg: the agent file's resolved entry (``greenrl.train.agent_config("maskable_ppo_shared", ...)``);
+        cfg: the agent file's resolved entry (``greenrl.agent_config.agent_config("maskable_ppo_shared", ...)``);
             ``n_envs`` fleets, ``total_timesteps`` node-agent steps.
         agent: ``maskable_ppo_shared``.
         seed: training seed.

@@ -1,0 +1,120 @@
+"""``python -m greenrl.train --scenario fleet-<name>`` (and ``--resume`` of a fleet run): a fleet's training.
+
+``greenrl.train.train`` hands fleet scenarios here: the agent file's entry with the command line's changes,
+then the centralized controller (``greenrl.fleet.learn``, ``--agent maskable_ppo``) or the policy shared by
+every node (``greenrl.fleet.shared_learn``, ``--agent maskable_ppo_shared``); a fleet run folder resumes
+with its recorded fleet, agent, seed and hyperparameters.
+
+Public names: train_fleet_scenario.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from greenrl.agent_config import agent_config
+from greenrl.errors import InputError
+from greenrl.train_resume import check_checkpoint, check_resume_flags
+
+__all__ = ["train_fleet_scenario"]
+
+
+def train_fleet_scenario(
+    scenario_name: str | None,
+    agent: str | None,
+    seed: int | None,
+    total_timesteps: int | None,
+    n_envs: int | None,
+    out: Path,
+    resume: Path | None,
+    ship: bool,
+    progress_bar: bool,
+    overrides: dict[str, Any] | None,
+    slo_weight: float | None,
+    trust_pickle: bool,
+    torch_threads: int | None,
+    argv: list[str] | None,
+) -> Path:
+    """Train (or resume) a fleet controller; the run folder. Arguments as ``greenrl.train.train``'s."""
+    if torch_threads is not None:
+        if torch_threads < 1:
+            raise InputError("--torch-threads", "torch_threads", f"must be at least 1, got {torch_threads}", "e.g. 1")
+        import torch
+
+        torch.set_num_threads(torch_threads)
+    if resume is not None:
+        given = (scenario_name, agent, seed, total_timesteps, n_envs, overrides, slo_weight)
+        return _resume(Path(resume), *given, trust_pickle, ship, progress_bar)
+    from greenrl.fleet.learn import train_fleet
+
+    cfg = agent_config(agent or "maskable_ppo", str(scenario_name))
+    for key, value in (overrides or {}).items():
+        cfg[key] = value
+    if total_timesteps is not None:
+        cfg["total_timesteps"] = total_timesteps
+    if n_envs is not None:
+        cfg["n_envs"] = n_envs
+    if slo_weight is not None:
+        cfg["slo_weight"] = float(slo_weight)
+    fleet = str(scenario_name).removeprefix("fleet-")
+    if agent == "maskable_ppo_shared":
+        from greenrl.fleet.shared_learn import train_shared_fleet
+
+        return train_shared_fleet(fleet, cfg, agent, seed or 0, out, progress_bar, argv)
+    return train_fleet(fleet, cfg, agent or "maskable_ppo", seed or 0, out, ship, progress_bar, argv)
+
+
+def _resume(
+    run: Path,
+    scenario_name: str | None,
+    agent: str | None,
+    seed: int | None,
+    total_timesteps: int | None,
+    n_envs: int | None,
+    overrides: dict[str, Any] | None,
+    slo_weight: float | None,
+    trust_pickle: bool,
+    ship: bool,
+    progress_bar: bool,
+) -> Path:
+    """Continue a fleet run from its checkpoint with its recorded fleet, agent, seed and hyperparameters."""
+    from greenrl.fleet.learn import train_fleet
+
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    keys = ("scenario", "fleet_file", "agent", "seed", "hyperparameters")
+    if any(k not in recorded for k in keys):
+        raise InputError(str(run / "config.yaml"), "file", f"lacks one of {', '.join(keys)}", "start a new run")
+    if scenario_name is not None and scenario_name != recorded["scenario"]:
+        raise InputError(
+            "--scenario",
+            "scenario",
+            f"the run was trained on {recorded['scenario']}, not {scenario_name}",
+            "drop --scenario when resuming (the run's own is used)",
+        )
+    check_resume_flags(recorded, agent, seed, overrides, slo_weight)
+    if recorded["agent"] != "maskable_ppo":
+        raise InputError(
+            "--resume",
+            "agent",
+            f"{run} trained {recorded['agent']}: only centralized fleet runs (maskable_ppo) resume yet",
+            f"start a new run: python -m greenrl.train --scenario {recorded['scenario']} --agent {recorded['agent']}",
+        )
+    if not (run / "checkpoint" / "model.zip").is_file():
+        raise InputError(
+            "--resume",
+            "resume",
+            f"{run} has no checkpoint: it stopped before its first validation",
+            f"start a new run: python -m greenrl.train --scenario {recorded['scenario']}",
+        )
+    check_checkpoint(run / "checkpoint" / "model.zip", trust_pickle)
+    cfg = dict(recorded["hyperparameters"])
+    if total_timesteps is not None:
+        cfg["total_timesteps"] = total_timesteps
+    if n_envs is not None:
+        cfg["n_envs"] = n_envs
+    fleet = str(recorded["fleet_file"])
+    agent_name, seed_value = str(recorded["agent"]), int(recorded["seed"])
+    return train_fleet(fleet, cfg, agent_name, seed_value, run.parent, ship, progress_bar, resume=run)
