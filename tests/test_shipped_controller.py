@@ -18,7 +18,11 @@ def test_a_controller_is_shipped_for_the_default_scenario() -> None:
     assert any(p.parent.parent.name == "default" for p in SHIPPED)
 
 
-@pytest.mark.parametrize("manifest", SHIPPED, ids=[str(p.parent) for p in SHIPPED])
+NODE = [p for p in SHIPPED if json.loads(p.read_text()).get("kind") != "fleet"]
+FLEET = [p for p in SHIPPED if json.loads(p.read_text()).get("kind") == "fleet"]
+
+
+@pytest.mark.parametrize("manifest", NODE, ids=[str(p.parent) for p in NODE])
 def test_shipped_controller_reproduces_its_evaluation(manifest: Path) -> None:
     info = json.loads(manifest.read_text())
     scenario = load_scenario(info["scenario"])
@@ -28,3 +32,20 @@ def test_shipped_controller_reproduces_its_evaluation(manifest: Path) -> None:
     assert kpis["energy_kwh"] == pytest.approx(recorded["energy_kwh"], rel=1e-6)  # recorded on another CPU
     assert kpis["missed"] == recorded["missed"]
     assert kpis["slo_attainment"] == pytest.approx(recorded["slo_attainment"], rel=1e-9)
+
+
+@pytest.mark.parametrize("manifest", FLEET, ids=[str(p.parent) for p in FLEET])
+def test_shipped_fleet_controller_reproduces_its_validation_days(manifest: Path) -> None:
+    """The numpy controller replays the validation days (10-11) as the trained model measured them."""
+    from greenrl.fleet import FleetSim, load_fleet
+    from greenrl.fleet.days import validation_day, validation_windows_s
+    from greenrl.fleet.learn import load_learned
+    from greenrl.fleet.rollout import run_policy
+
+    info = json.loads(manifest.read_text())
+    config = load_fleet(info["fleet"])
+    policy, sim = load_learned(manifest.parent), FleetSim(config)
+    rows = [run_policy(sim, policy, validation_day(config, i)) for i in range(len(validation_windows_s(config)))]
+    recorded = info["validation"]["selected"]
+    assert sum(r["missed"] for r in rows) == recorded["missed"]
+    assert sum(r["energy_kwh"] for r in rows) == pytest.approx(recorded["energy_kwh"], rel=1e-6)
