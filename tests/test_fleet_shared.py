@@ -88,6 +88,10 @@ def test_the_vec_env_gives_every_node_the_fleet_reward_of_fleet_env() -> None:
 
     central = FleetEnv("default", "train", slo_weight=30.0, window_s=WINDOW_S)
     central.reset(seed=7)
+    # Seeded: the node labels of a fleet action, passed through the rolling rule again, may move a layout
+    # change to another node (1 of 12 random action sequences did, at its third decision); then the two
+    # fleets diverge and their rewards differ, which is the mapping's documented behaviour, not this check's.
+    central.action_space.seed(0)
     vec = SharedFleetVecEnv([NodeFleetEnv("default", "train", slo_weight=30.0, window_s=WINDOW_S) for _ in range(2)])
     assert vec.num_envs == 8 and vec.observation_space.shape == (36,)
     assert vec.action_space.nvec.tolist() == [3, 3, 6]
@@ -101,6 +105,7 @@ def test_the_vec_env_gives_every_node_the_fleet_reward_of_fleet_env() -> None:
         labels = fleet0.nodes_codec.labels(wanted)
         nodes = np.concatenate([labels, labels])
         _, reward, *_ = central.step(per_pool)
+        assert fleet0.action_to_fleet(labels) == wanted  # the same fleet action in both envs
         obs, rewards, dones, infos = vec.step(nodes)
         assert np.allclose(rewards[:4], reward) and len(set(rewards[4:].tolist())) == 1
         assert infos[0]["energy_j"] == pytest.approx(central.snaps and sum(s.energy_j for s in central.snaps))
