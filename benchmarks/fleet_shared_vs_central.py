@@ -6,7 +6,7 @@ a ``--agent maskable_ppo_shared`` run's), prints one JSON object with:
 
 - ``validation``: each played over validation days 10 + 11 through ``run_policy`` with the guard
   (``LearnedFleet``, ``SharedNodeFleet``): energy (kWh), attainment, missed requests and the training score
-  (``greenrl.fleet.learn._score`` per day, at ``--slo-weight``);
+  (``greenrl.fleet.selection.day_score`` per day, at ``--slo-weight``);
 - ``agreement``: on the planner's own trajectory over the same days (the planner drives, no guard), the
   share of fleet decisions where each model's fleet action equals the planner's (every node's on/off, and
   for serving nodes pool, TP, replicas and SM clock), and where its serving nodes per pool do;
@@ -33,9 +33,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from greenrl.fleet import FleetAction, FleetSim, FleetSnapshot, load_fleet
 from greenrl.fleet.days import validation_day, validation_windows_s
 from greenrl.fleet.env import FleetCodec, FleetEnv
-from greenrl.fleet.learn import LearnedFleet, _days, _score
+from greenrl.fleet.learn import LearnedFleet
 from greenrl.fleet.policies import make_policy
 from greenrl.fleet.rollout import run_policy
+from greenrl.fleet.selection import day_score, evaluate_days
 from greenrl.fleet.shared import NodeFleetEnv, SharedNodeCodec, SharedNodeFleet
 
 
@@ -139,8 +140,8 @@ def main() -> None:
     if not args.skip_validation:
         out["validation"] = {}
         for name, policy in (("central", LearnedFleet(central)), ("shared", SharedNodeFleet(shared))):
-            row = _days(config, policy, "val")
-            score = _score(row, config, args.slo_weight) / len(row["days"])
+            row = evaluate_days(config, policy, "val")
+            score = day_score(row, config, args.slo_weight)
             out["validation"][name] = {k: row[k] for k in ("energy_kwh", "slo_attainment", "missed")} | {
                 "score": round(score, 2)
             }
@@ -149,7 +150,7 @@ def main() -> None:
     rows = [run_policy(sim, probe, validation_day(config, i)) for i in range(len(validation_windows_s(config)))]
     planner = {k: sum(r[k] for r in rows) for k in ("energy_kwh", "requests", "missed")}
     planner["slo_attainment"] = 1.0 - planner["missed"] / planner["requests"]
-    planner["score"] = round(_score(planner, config, args.slo_weight) / len(rows), 2)
+    planner["score"] = round(day_score(planner | {"days": rows}, config, args.slo_weight), 2)
     out["planner"] = planner
     c = probe.counts
     out["agreement"] = {k: round(v / c["decisions"], 4) for k, v in c.items() if k != "decisions"}

@@ -176,3 +176,22 @@ def test_a_tiny_shared_training_runs_and_its_model_plays_a_fleet(tiny_run: Path)
     config = load_fleet("default")
     row = run_policy(FleetSim(config), SharedNodeFleet(model), fleet_day(config, 0, duration_s=900.0))
     assert row["policy"] == "shared-node" and row["requests"] > 0 and row["energy_kwh"] > 0
+
+
+def test_a_shared_run_resumes_from_its_checkpoint(tiny_run: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from greenrl.errors import InputError
+    from greenrl.train import train
+
+    run = tmp_path / "fleet-default-shared" / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    warm = (run / "warm_start.json").read_bytes()
+    with pytest.raises(InputError, match="the run used 'maskable_ppo_shared'"):
+        train(resume=run, agent="maskable_ppo")
+    assert train(resume=run, total_timesteps=512, progress_bar=False) == run
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["timesteps"] == 512
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["timesteps"] == 512 and summary["fleet_decisions"] == 128
+    assert (run / "warm_start.json").read_bytes() == warm  # the warm start is not repeated

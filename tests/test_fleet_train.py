@@ -66,7 +66,7 @@ def controller(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
         "batch_size": 32,
         "warm_start_episodes": 2,
         "warm_start_epochs": 5,
-        "val_episodes": 0,  # no whole validation or held-out days in a unit test
+        "val_duration_s": 900.0,  # the first 15 minutes of each validation and held-out day
         "episode_s": 1800.0,
     }
     run = train_fleet("default", cfg, out=tmp_path_factory.mktemp("runs"))
@@ -150,7 +150,7 @@ def test_a_baseline_with_the_fast_guard_plays_and_the_guard_boosts_a_slow_node(f
 def test_the_ship_verdict_needs_the_floor_and_no_domination(
     energy_kwh: float, attainment: float, ships: bool, why: str
 ) -> None:
-    from greenrl.fleet.learn import ship_verdict
+    from greenrl.fleet.selection import ship_verdict
 
     planner = {"energy_kwh": 215.0, "slo_attainment": 0.9706}
     ok, reason = ship_verdict({"energy_kwh": energy_kwh, "slo_attainment": attainment}, planner)
@@ -158,12 +158,37 @@ def test_the_ship_verdict_needs_the_floor_and_no_domination(
 
 
 def test_a_controller_the_planner_dominates_does_not_ship() -> None:
-    from greenrl.fleet.learn import ship_verdict
+    from greenrl.fleet.selection import ship_verdict
 
     ok, reason = ship_verdict(
         {"energy_kwh": 220.0, "slo_attainment": 0.992}, {"energy_kwh": 210.0, "slo_attainment": 0.995}
     )
     assert not ok and "dominated by the planner" in reason
+
+
+def test_a_run_keeps_the_model_it_selected_and_reports_the_held_out_days(controller: Path) -> None:
+    from sb3_contrib import MaskablePPO
+
+    from greenrl.fleet.learn import LearnedFleet
+    from greenrl.fleet.selection import day_score, evaluate_days, ship_verdict
+
+    run = controller.parent
+    summary = json.loads((run / "summary.json").read_text())
+    assert [e["timesteps"] for e in summary["validation"]] == [0, 128]
+    assert summary["selected"] == max(summary["validation"], key=lambda e: e["score"])
+    assert (summary["shippable"], summary["ship_verdict"]) == ship_verdict(
+        summary["selected"], summary["validation_planner"]
+    )
+    held_out, static_max = summary["held_out"], summary["eval_static_max"]
+    assert len(held_out["days"]) == 2 and all(d["requests"] > 0 for d in held_out["days"])
+    saving = 1 - held_out["energy_kwh"] / static_max["energy_kwh"]
+    assert summary["energy_saving_vs_static_max"] == pytest.approx(saving)
+    # best/model.zip is the selected model: replayed on the same validation days, it scores what was recorded
+    config = load_fleet("default")
+    best = LearnedFleet(MaskablePPO.load(run / "best" / "model.zip", device="cpu"))
+    row = evaluate_days(config, best, "val", duration_s=900.0)
+    assert day_score(row, config, 30.0) == pytest.approx(summary["selected"]["score"])
+    assert row["missed"] == summary["selected"]["missed"]
 
 
 def test_a_fleet_run_resumes_from_its_checkpoint(controller: Path, tmp_path: Path) -> None:

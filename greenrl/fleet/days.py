@@ -33,8 +33,12 @@ def validation_windows_s(config: FleetConfig) -> list[tuple[float, float]]:
     return [(float(t), 86400.0) for t in np.arange(start, stop - 86400.0 + 1.0, 86400.0)]
 
 
-def validation_day(config: FleetConfig, index: int = 0) -> Trace:
-    """The fleet's load on validation day ``index`` (seed 20,000 + index): model and parameter selection."""
-    start_s, duration_s = validation_windows_s(config)[index]
+def validation_day(config: FleetConfig, index: int = 0, duration_s: float | None = None) -> Trace:
+    """The fleet's load on validation day ``index`` (seed 20,000 + index): model and parameter selection.
+
+    ``duration_s``: only the day's first seconds (a smoke test).
+    """
+    start_s, whole_s = validation_windows_s(config)[index]
+    duration_s = whole_s if duration_s is None else min(whole_s, duration_s)
     scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
     return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=20_000 + index)

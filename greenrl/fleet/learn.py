@@ -4,52 +4,38 @@
 ``fleet-default`` entry, training episodes on the training days (``FleetEnv`` split ``train``), a warm
 start that clones a fleet baseline (``FleetTeacher``: the planner's plans as the env's per-pool action,
 plus DAgger rounds; ``greenrl.imitation``'s cloning and critic fit), PPO, model selection on the
-validation days (10-11: ``validation_day``) against the planner there, and the held-out days (12-13)
-evaluated once at the end. ``LearnedFleet`` plays an exported controller (or an SB3 model) as a
-``FleetPolicy``, so ``python -m greenrl.fleet.evaluate`` ranks it with the baselines.
+validation days (10-11) against the planner there, and the held-out days (12-13) evaluated once at the
+end (the loop is ``greenrl.fleet.trainer``'s, the selection ``greenrl.fleet.selection``'s).
+``LearnedFleet`` plays an exported controller (or an SB3 model) as a ``FleetPolicy``, so
+``python -m greenrl.fleet.evaluate`` ranks it with the baselines.
 
-Public names: FleetTeacher, LearnedFleet, GuardedFleet, collect_fleet_demonstrations, load_learned, ship_verdict,
-train_fleet, SHIP_MIN_ATTAINMENT.
+Public names: FleetTeacher, LearnedFleet, GuardedFleet, collect_fleet_demonstrations, load_learned, train_fleet.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import shlex
-import sys
-import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import yaml
 
 from greenrl.errors import InputError
 from greenrl.fleet.cluster import FleetAction, FleetSim, FleetSnapshot
-from greenrl.fleet.config import FleetConfig, load_fleet
-from greenrl.fleet.days import fleet_day, validation_day, validation_windows_s
+from greenrl.fleet.config import load_fleet
 from greenrl.fleet.env import FleetCodec, FleetEnv
 from greenrl.fleet.policies import FleetPolicy, make_policy
-from greenrl.fleet.rollout import run_policy
+from greenrl.fleet.trainer import FleetRecipe, train_fleet_loop
 from greenrl.imitation import Demonstrations
-from greenrl.ioutil import atomic_write_text
-from greenrl.train_setup import build_model, warm_start
 
 __all__ = [
     "FleetTeacher",
     "GuardedFleet",
     "LearnedFleet",
     "collect_fleet_demonstrations",
-    "SHIP_MIN_ATTAINMENT",
     "load_learned",
-    "ship_verdict",
     "train_fleet",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class FleetTeacher:
@@ -202,59 +188,6 @@ def load_learned(path: str | Path, name: str | None = None) -> LearnedFleet:
     return LearnedFleet(controller, name or "learned")
 
 
-def _score(row: dict[str, Any], config: FleetConfig, slo_weight: float) -> float:
-    """The env's return on a whole day, with each interval's miss share replaced by the day's."""
-    s = config.scenario
-    from greenrl.catalog import load_gpu
-
-    ref_w = config.nodes * s.node.gpus * load_gpu(s.node.gpu).tdp_w
-    steps = 86400.0 / config.control.fleet_interval_s
-    energy = row["energy_kwh"] * 3.6e6 / (ref_w * config.control.fleet_interval_s)
-    return -energy - slo_weight * steps * row["missed"] / max(1, row["requests"])
-
-
-SHIP_MIN_ATTAINMENT = 0.99
-"""A fleet controller ships only if it meets at least this SLO attainment on the validation days."""
-
-
-def ship_verdict(selected: dict[str, Any], planner: dict[str, Any]) -> tuple[bool, str]:
-    """Whether a selected controller may ship, and why: what an operator would accept on the validation days.
-
-    It must meet ``SHIP_MIN_ATTAINMENT`` and not be dominated by the planner (less energy, or higher
-    attainment; the planner alone may sit below the floor). The held-out days never decide it.
-    """
-    att, energy = selected["slo_attainment"], selected["energy_kwh"]
-    figures = f"validation {energy:.1f} kWh at {100 * att:.2f}% (planner {planner['energy_kwh']:.1f} kWh at "
-    figures += f"{100 * planner['slo_attainment']:.2f}%)"
-    if att < SHIP_MIN_ATTAINMENT:
-        return False, f"attainment below {100 * SHIP_MIN_ATTAINMENT:g}%: {figures}"
-    if energy >= planner["energy_kwh"] and att <= planner["slo_attainment"]:
-        return False, f"dominated by the planner: {figures}"
-    return True, f"meets {100 * SHIP_MIN_ATTAINMENT:g}% and is not dominated by the planner: {figures}"
-
-
-def fleet_files_sha256(config: FleetConfig) -> dict[str, str]:
-    """sha256 of the fleet YAML and of its node scenario YAML: a resumed run must train on the same fleet."""
-    import hashlib
-
-    paths = (config.path, config.scenario.path)
-    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
-
-
-def _days(config: FleetConfig, policy: Any, split: str) -> dict[str, Any]:
-    """Energy, requests, missed and attainment of ``policy`` over the validation or held-out days."""
-    sim = FleetSim(config)
-    if split == "val":
-        traces = [validation_day(config, i) for i in range(len(validation_windows_s(config)))]
-    else:
-        traces = [fleet_day(config, i) for i in range(len(config.scenario.workload.eval_windows_s))]
-    rows = [run_policy(sim, policy, t) for t in traces]
-    total = {k: sum(r[k] for r in rows) for k in ("energy_kwh", "requests", "missed")}
-    total["slo_attainment"] = 1.0 - total["missed"] / max(1, total["requests"])
-    total["days"] = rows
-    return total
-
-
 def train_fleet(
     fleet: str,
     cfg: dict[str, Any],
@@ -274,20 +207,17 @@ def train_fleet(
         agent: ``maskable_ppo`` (the only agent for a fleet).
         seed: training seed.
         out: parent of the run folder.
-        ship: also export to ``checkpoints/fleet-<fleet>/<agent>_s<seed>/`` if :func:`ship_verdict` passes it.
+        ship: also export to ``checkpoints/fleet-<fleet>/<agent>_s<seed>/`` if ``greenrl.fleet.selection.ship_verdict``
+            passes it.
         progress_bar: SB3's progress bar.
         argv: the ``greenrl.train`` command line recorded in command.txt (default: this process's).
         resume: a fleet run folder to continue from its checkpoint (saved at every validation and on
             Ctrl-C; the caller checked its hash and passes the recorded ``cfg``, ``agent`` and ``seed``).
             Its warm start is not repeated; the validations so far and the best model are kept.
     """
-    from sb3_contrib import MaskablePPO
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
-    from torch.distributions import Distribution
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
     from greenrl.policy import export_controller
-    from greenrl.train_resume import save_model
 
     if agent != "maskable_ppo":  # maskable_ppo_shared: greenrl.train sends it to greenrl.fleet.shared_learn
         raise InputError(
@@ -296,169 +226,40 @@ def train_fleet(
             f"a fleet trains with maskable_ppo or maskable_ppo_shared, not {agent}",
             "leave --agent out",
         )
-    Distribution.set_default_validate_args(False)
     config = load_fleet(fleet)
-    scenario = f"fleet-{config.name}"
     slo_weight = float(cfg.get("slo_weight", 100.0))
     window_s = float(cfg["episode_s"]) if "episode_s" in cfg else None
-    name = f"{agent}_s{seed}"
-    if resume is None:
-        run = Path(out) / scenario / f"{name}_{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        run.mkdir(parents=True, exist_ok=False)
-        recorded = {"scenario": scenario, "fleet_file": config.path, "agent": agent, "seed": seed}
-        recorded["files_sha256"] = fleet_files_sha256(config)
-        atomic_write_text(run / "config.yaml", yaml.safe_dump(recorded | {"hyperparameters": cfg}, sort_keys=False))
-        atomic_write_text(
-            run / "command.txt",
-            shlex.join([sys.executable, "-m", "greenrl.train", *(sys.argv[1:] if argv is None else argv)]) + "\n",
-        )
-    else:
-        run = Path(resume)
-        recorded = yaml.safe_load((run / "config.yaml").read_text())
-        if recorded.get("files_sha256") != fleet_files_sha256(config):
-            raise InputError(
-                str(run / "config.yaml"),
-                "files_sha256",
-                f"the fleet file {config.path} or its node scenario changed since this run started",
-                "restore them, or start a new run",
-            )
-    started = time.perf_counter()
 
     def factory() -> FleetEnv:
         return FleetEnv(config.path, "train", slo_weight=slo_weight, window_s=window_s)
 
-    monitored = VecMonitor(DummyVecEnv([factory for _ in range(int(cfg["n_envs"]))]))
-    monitored.seed(seed)
-    env = VecNormalize(monitored, norm_obs=False, norm_reward=True, gamma=float(cfg["gamma"]))
-    evals: list[dict[str, Any]] = []
-    best = {"score": -np.inf}
-    if resume is not None:
-        model = MaskablePPO.load(run / "checkpoint" / "model.zip", env=env, device="cpu")
-        state = json.loads((run / "checkpoint" / "state.json").read_text())
-        env.ret_rms.mean, env.ret_rms.var, env.ret_rms.count = (
-            state["reward_norm"][k] for k in ("mean", "var", "count")
-        )
-        evals[:] = state["validation"]
-        best["score"] = max((e["score"] for e in evals), default=-np.inf)
-        print(f"resuming {run} at {model.num_timesteps} timesteps", flush=True)
-    else:
-        model = build_model(MaskablePPO, env, cfg, seed, run)
+    def collect(episodes: int, base_seed: int, student: Any) -> Demonstrations:
+        teacher = str(cfg["warm_start"])
+        return collect_fleet_demonstrations(config.path, teacher, episodes, base_seed, student, slo_weight, window_s)
 
-    def checkpoint() -> None:
-        """The model, the reward normalization and the validations so far: what ``--resume`` continues from."""
-        save_model(model, run / "checkpoint" / "model.zip")
-        norm = {"mean": float(env.ret_rms.mean), "var": float(env.ret_rms.var), "count": float(env.ret_rms.count)}
-        state = {"timesteps": int(model.num_timesteps), "reward_norm": norm, "validation": evals}
-        atomic_write_text(run / "checkpoint" / "state.json", json.dumps(state, default=float) + "\n")
-
-    teacher = cfg.get("warm_start")
-    if resume is None and teacher and teacher != "none":
-
-        def collect(episodes: int, base_seed: int, student: Any) -> Any:
-            return collect_fleet_demonstrations(
-                config.path, str(teacher), episodes, base_seed, student, slo_weight, window_s
-            )
-
-        report = warm_start(model, env, collect, cfg, seed, run, default_episodes=16)
-        logger.info("warm start: %s", report)
-
-    every = int(cfg.get("eval_every_steps", 10_000))
-
-    def validate(steps: int) -> None:
-        row = _days(config, LearnedFleet(model), "val")
-        score = _score(row, config, slo_weight) / max(1, len(row["days"]))
-        entry = {"timesteps": steps, "score": score, **{k: row[k] for k in ("energy_kwh", "slo_attainment", "missed")}}
-        evals.append(entry)
-        print(
-            f"val at {steps} timesteps: score {score:.2f}, {row['energy_kwh']:.1f} kWh, "
-            f"attainment {100 * row['slo_attainment']:.2f}%",
-            flush=True,
-        )
-        if score > best["score"]:
-            best["score"] = score
-            save_model(model, run / "best" / "model.zip")
-        checkpoint()
-
-    class Validate(BaseCallback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.next = (model.num_timesteps // every + 1) * every
-
-        def _on_step(self) -> bool:
-            if self.num_timesteps >= self.next:
-                self.next += every
-                validate(self.num_timesteps)
-            return True
-
-    validating = int(cfg.get("val_episodes", 2)) > 0  # 0: no validation or held-out days (a smoke test)
-    if validating and resume is None:
-        validate(0)
-    t_learn = time.perf_counter()
-    callback = Validate() if validating else None
-    remaining = int(cfg["total_timesteps"]) - model.num_timesteps
-    try:
-        if remaining > 0:
-            model.learn(
-                remaining,
-                callback=callback,
-                progress_bar=progress_bar,
-                tb_log_name=agent,
-                reset_num_timesteps=resume is None,
-            )
-    except KeyboardInterrupt:
-        checkpoint()
-        env.close()
-        print(f"interrupted at {model.num_timesteps} timesteps; resume with: python -m greenrl.train --resume {run}")
-        return run
-    learn_s = time.perf_counter() - t_learn
-    if validating and (not evals or evals[-1]["timesteps"] != model.num_timesteps):
-        validate(model.num_timesteps)
-    checkpoint()
-    env.close()
-
-    if validating:
-        best_model = MaskablePPO.load(run / "best" / "model.zip", device="cpu")
-        val_planner: dict[str, Any] = _days(config, make_policy("planner"), "val")
-        val_best: dict[str, Any] = next(e for e in evals if e["score"] == best["score"])
-        shippable, ship_reason = ship_verdict(val_best, val_planner)
-        held_out: dict[str, Any] = _days(config, LearnedFleet(best_model), "eval")
-        static_max: dict[str, Any] = _days(config, make_policy("static-max"), "eval")
-        # the keys of a node run's summary.json, so that greenrl.sweep reports fleets the same way
-        versus = {
-            "energy_saving_vs_static_max": 1.0 - held_out["energy_kwh"] / static_max["energy_kwh"],
-            "slo_attainment_delta": held_out["slo_attainment"] - static_max["slo_attainment"],
-            "eval_trained": {k: held_out[k] for k in ("energy_kwh", "slo_attainment", "missed")},
-            "eval_static_max": {k: static_max[k] for k in ("energy_kwh", "slo_attainment", "missed")},
-        }
-    else:
-        best_model, val_planner, val_best, held_out, versus = model, {}, {}, {}, {}
-        shippable, ship_reason = False, "not validated (val_episodes 0)"
-    summary = {
-        "timesteps": int(model.num_timesteps),
-        "wall_s": round(time.perf_counter() - started, 1),
-        "learn_s": round(learn_s, 1),
-        "ppo_steps_per_s": round(model.num_timesteps / max(learn_s, 1e-9), 1),
-        "validation": evals,
-        "selected": val_best,
-        "validation_planner": {k: v for k, v in val_planner.items() if k != "days"},
-        "shippable": shippable,
-        "ship_verdict": ship_reason,
-        "held_out": held_out,
-        **versus,
-    }
-    atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
+    recipe = FleetRecipe(
+        folder=f"fleet-{config.name}",
+        training_envs=lambda n: DummyVecEnv([factory for _ in range(n)]),
+        collect=collect,
+        as_policy=LearnedFleet,
+    )
+    trained = train_fleet_loop(config, cfg, agent, seed, out, recipe, progress_bar, argv, resume)
+    if trained.interrupted:
+        return trained.run
+    summary = trained.summary
     extra = {
         "seed": seed,
         "agent": agent,
-        "trained_timesteps": int(model.num_timesteps),
+        "trained_timesteps": summary["timesteps"],
         "slo_weight": slo_weight,
-        "validation": {"selected": val_best, "planner": summary["validation_planner"]},
+        "validation": {"selected": summary.get("selected", {}), "planner": summary.get("validation_planner", {})},
     }
     probe = FleetEnv(config.path, "eval")
-    export_controller(best_model, probe, run / "controller", extra)
-    if ship and shippable:
-        export_controller(best_model, probe, Path("checkpoints") / scenario / name, extra)
+    export_controller(trained.best_model, probe, trained.run / "controller", extra)
+    if ship and summary["shippable"]:
+        export_controller(
+            trained.best_model, probe, Path("checkpoints") / f"fleet-{config.name}" / f"{agent}_s{seed}", extra
+        )
     elif ship:
-        print(f"not shipped: {ship_reason}", flush=True)
-    print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=1, default=float), flush=True)
-    return run
+        print(f"not shipped: {summary['ship_verdict']}", flush=True)
+    return trained.run

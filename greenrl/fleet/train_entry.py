@@ -81,7 +81,9 @@ def _resume(
     progress_bar: bool,
 ) -> Path:
     """Continue a fleet run from its checkpoint with its recorded fleet, agent, seed and hyperparameters."""
+    from greenrl.fleet.config import load_fleet
     from greenrl.fleet.learn import train_fleet
+    from greenrl.fleet.selection import fleet_files_sha256
 
     recorded = yaml.safe_load((run / "config.yaml").read_text())
     keys = ("scenario", "fleet_file", "agent", "seed", "hyperparameters")
@@ -95,12 +97,13 @@ def _resume(
             "drop --scenario when resuming (the run's own is used)",
         )
     check_resume_flags(recorded, agent, seed, overrides, slo_weight)
-    if recorded["agent"] != "maskable_ppo":
+    config = load_fleet(str(recorded["fleet_file"]))
+    if recorded.get("files_sha256") != fleet_files_sha256(config):
         raise InputError(
-            "--resume",
-            "agent",
-            f"{run} trained {recorded['agent']}: only centralized fleet runs (maskable_ppo) resume yet",
-            f"start a new run: python -m greenrl.train --scenario {recorded['scenario']} --agent {recorded['agent']}",
+            str(run / "config.yaml"),
+            "files_sha256",
+            f"the fleet file {config.path} or its node scenario changed since this run started",
+            "restore them, or start a new run",
         )
     if not (run / "checkpoint" / "model.zip").is_file():
         raise InputError(
@@ -115,6 +118,9 @@ def _resume(
         cfg["total_timesteps"] = total_timesteps
     if n_envs is not None:
         cfg["n_envs"] = n_envs
-    fleet = str(recorded["fleet_file"])
-    agent_name, seed_value = str(recorded["agent"]), int(recorded["seed"])
+    fleet, agent_name, seed_value = str(recorded["fleet_file"]), str(recorded["agent"]), int(recorded["seed"])
+    if agent_name == "maskable_ppo_shared":
+        from greenrl.fleet.shared_learn import train_shared_fleet
+
+        return train_shared_fleet(fleet, cfg, agent_name, seed_value, run.parent, progress_bar, resume=run)
     return train_fleet(fleet, cfg, agent_name, seed_value, run.parent, ship, progress_bar, resume=run)

@@ -1,0 +1,111 @@
+"""Model selection for fleet training: the validation and held-out days, the day score, the ship verdict.
+
+Both fleet trainers (the centralized controller, ``greenrl.fleet.learn``, and the policy shared by every
+node, ``greenrl.fleet.shared_learn``) select their model here, through ``greenrl.fleet.trainer``'s loop:
+whole validation days (10-11) scored with the env's return, the best model kept, the held-out days (12-13)
+evaluated once at the end against static-max, and a verdict on whether the selection may ship.
+
+Public names: evaluate_days, day_score, held_out_report, ship_verdict, fleet_files_sha256, SHIP_MIN_ATTAINMENT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from greenrl.fleet.cluster import FleetSim
+from greenrl.fleet.config import FleetConfig
+from greenrl.fleet.days import fleet_day, validation_day, validation_windows_s
+from greenrl.fleet.policies import make_policy
+from greenrl.fleet.rollout import run_policy
+
+__all__ = [
+    "SHIP_MIN_ATTAINMENT",
+    "day_score",
+    "evaluate_days",
+    "fleet_files_sha256",
+    "held_out_report",
+    "ship_verdict",
+]
+
+SHIP_MIN_ATTAINMENT = 0.99
+"""A fleet controller ships only if it meets at least this SLO attainment on the validation days."""
+
+
+def evaluate_days(config: FleetConfig, policy: Any, split: str, duration_s: float | None = None) -> dict[str, Any]:
+    """Energy, requests, missed and attainment of ``policy`` over the validation (``val``) or held-out days.
+
+    ``duration_s``: only each day's first seconds (a smoke test; every reported figure is whole days).
+    """
+    sim = FleetSim(config)
+    if split == "val":
+        traces = [validation_day(config, i, duration_s) for i in range(len(validation_windows_s(config)))]
+    else:
+        traces = [fleet_day(config, i, duration_s) for i in range(len(config.scenario.workload.eval_windows_s))]
+    rows = [run_policy(sim, policy, t) for t in traces]
+    total: dict[str, Any] = {k: sum(r[k] for r in rows) for k in ("energy_kwh", "requests", "missed")}
+    total["slo_attainment"] = 1.0 - total["missed"] / max(1, total["requests"])
+    total["days"] = rows
+    return total
+
+
+def day_score(row: dict[str, Any], config: FleetConfig, slo_weight: float) -> float:
+    """The env's return over the row's days, with each interval's miss share replaced by the days' (per day)."""
+    from greenrl.catalog import load_gpu
+
+    s = config.scenario
+    ref_w = config.nodes * s.node.gpus * load_gpu(s.node.gpu).tdp_w
+    steps = 86400.0 / config.control.fleet_interval_s
+    energy = row["energy_kwh"] * 3.6e6 / (ref_w * config.control.fleet_interval_s)
+    score = -energy - slo_weight * steps * row["missed"] / max(1, row["requests"])
+    return score / max(1, len(row["days"]))
+
+
+def ship_verdict(selected: dict[str, Any], planner: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a selected controller may ship, and why: what an operator would accept on the validation days.
+
+    It must meet ``SHIP_MIN_ATTAINMENT`` and not be dominated by the planner (less energy, or higher
+    attainment; the planner alone may sit below the floor). The held-out days never decide it.
+    """
+    att, energy = selected["slo_attainment"], selected["energy_kwh"]
+    figures = f"validation {energy:.1f} kWh at {100 * att:.2f}% (planner {planner['energy_kwh']:.1f} kWh at "
+    figures += f"{100 * planner['slo_attainment']:.2f}%)"
+    if att < SHIP_MIN_ATTAINMENT:
+        return False, f"attainment below {100 * SHIP_MIN_ATTAINMENT:g}%: {figures}"
+    if energy >= planner["energy_kwh"] and att <= planner["slo_attainment"]:
+        return False, f"dominated by the planner: {figures}"
+    return True, f"meets {100 * SHIP_MIN_ATTAINMENT:g}% and is not dominated by the planner: {figures}"
+
+
+def held_out_report(
+    config: FleetConfig, selected: dict[str, Any], best_policy: Any, duration_s: float | None = None
+) -> dict[str, Any]:
+    """The closing figures of a run: the planner on the validation days, the verdict, the held-out days.
+
+    The held-out comparison with static-max carries a node run's summary.json keys
+    (``energy_saving_vs_static_max``, ``slo_attainment_delta``, ``eval_trained``, ``eval_static_max``), so
+    ``greenrl.sweep`` reports fleets as it reports nodes.
+    """
+    val_planner = evaluate_days(config, make_policy("planner"), "val", duration_s)
+    shippable, reason = ship_verdict(selected, val_planner)
+    held_out = evaluate_days(config, best_policy, "eval", duration_s)
+    static_max = evaluate_days(config, make_policy("static-max"), "eval", duration_s)
+    figures = ("energy_kwh", "slo_attainment", "missed")
+    return {
+        "selected": selected,
+        "validation_planner": {k: v for k, v in val_planner.items() if k != "days"},
+        "shippable": shippable,
+        "ship_verdict": reason,
+        "held_out": held_out,
+        "energy_saving_vs_static_max": 1.0 - held_out["energy_kwh"] / static_max["energy_kwh"],
+        "slo_attainment_delta": held_out["slo_attainment"] - static_max["slo_attainment"],
+        "eval_trained": {k: held_out[k] for k in figures},
+        "eval_static_max": {k: static_max[k] for k in figures},
+    }
+
+
+def fleet_files_sha256(config: FleetConfig) -> dict[str, str]:
+    """sha256 of the fleet YAML and of its node scenario YAML: a resumed run must train on the same fleet."""
+    paths = (config.path, config.scenario.path)
+    return {str(p): hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
