@@ -222,6 +222,14 @@ def test_planner_returns_a_feasible_plan_that_meets_capacity(fleet) -> None:  # 
     assert not overload.feasible and len(overload.slots) == fleet.nodes
 
 
+@pytest.mark.parametrize("headroom_frac", [1.0, 1.5, -0.1])
+def test_a_headroom_that_leaves_no_slo_is_refused(fleet, headroom_frac: float) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match="headroom_frac.*use a share in"):
+        node_options(fleet.scenario, 600.0, 130.0, headroom_frac=headroom_frac)
+    loose, tight = (node_options(fleet.scenario, 600.0, 130.0, headroom_frac=h) for h in (0.0, 0.9))
+    assert max(o.capacity_rps for o in tight) < max(o.capacity_rps for o in loose)
+
+
 def test_assign_keeps_nodes_in_their_pool_and_layout() -> None:
     k4, k8 = Knobs(4, 2, 256, 1980), Knobs(8, 1, 256, 1005)
     from greenrl.fleet.planner import FleetPlan

@@ -22,6 +22,7 @@ import numpy as np
 from greenrl.catalog import load_gpu
 from greenrl.core import Knobs
 from greenrl.env.scenario import Scenario
+from greenrl.errors import InputError
 from greenrl.surrogate import StepBatch, Surrogate, steady_state
 
 __all__ = ["NodeOption", "node_options"]
@@ -77,9 +78,16 @@ def node_options(
         s: the node scenario (model, GPUs, knob values, SLOs, power states).
         prompt_tokens: the pool's mean prompt length (tokens).
         output_tokens: the pool's mean output length (tokens).
-        headroom_frac: share of each SLO kept in reserve.
+        headroom_frac: share of each SLO kept in reserve, in [0, 1) (at 1 no configuration meets an SLO).
         quantile: the TTFT quantile held to the SLO.
     """
+    if not 0.0 <= headroom_frac < 1.0:
+        raise InputError(
+            "node_options",
+            "headroom_frac",
+            f"{headroom_frac:g} keeps {100 * (1 - headroom_frac):g}% of each SLO: no configuration could meet it",
+            "use a share in [0, 1), e.g. 0.2",
+        )
     n = s.node
     gpu = load_gpu(n.gpu)
     surrogate = Surrogate()
