@@ -7,7 +7,8 @@ each held-out day (``greenrl.fleet.days.fleet_day``; ``--category`` for another 
 day's frontier (no grid point with less energy and higher attainment), and, for each ``--controller``
 (an exported fleet controller, played as ``greenrl.fleet.evaluate --checkpoint`` plays it), the planner's
 least energy at the controller's attainment or above on that day (linear between two frontier points; none
-when no grid point reaches it). Prints one JSON object.
+when no grid point reaches it) and the planner point closest below it (``versus_planner``). Prints one JSON
+object (after a progress line per planner day).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/fleet_planner_frontier.py --headroom 0.2,0.5,1.0,1.5
 --margin 0.2 --controller checkpoints/fleet-default/maskable_ppo_s1``.
@@ -56,6 +57,25 @@ def energy_at(front: list[dict[str, Any]], attainment: float) -> float | None:
     return None
 
 
+def versus_planner(row: dict[str, Any], front: list[dict[str, Any]]) -> dict[str, Any]:
+    """A controller's day against the planner's frontier.
+
+    ``energy_vs_planner_at_this_attainment``: its energy over the planner's least energy at its attainment
+    or above, minus 1 (None when no planner point reaches it). ``planner_closest_below``: the planner point
+    of highest attainment not above the controller's, and ``energy_vs_closest_below`` against it: the
+    comparison "equal or better attainment" allows when the planner cannot reach the controller's.
+    """
+    at = energy_at(front, row["slo_attainment"])
+    below = [q for q in front if q["slo_attainment"] <= row["slo_attainment"]]
+    closest = max(below, key=lambda q: q["slo_attainment"]) if below else None
+    return {
+        "planner_energy_kwh_at_this_attainment": at,
+        "energy_vs_planner_at_this_attainment": None if at is None else row["energy_kwh"] / at - 1.0,
+        "planner_closest_below": closest,
+        "energy_vs_closest_below": None if closest is None else row["energy_kwh"] / closest["energy_kwh"] - 1.0,
+    }
+
+
 def _last_object(path: str) -> str:
     """The pretty-printed JSON object that ends this script's output (the progress lines come before it)."""
     with open(path) as f:
@@ -98,14 +118,7 @@ def main() -> None:
         controllers = []
         for path in args.controller:
             row = run_policy(sim, load_learned(path), trace)
-            at = energy_at(front, row["slo_attainment"])
-            controllers.append(
-                {"controller": path, **{k: row[k] for k in FIGURES}}
-                | {
-                    "planner_energy_kwh_at_this_attainment": at,
-                    "energy_vs_planner_at_this_attainment": None if at is None else row["energy_kwh"] / at - 1.0,
-                }
-            )
+            controllers.append({"controller": path, **{k: row[k] for k in FIGURES}} | versus_planner(row, front))
         out["days"].append(
             {
                 "day": i,

@@ -373,13 +373,18 @@ def load_controller(folder: str | Path, expect_env: Any = None) -> ControllerPol
     where = str(path)
     _check_manifest(manifest, where)
     expected = [asdict(f) for f in OBS_FIELDS]
-    if manifest.get("kind") == "fleet":  # a fleet controller: the observation of its fleet's FleetEnv
-        from greenrl.fleet.env import FleetEnv
-
+    if manifest.get("kind") in ("fleet", "fleet-node"):  # the observation of its fleet's env (or of one node)
         fleet = manifest.get("fleet")
         if not isinstance(fleet, str):
             raise InputError(where, "fleet", "missing or not a fleet name", "re-export the controller")
-        expected = FleetEnv(fleet, "eval").codec.observation_spec()
+        if manifest["kind"] == "fleet":
+            from greenrl.fleet.env import FleetEnv
+
+            expected = FleetEnv(fleet, "eval").codec.observation_spec()
+        else:
+            from greenrl.fleet.shared import NodeFleetEnv
+
+            expected = NodeFleetEnv(fleet, "eval").nodes_codec.observation_spec()
     if manifest["observation"] != expected:
         names = [f["name"] for f in manifest["observation"]]
         raise InputError(

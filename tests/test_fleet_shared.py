@@ -10,7 +10,7 @@ import pytest
 
 from greenrl.fleet import FleetAction
 from greenrl.fleet.env import FLEET_OBS_FIELDS, FleetEnv
-from greenrl.fleet.learn import FleetTeacher
+from greenrl.fleet.learn import FleetTeacher, load_learned
 from greenrl.fleet.shared import NODE_OBS_FIELDS, NodeFleetEnv, SharedFleetVecEnv, SharedNodeFleet
 
 WINDOW_S = 1800.0  # 6 decisions: short episodes keep the tests fast
@@ -174,8 +174,31 @@ def test_a_tiny_shared_training_runs_and_its_model_plays_a_fleet(tiny_run: Path)
     assert summary["timesteps"] >= 256 and summary["fleet_decisions"] == summary["timesteps"] // 4
     model = MaskablePPO.load(tiny_run / "checkpoint" / "model.zip", device="cpu")
     config = load_fleet("default")
-    row = run_policy(FleetSim(config), SharedNodeFleet(model), fleet_day(config, 0, duration_s=900.0))
+    day = fleet_day(config, 0, duration_s=900.0)
+    row = run_policy(FleetSim(config), SharedNodeFleet(model), day)
     assert row["policy"] == "shared-node" and row["requests"] > 0 and row["energy_kwh"] > 0
+    # the exported controller (kind fleet-node, plain numpy) plays the same day as the model it came from
+    exported = load_learned(tiny_run / "controller")
+    assert isinstance(exported, SharedNodeFleet) and exported.predictor.manifest["kind"] == "fleet-node"
+    replay = run_policy(FleetSim(config), exported, day)
+    assert (replay["energy_kwh"], replay["missed"]) == (row["energy_kwh"], row["missed"])
+
+
+def test_a_shared_controller_for_another_fleet_observation_is_refused(tiny_run: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from greenrl.errors import InputError
+    from greenrl.policy import MANIFEST_HASH, load_controller, manifest_digest
+
+    folder = tmp_path / "controller"
+    shutil.copytree(tiny_run / "controller", folder)
+    manifest = json.loads((folder / "controller.json").read_text())
+    manifest["observation"] = manifest["observation"][1:]
+    manifest[MANIFEST_HASH] = manifest_digest(manifest)
+    (folder / "controller.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="observation"):
+        load_controller(folder)
 
 
 def test_a_shared_run_resumes_from_its_checkpoint(tiny_run: Path, tmp_path: Path) -> None:

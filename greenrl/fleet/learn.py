@@ -173,8 +173,12 @@ class GuardedFleet:
         return action
 
 
-def load_learned(path: str | Path, name: str | None = None) -> LearnedFleet:
-    """A ``LearnedFleet`` from an exported controller folder (``controller.json``) or an SB3 ``.zip``."""
+def load_learned(path: str | Path, name: str | None = None) -> Any:
+    """A fleet policy from an exported controller folder (``controller.json``) or an SB3 ``.zip`` (centralized).
+
+    A centralized controller (manifest ``kind: fleet``) plays as ``LearnedFleet``; a policy shared by every
+    node (``kind: fleet-node``) as ``greenrl.fleet.shared.SharedNodeFleet``.
+    """
     path = Path(path)
     if path.suffix == ".zip":
         from sb3_contrib import MaskablePPO
@@ -183,7 +187,12 @@ def load_learned(path: str | Path, name: str | None = None) -> LearnedFleet:
     from greenrl.policy import load_controller
 
     controller = load_controller(path)
-    if controller.manifest.get("kind") != "fleet":
+    kind = controller.manifest.get("kind")
+    if kind == "fleet-node":  # one policy every node runs (greenrl.fleet.shared)
+        from greenrl.fleet.shared import SharedNodeFleet
+
+        return SharedNodeFleet(controller, name or "learned")
+    if kind != "fleet":
         raise InputError(str(path), "kind", "not a fleet controller", "give a controller trained on a fleet")
     return LearnedFleet(controller, name or "learned")
 
@@ -217,8 +226,6 @@ def train_fleet(
     """
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from greenrl.policy import export_controller
-
     if agent != "maskable_ppo":  # maskable_ppo_shared: greenrl.train sends it to greenrl.fleet.shared_learn
         raise InputError(
             "--agent",
@@ -242,24 +249,6 @@ def train_fleet(
         training_envs=lambda n: DummyVecEnv([factory for _ in range(n)]),
         collect=collect,
         as_policy=LearnedFleet,
+        probe=lambda: FleetEnv(config.path, "eval"),
     )
-    trained = train_fleet_loop(config, cfg, agent, seed, out, recipe, progress_bar, argv, resume)
-    if trained.interrupted:
-        return trained.run
-    summary = trained.summary
-    extra = {
-        "seed": seed,
-        "agent": agent,
-        "trained_timesteps": summary["timesteps"],
-        "slo_weight": slo_weight,
-        "validation": {"selected": summary.get("selected", {}), "planner": summary.get("validation_planner", {})},
-    }
-    probe = FleetEnv(config.path, "eval")
-    export_controller(trained.best_model, probe, trained.run / "controller", extra)
-    if ship and summary["shippable"]:
-        export_controller(
-            trained.best_model, probe, Path("checkpoints") / f"fleet-{config.name}" / f"{agent}_s{seed}", extra
-        )
-    elif ship:
-        print(f"not shipped: {summary['ship_verdict']}", flush=True)
-    return trained.run
+    return train_fleet_loop(config, cfg, agent, seed, out, recipe, progress_bar, argv, resume, ship).run

@@ -98,6 +98,30 @@ class SharedNodeCodec:
             out[j] = np.concatenate([own, per_pool[a.pool_of_node[j]], fleet])
         return out
 
+    def observation_spec(self) -> list[dict[str, Any]]:
+        """A node's observation fields in order (name, unit, scale, source), as an exported controller records them."""
+        pools = [p.name for p in self.codec.config.pools]
+        own = [(n, u, sc) for n, u, sc in NODE_OBS_FIELDS[:3]] + [(f"pool_is_{p}", "0/1", 1.0) for p in pools]
+        own += list(NODE_OBS_FIELDS[3:])
+        spec = [
+            {"name": f"node.{n}", "unit": u, "scale": sc, "source": "the node (SharedNodeCodec.observe)"}
+            for n, u, sc in own
+        ]
+        spec += [
+            {"name": f"own_pool.{n}", "unit": u, "scale": sc, "source": "the node's pool, last fleet interval"}
+            for n, u, sc in FLEET_OBS_FIELDS
+        ]
+        return spec + self.codec.observation_spec()
+
+    def knob_names(self) -> list[str]:
+        """A node's action entries: its role (0 parked, 1 + pool index), layout and SM clock."""
+        return ["role", "layout", "sm_clock_mhz"]
+
+    def knob_values(self) -> list[list[int]]:
+        """Each entry's values: roles 0..P, layouts as tp x 100 + replicas, clocks (MHz)."""
+        fleet = self.codec.knob_values()  # per pool: node counts, then layouts, then clocks
+        return [list(range(self.pools + 1)), fleet[self.pools], fleet[2 * self.pools]]
+
     def layout_index(self, tp: int, replicas: int) -> int:
         """The index of (tp, replicas) in the codec's layouts (else the nearest in GPUs serving)."""
         layouts = self.codec.layouts
@@ -183,6 +207,20 @@ class NodeFleetEnv(FleetEnv):
     def node_action_masks(self) -> npt.NDArray[np.bool_]:
         """One node's MaskablePPO mask: every value allowed."""
         return np.ones(int(sum(self.nodes_codec.nvec)), dtype=bool)
+
+    def controller_manifest(self) -> dict[str, Any]:
+        """The env's part of an exported shared node controller's manifest (``greenrl.policy.export_controller``).
+
+        ``kind`` ``fleet-node``: one policy every node runs on its own observation (``SharedNodeFleet``).
+        """
+        codec = self.nodes_codec
+        return super().controller_manifest() | {
+            "kind": "fleet-node",
+            "observation": codec.observation_spec(),
+            "normalization": "each field divided by its scale, then clipped to [0, 10] (SharedNodeCodec.observe)",
+            "knobs": [{"name": n, "values": v} for n, v in zip(codec.knob_names(), codec.knob_values(), strict=True)],
+            "action_mask": self.node_action_masks().astype(int).tolist(),
+        }
 
 
 class SharedFleetVecEnv(VecEnv):

@@ -6,8 +6,8 @@
 as every node's label) and the same loop (``greenrl.fleet.trainer``: validation days, score, model
 selection, checkpoints and ``--resume``, the held-out days once at the end). ``n_envs`` counts fleets and
 ``total_timesteps`` node-agent steps (N per fleet decision), so a budget of N x the centralized recipe's
-timesteps is the same simulated fleet time. No controller is exported (``greenrl.policy.export_controller``
-knows the per-pool action only).
+timesteps is the same simulated fleet time. The selected model is exported as a ``fleet-node`` controller
+(every node runs it on its own observation; ``greenrl.fleet.learn.load_learned`` plays it).
 
 Public names: collect_shared_demonstrations, train_shared_fleet.
 """
@@ -90,11 +90,12 @@ def train_shared_fleet(
     progress_bar: bool = False,
     argv: list[str] | None = None,
     resume: Path | None = None,
+    ship: bool = False,
 ) -> Path:
     """Warm start, PPO over node agents, model selection on the validation days, held-out days; the run folder.
 
     The run folder is ``out/fleet-<fleet>-shared/<agent>_s<seed>_<stamp>/`` (config.yaml, command.txt,
-    warm_start.json, best/ and checkpoint/ models, summary.json), as ``train_fleet``'s; the loop is
+    warm_start.json, best/ and checkpoint/ models, summary.json, controller/), as ``train_fleet``'s; the loop is
     ``greenrl.fleet.trainer``'s.
 
     Args:
@@ -108,6 +109,7 @@ def train_shared_fleet(
         argv: the ``greenrl.train`` command line recorded in command.txt (default: this process's).
         resume: a shared run folder to continue from its checkpoint (the caller checked it, as for
             ``train_fleet``).
+        ship: also export to ``checkpoints/fleet-<fleet>-shared/<agent>_s<seed>/`` if the ship verdict passes it.
     """
     if agent != "maskable_ppo_shared":
         raise InputError("--agent", "agent", f"the shared node policy trains with maskable_ppo_shared, not {agent}", "")
@@ -129,9 +131,7 @@ def train_shared_fleet(
         training_envs=fleets,
         collect=collect,
         as_policy=SharedNodeFleet,
-        summary_extra=lambda steps: {
-            "fleet_decisions": steps // config.nodes,
-            "controller": "not exported (greenrl.policy.export_controller knows the per-pool action only)",
-        },
+        probe=lambda: NodeFleetEnv(config.path, "eval"),
+        summary_extra=lambda steps: {"fleet_decisions": steps // config.nodes},
     )
-    return train_fleet_loop(config, cfg, agent, seed, out, recipe, progress_bar, argv, resume).run
+    return train_fleet_loop(config, cfg, agent, seed, out, recipe, progress_bar, argv, resume, ship).run

@@ -63,7 +63,7 @@ def train_fleet_scenario(
     if agent == "maskable_ppo_shared":
         from greenrl.fleet.shared_learn import train_shared_fleet
 
-        return train_shared_fleet(fleet, cfg, agent, seed or 0, out, progress_bar, argv)
+        return train_shared_fleet(fleet, cfg, agent, seed or 0, out, progress_bar, argv, ship=ship)
     return train_fleet(fleet, cfg, agent or "maskable_ppo", seed or 0, out, ship, progress_bar, argv)
 
 
@@ -122,5 +122,5 @@ def _resume(
     if agent_name == "maskable_ppo_shared":
         from greenrl.fleet.shared_learn import train_shared_fleet
 
-        return train_shared_fleet(fleet, cfg, agent_name, seed_value, run.parent, progress_bar, resume=run)
+        return train_shared_fleet(fleet, cfg, agent_name, seed_value, run.parent, progress_bar, resume=run, ship=ship)
     return train_fleet(fleet, cfg, agent_name, seed_value, run.parent, ship, progress_bar, resume=run)

@@ -49,6 +49,7 @@ class FleetRecipe:
             the reward normalization).
         collect: ``(episodes, base_seed, student) -> Demonstrations`` labelled by the ``warm_start`` teacher.
         as_policy: a model as a ``FleetPolicy`` that plays the validation and held-out days.
+        probe: an evaluation env whose ``controller_manifest`` describes the exported controller.
         summary_extra: keys added to summary.json, from the trained timesteps.
     """
 
@@ -56,6 +57,7 @@ class FleetRecipe:
     training_envs: Callable[[int], Any]
     collect: Callable[[int, int, Any], Demonstrations]
     as_policy: Callable[[Any], Any]
+    probe: Callable[[], Any]
     summary_extra: Callable[[int], dict[str, Any]] = field(default=lambda _: {})
 
 
@@ -92,8 +94,12 @@ def train_fleet_loop(
     progress_bar: bool = False,
     argv: list[str] | None = None,
     resume: Path | None = None,
+    ship: bool = False,
 ) -> TrainedFleet:
     """Train (or continue ``resume``, whose files the caller checked) with MaskablePPO; see the module doc.
+
+    The selected model is exported to ``<run>/controller`` (``greenrl.policy.export_controller``) and, with
+    ``ship`` and a passing ``ship_verdict``, to ``checkpoints/<recipe.folder>/<agent>_s<seed>``.
 
     ``cfg`` keys beyond PPO's: ``slo_weight``, ``warm_start`` (a fleet baseline, or ``none``),
     ``eval_every_steps``, ``val_episodes`` (0: no validation or held-out days, a smoke test) and
@@ -205,5 +211,33 @@ def train_fleet_loop(
         summary |= {"shippable": False, "ship_verdict": "not validated (val_episodes 0)"}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
+    _export(best_model, recipe, run, summary, cfg, agent, seed, ship)
     print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=1, default=float), flush=True)
     return TrainedFleet(run, best_model, summary)
+
+
+def _export(
+    model: Any,
+    recipe: FleetRecipe,
+    run: Path,
+    summary: dict[str, Any],
+    cfg: dict[str, Any],
+    agent: str,
+    seed: int,
+    ship: bool,
+) -> None:
+    from greenrl.policy import export_controller
+
+    extra = {
+        "seed": seed,
+        "agent": agent,
+        "trained_timesteps": summary["timesteps"],
+        "slo_weight": float(cfg.get("slo_weight", 100.0)),
+        "validation": {"selected": summary.get("selected", {}), "planner": summary.get("validation_planner", {})},
+    }
+    probe = recipe.probe()
+    export_controller(model, probe, run / "controller", extra)
+    if ship and summary["shippable"]:
+        export_controller(model, probe, Path("checkpoints") / recipe.folder / f"{agent}_s{seed}", extra)
+    elif ship:
+        print(f"not shipped: {summary['ship_verdict']}", flush=True)
