@@ -413,3 +413,20 @@ def test_the_seed_summary_is_a_t_interval_over_learned_controllers() -> None:
     # savings 50, 45, 55: mean 50, sd 5, t(0.975, 2) = 4.303 -> half-width 12.4
     assert lines[-1] == "| 12 | 3 (mean +- 95% CI, Student t) | 50.0 +- 12.4% | 99.80 +- 0.25% | 1 of 3 |"
     assert seed_summary(rows[:2]) == []  # one controller: no interval
+
+
+def test_the_frontier_keeps_undominated_points_and_reads_energy_at_an_attainment() -> None:
+    from greenrl.fleet.frontier import energy_at, frontier, versus_planner
+
+    def pt(e: float, a: float) -> dict[str, float]:
+        return {"energy_kwh": e, "slo_attainment": a}
+
+    grid = [pt(100, 0.98), pt(120, 0.99), pt(130, 0.985), pt(200, 0.999), pt(200, 0.999), pt(110, 0.98)]
+    front = frontier(grid)
+    assert front == [pt(100, 0.98), pt(120, 0.99), pt(200, 0.999)]  # dominated and repeated points dropped
+    assert energy_at(front, 0.97) == 100.0  # the cheapest point already does better
+    assert energy_at(front, 0.995) == pytest.approx(120 + (0.005 / 0.009) * 80)
+    assert energy_at(front, 0.9995) is None  # beyond every grid point
+    beyond = versus_planner(pt(150, 0.9995), front)
+    assert beyond["energy_vs_planner_at_this_attainment"] is None
+    assert beyond["planner_closest_below"] == pt(200, 0.999) and beyond["energy_vs_closest_below"] == -0.25
