@@ -18,8 +18,9 @@ def test_a_controller_is_shipped_for_the_default_scenario() -> None:
     assert any(p.parent.parent.name == "default" for p in SHIPPED)
 
 
-NODE = [p for p in SHIPPED if json.loads(p.read_text()).get("kind") != "fleet"]
-FLEET = [p for p in SHIPPED if json.loads(p.read_text()).get("kind") == "fleet"]
+FLEET_KINDS = ("fleet", "fleet-node")  # a centralized fleet controller, one shared by every node
+NODE = [p for p in SHIPPED if json.loads(p.read_text()).get("kind") not in FLEET_KINDS]
+FLEET = [p for p in SHIPPED if json.loads(p.read_text()).get("kind") in FLEET_KINDS]
 
 
 @pytest.mark.parametrize("manifest", NODE, ids=[str(p.parent) for p in NODE])
@@ -37,15 +38,12 @@ def test_shipped_controller_reproduces_its_evaluation(manifest: Path) -> None:
 @pytest.mark.parametrize("manifest", FLEET, ids=[str(p.parent) for p in FLEET])
 def test_shipped_fleet_controller_reproduces_its_validation_days(manifest: Path) -> None:
     """The numpy controller replays the validation days (10-11) as the trained model measured them."""
-    from greenrl.fleet import FleetSim, load_fleet
-    from greenrl.fleet.days import validation_day, validation_windows_s
+    from greenrl.fleet import load_fleet
     from greenrl.fleet.learn import load_learned
-    from greenrl.fleet.rollout import run_policy
+    from greenrl.fleet.selection import evaluate_days
 
     info = json.loads(manifest.read_text())
-    config = load_fleet(info["fleet"])
-    policy, sim = load_learned(manifest.parent), FleetSim(config)
-    rows = [run_policy(sim, policy, validation_day(config, i)) for i in range(len(validation_windows_s(config)))]
+    row = evaluate_days(load_fleet(info["fleet"]), load_learned(manifest.parent), "val")
     recorded = info["validation"]["selected"]
-    assert sum(r["missed"] for r in rows) == recorded["missed"]
-    assert sum(r["energy_kwh"] for r in rows) == pytest.approx(recorded["energy_kwh"], rel=1e-6)
+    assert row["missed"] == recorded["missed"]
+    assert row["energy_kwh"] == pytest.approx(recorded["energy_kwh"], rel=1e-6)
