@@ -23,8 +23,10 @@ lint: $(VENV_STAMP)
 type: $(VENV_STAMP)
 	.venv/bin/mypy
 
+# -n auto: one pytest-xdist worker per core (CI has 2); --dist loadfile keeps a file's tests, and its module
+# fixtures, on one worker.
 test: $(VENV_STAMP) lint type
-	$(PY) -m pytest -q -p no:cacheprovider -ra greenrl tests
+	$(PY) -m pytest -q -p no:cacheprovider -ra -n auto --dist loadfile greenrl tests
 
 wheel-smoke: $(VENV_STAMP)  ## build the wheel, install it outside the tree, train tiny + evaluate there (~3 min)
 	bash .ci/wheel_smoke $(PY)

@@ -11,6 +11,7 @@ the learned controller's attainment, not only at its own default point. Two step
    every learned row of ``greenrl.fleet.evaluate --save`` (policy ``learned...``), the planner's least
    energy at its attainment or above on its day (linear between two frontier points; none when no grid
    point reaches it) and the planner point closest below it (``greenrl.fleet.frontier.versus_planner``).
+   ``--pareto docs/img/pareto_fleet.png`` also redraws the rows' Pareto plot with the planner's frontier.
 
 Each prints one JSON object (step 1 after a progress line per planner day) and writes it to ``--out``.
 
@@ -30,6 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from greenrl.fleet import FleetSim, load_fleet
 from greenrl.fleet.days import fleet_day
+from greenrl.fleet.evaluate import plot_pareto
 from greenrl.fleet.frontier import frontier, versus_planner
 from greenrl.fleet.policies import PlannerFleet, make_policy
 from greenrl.fleet.rollout import run_policy
@@ -43,10 +45,11 @@ def main() -> None:
     p.add_argument("--fleet", default="default")
     p.add_argument("--category", default=None, help="another ServeGen category at the fleet's mean rate")
     p.add_argument("--windows", type=int, nargs="+", default=None, help="held-out windows (default: all)")
-    p.add_argument("--headroom", default="0.2,0.35,0.5,0.65,0.8,0.9", help="comma-separated headroom_frac values")
+    p.add_argument("--headroom", default="0.2,0.35,0.5,0.65,0.8,0.85,0.9", help="comma-separated headroom_frac values")
     p.add_argument("--margin", default="0.2,1.0", help="comma-separated margin_frac values")
     p.add_argument("--planner-grid", action="append", default=[], help="step 2: a step-1 output (repeatable)")
     p.add_argument("--rows", default=None, help="step 2: rows saved by greenrl.fleet.evaluate --save")
+    p.add_argument("--pareto", type=Path, default=None, help="step 2: plot the rows with the planner frontier here")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON object here")
     args = p.parse_args()
     if args.planner_grid:
@@ -58,6 +61,8 @@ def main() -> None:
             if r["policy"].startswith("learned") and mine:
                 front = mine[0]["planner_frontier"]
                 out["controllers"].append({k: r[k] for k in ("day", "policy", *FIGURES)} | versus_planner(r, front))
+        if args.pareto is not None:
+            plot_pareto(rows, args.pareto, {d["day"]: d["planner_frontier"] for d in days})
     else:
         out = _grid(args, args.category)
     text = json.dumps(out, indent=1)

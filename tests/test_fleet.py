@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -222,6 +223,29 @@ def test_planner_returns_a_feasible_plan_that_meets_capacity(fleet) -> None:  # 
     assert not overload.feasible and len(overload.slots) == fleet.nodes
 
 
+def test_a_pool_that_no_configuration_serves_still_gets_nodes(fleet) -> None:  # type: ignore[no-untyped-def]
+    short = node_options(fleet.scenario, 600.0, 130.0)
+    assert short and not node_options(fleet.scenario, 10000.0, 300.0, headroom_frac=0.8)
+    plan = solve_plan([short, []], [5.0, 0.2], fleet.nodes, parked_node_w=8 * 71.8)
+    assert not plan.feasible and len(plan.slots) == fleet.nodes
+    assert {p for p, _ in plan.slots} == {0, 1} and plan.capacity_rps[1] == 0.0
+    assert solve_plan([[], []], [5.0, 0.2], fleet.nodes, parked_node_w=8 * 71.8).slots == ()
+
+
+def test_the_planner_serves_a_shape_its_headroom_rules_out(fleet) -> None:  # type: ignore[no-untyped-def]
+    sim = FleetSim(fleet)
+    strict = make_policy("planner")
+    assert isinstance(strict, FLEET_POLICIES["planner"])
+    strict.headroom_frac = 0.8
+    prompt, output = math.exp(9.2), math.exp(5.7)  # ~9,900 and ~300 tokens: on the cache's 10% grid
+    assert not node_options(fleet.scenario, prompt, output, headroom_frac=0.8)
+    options = strict.options(sim, prompt, output)
+    reserve = node_options(fleet.scenario, prompt, output, headroom_frac=0.6)  # the largest on its ladder
+    assert options and [o.knobs for o in options] == [o.knobs for o in reserve]
+    assert [o.capacity_rps for o in options] == pytest.approx([o.capacity_rps for o in reserve])
+    assert len(strict.options(sim, 600.0, 130.0)) == len(node_options(fleet.scenario, 600.0, 130.0, 0.8))
+
+
 @pytest.mark.parametrize("headroom_frac", [1.0, 1.5, -0.1])
 def test_a_headroom_that_leaves_no_slo_is_refused(fleet, headroom_frac: float) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(InputError, match="headroom_frac.*use a share in"):
@@ -397,8 +421,14 @@ def test_evaluate_writes_rows_and_a_pareto_plot(tmp_path: Path, capsys: pytest.C
     from greenrl.fleet.evaluate import plot_pareto
 
     learned = [dict(rows[1], policy=f"learned-{i}", energy_kwh=rows[1]["energy_kwh"] * (1 + i / 10)) for i in range(3)]
-    plot_pareto(rows + learned, tmp_path / "q.png")  # the seeds' points share one marker
+    fig = plot_pareto(rows + learned, tmp_path / "q.png")  # the seeds' points share one marker
     assert (tmp_path / "q.png").stat().st_size > 10_000
+    assert not [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("planner frontier")]
+    grid = [dict(rows[1], slo_attainment=a, energy_kwh=rows[1]["energy_kwh"] * f) for a, f in ((0.99, 1), (0.999, 2))]
+    fig = plot_pareto(rows + learned, tmp_path / "q.png", {13: grid[::-1]})
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("planner frontier")]
+    assert list(line.get_xdata()) == pytest.approx([99.0, 99.9])  # sorted by attainment, in percent
+    assert line.get_ydata()[1] < line.get_ydata()[0]
 
 
 def test_the_seed_summary_is_a_t_interval_over_learned_controllers() -> None:

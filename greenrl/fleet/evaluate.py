@@ -16,7 +16,7 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
 from greenrl.fleet.rollout import run_policy
 from greenrl.ioutil import atomic_write_text
 from greenrl.workload import servegen_categories
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["main", "plot_pareto", "plot_timelines", "seed_summary"]
 
@@ -61,11 +64,15 @@ def plot_timelines(timelines: dict[str, dict[str, list[Any]]], pools: list[str],
     fig.savefig(path, dpi=100)
 
 
-def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
+def plot_pareto(
+    rows: list[dict[str, Any]], path: Path, planner_frontiers: dict[int, list[dict[str, Any]]] | None = None
+) -> Figure:
     """Energy saved vs static-max against SLO attainment, one panel per day, one point per policy.
 
     Learned controllers (``learned-<i>``, e.g. one per training seed) share one marker; static-max's
     attainment is a dashed line: points right of it and high up are what the issue asks for.
+    ``planner_frontiers`` (day -> ``greenrl.fleet.frontier.frontier`` points of a planner grid, e.g. from
+    ``benchmarks/fleet_planner_frontier.py``) adds the planner's tuned frontier as a line. Returns the figure.
     """
     from matplotlib.figure import Figure
 
@@ -93,7 +100,19 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
                 color="black",
                 label=f"learned ({len(learned)} controllers)",
             )
-            ax.legend(fontsize=7, loc="lower left")
+        front = sorted((planner_frontiers or {}).get(day, []), key=lambda q: q["slo_attainment"])
+        if front:
+            ax.plot(
+                [100 * q["slo_attainment"] for q in front],
+                [100 * (1 - q["energy_kwh"] / ref["energy_kwh"]) for q in front],
+                "-.",
+                lw=1.0,
+                color="tab:blue",
+                marker=".",
+                label="planner frontier (headroom x margin grid)",
+            )
+        if learned or front:
+            ax.legend(fontsize=7, loc="best")
         ax.axvline(100 * ref["slo_attainment"], ls="--", lw=0.8, color="grey")
         ax.set_title(f"day {day}", fontsize=9)
         ax.set_xlabel("SLO attainment (%)")
@@ -102,6 +121,7 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
+    return fig
 
 
 @exit_on_input_error

@@ -231,9 +231,18 @@ def _undominated(options: list[NodeOption]) -> list[NodeOption]:
 def _fallback(
     options: list[list[NodeOption]], forecast_rps: list[float], nodes: int, parked_node_w: float
 ) -> FleetPlan:
-    """Every node at its pool's highest-capacity configuration, nodes shared in proportion to load / capacity."""
+    """Every node at its pool's highest-capacity configuration, nodes shared in proportion to load / capacity.
+
+    A pool with no option of its own (no configuration meets its SLO checks) still gets its share of nodes,
+    at the highest-capacity configuration of any pool, with its planned capacity 0: a pool without a node
+    would leave its requests to the router's fallback.
+    """
+    anywhere = [o for opts in options for o in opts]
+    if not anywhere:
+        return FleetPlan((), nodes * parked_node_w, False, tuple(0.0 for _ in options))
+    widest = max(anywhere, key=lambda o: o.capacity_rps)
     best = [max(opts, key=lambda o: o.capacity_rps) if opts else None for opts in options]
-    need = np.array([f / b.capacity_rps if b is not None else f for f, b in zip(forecast_rps, best, strict=True)])
+    need = np.array([f / (b or widest).capacity_rps for f, b in zip(forecast_rps, best, strict=True)])
     share = need / need.sum() if need.sum() > 0 else np.full(len(need), 1.0 / len(need))
     counts = np.maximum(1, np.floor(share * nodes)).astype(int)
     while counts.sum() < nodes:
@@ -245,6 +254,8 @@ def _fallback(
     capacity = []
     for p, (k, b) in enumerate(zip(counts, best, strict=True)):
         if b is None:
+            slots += [(p, widest.knobs)] * int(k)
+            power += int(k) * widest.power_w(widest.capacity_rps)
             capacity.append(0.0)
             continue
         slots += [(p, b.knobs)] * int(k)
