@@ -25,7 +25,7 @@ def twin(request: pytest.FixtureRequest) -> Iterator[str]:
     command = (
         f"{{python}} -m greenrl.twin --port {{port}} --scenario tiny --time-scale {scale:g} --tick-ms 5 --allow-control"
     )
-    launcher = ServerLauncher(command + " --log-level WARNING", port=0, health_timeout_s=30.0)
+    launcher = ServerLauncher(command + " --log-level WARNING", port=0, health_timeout_s=90.0)
     launcher.start({})
     try:
         yield launcher.url

@@ -388,7 +388,7 @@ def test_a_direct_lock_the_rate_limit_ignored_is_not_applied_until_the_interval_
 def test_the_twin_takes_the_knob_at_start_and_over_http(tmp_path: Path) -> None:
     command = "{python} -m greenrl.twin --port {port} --scenario tiny --prefill-sm-clock-mhz 1980 --allow-control"
     command += " --log-level WARNING"
-    launcher = ServerLauncher(command, port=0, log_path=tmp_path / "twin.log", health_timeout_s=30.0)
+    launcher = ServerLauncher(command, port=0, log_path=tmp_path / "twin.log", health_timeout_s=90.0)
     launcher.start({})
     try:
         backend = TwinBackend(launcher.url)

@@ -41,7 +41,7 @@ def _kill(pid: int | None) -> None:
 
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[ServerLauncher]:
-    launcher = ServerLauncher(TWIN, port=0, log_path=tmp_path / "server.log", health_timeout_s=30.0, stop_grace_s=5.0)
+    launcher = ServerLauncher(TWIN, port=0, log_path=tmp_path / "server.log", health_timeout_s=90.0, stop_grace_s=5.0)
     pids: list[int] = []
     original = launcher.start
 

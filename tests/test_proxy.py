@@ -37,7 +37,7 @@ KNOBS = {"tp": 2, "replicas": 1, "max_num_seqs": 256, "sm_clock_mhz": 1980}
 
 
 def _start(log: Path) -> ServerLauncher:
-    launcher = ServerLauncher(TWIN, port=0, log_path=log, health_timeout_s=30.0, stop_grace_s=5.0)
+    launcher = ServerLauncher(TWIN, port=0, log_path=log, health_timeout_s=90.0, stop_grace_s=5.0)
     launcher.start(KNOBS)
     return launcher
 
