@@ -45,7 +45,8 @@ def main() -> None:
     p.add_argument("--fleet", default="default")
     p.add_argument("--category", default=None, help="another ServeGen category at the fleet's mean rate")
     p.add_argument("--windows", type=int, nargs="+", default=None, help="held-out windows (default: all)")
-    p.add_argument("--headroom", default="0.2,0.35,0.5,0.65,0.8,0.85,0.9", help="comma-separated headroom_frac values")
+    headroom = "0.2,0.35,0.5,0.65,0.75,0.8,0.825,0.85,0.875,0.9"  # finer near the learned controllers' attainment
+    p.add_argument("--headroom", default=headroom, help="comma-separated headroom_frac values")
     p.add_argument("--margin", default="0.2,1.0", help="comma-separated margin_frac values")
     p.add_argument("--planner-grid", action="append", default=[], help="step 2: a step-1 output (repeatable)")
     p.add_argument("--rows", default=None, help="step 2: rows saved by greenrl.fleet.evaluate --save")
