@@ -10,7 +10,7 @@ $(VENV_STAMP): pyproject.toml setup.py
 	.venv/bin/pip install -q torch==2.13.0 -e '.[cpu,dev]'
 	touch $(VENV_STAMP)
 
-train: $(VENV_STAMP)  ## main job: train MaskablePPO on the default scenario (<= 15 min on 2 cores)
+train: $(VENV_STAMP)  ## main job: train MaskablePPO on the default scenario (10-16 min on 2 cores)
 	$(PY) -m greenrl.train
 
 fit: $(VENV_STAMP)
