@@ -23,7 +23,7 @@ lint: $(VENV_STAMP)
 type: $(VENV_STAMP)
 	.venv/bin/mypy
 
-# -n auto: one pytest-xdist worker per core (CI has 2; 268 s instead of 670 s on a fresh clone); --dist loadfile
+# -n auto: one pytest-xdist worker per core (CI has 2; about 280 s instead of 670 s on a fresh clone); --dist loadfile
 # keeps a file's tests, and its module fixtures, on one worker.
 test: $(VENV_STAMP) lint type
 	$(PY) -m pytest -q -p no:cacheprovider -ra -n auto --dist loadfile greenrl tests

@@ -253,14 +253,10 @@ def _fallback(
     power = 0.0
     capacity = []
     for p, (k, b) in enumerate(zip(counts, best, strict=True)):
-        if b is None:
-            slots += [(p, widest.knobs)] * int(k)
-            power += int(k) * widest.power_w(widest.capacity_rps)
-            capacity.append(0.0)
-            continue
-        slots += [(p, b.knobs)] * int(k)
-        power += int(k) * b.power_w(b.capacity_rps)
-        capacity.append(int(k) * b.capacity_rps)
+        run = b or widest
+        slots += [(p, run.knobs)] * int(k)
+        power += int(k) * run.power_w(run.capacity_rps)
+        capacity.append(int(k) * b.capacity_rps if b is not None else 0.0)
     return FleetPlan(tuple(slots), power + (nodes - len(slots)) * parked_node_w, False, tuple(capacity))
 
 
