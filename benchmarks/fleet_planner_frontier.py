@@ -12,8 +12,13 @@ the learned controller's attainment, not only at its own default point. Two step
    energy at its attainment or above on its day (linear between two frontier points; none when no grid
    point reaches it) and the planner point closest below it (``greenrl.fleet.frontier.versus_planner``).
    ``--pareto docs/img/pareto_fleet.png`` also redraws the rows' Pareto plot with the planner's frontier.
+3. ``--tune --planner-grid grid13.json --rows docs/results/fleet_m-large.json --windows 1``: the planner
+   tuned to each learned row's attainment, nothing interpolated: from the day's grid, bisect its headroom
+   and margin toward the cheapest planner day at that attainment or above
+   (``greenrl.fleet.frontier.tune_to_attainment``), play each new point, and compare the row with the
+   real point found. Its output is also a step-1 grid (every point played, and their frontier).
 
-Each prints one JSON object (step 1 after a progress line per planner day) and writes it to ``--out``.
+Each prints one JSON object (steps 1 and 3 after a progress line per planner day) and writes it to ``--out``.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/fleet_planner_frontier.py --windows 0 --out grid12.json``.
 """
@@ -24,18 +29,21 @@ import argparse
 import json
 import os
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from greenrl.fleet import FleetSim, load_fleet
+from greenrl.errors import InputError
+from greenrl.fleet import FleetConfig, FleetSim, load_fleet
 from greenrl.fleet.days import fleet_day
 from greenrl.fleet.evaluate import plot_pareto
-from greenrl.fleet.frontier import frontier, versus_planner
+from greenrl.fleet.frontier import frontier, tune_to_attainment, versus_planner
 from greenrl.fleet.policies import PlannerFleet, make_policy
 from greenrl.fleet.rollout import run_policy
 from greenrl.ioutil import atomic_write_text
+from greenrl.workload import Trace
 
 FIGURES = ("energy_kwh", "slo_attainment", "missed", "requests")
 
@@ -51,9 +59,13 @@ def main() -> None:
     p.add_argument("--planner-grid", action="append", default=[], help="step 2: a step-1 output (repeatable)")
     p.add_argument("--rows", default=None, help="step 2: rows saved by greenrl.fleet.evaluate --save")
     p.add_argument("--pareto", type=Path, default=None, help="step 2: plot the rows with the planner frontier here")
+    p.add_argument("--tune", action="store_true", help="step 3: tune the planner to each learned row's attainment")
+    p.add_argument("--max-evals", type=int, default=6, help="step 3: new planner days per learned row, at most")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON object here")
     args = p.parse_args()
-    if args.planner_grid:
+    if args.tune:
+        out = _tune(args)
+    elif args.planner_grid:
         days = [d for path in args.planner_grid for d in json.loads(Path(path).read_text())["days"]]
         rows = json.loads(Path(args.rows).read_text()) if args.rows else []
         out: dict[str, Any] = {"planner_grid": args.planner_grid, "rows": args.rows, "controllers": []}
@@ -65,24 +77,32 @@ def main() -> None:
         if args.pareto is not None:
             plot_pareto(rows, args.pareto, {d["day"]: d["planner_frontier"] for d in days})
     else:
-        out = _grid(args, args.category)
+        out = _grid(args)
     text = json.dumps(out, indent=1)
     if args.out is not None:
         atomic_write_text(args.out, text + "\n")
     print(text)
 
 
-def _grid(args: argparse.Namespace, category: str | None) -> dict[str, Any]:
+def _fleet(args: argparse.Namespace) -> tuple[FleetConfig, FleetSim, list[int]]:
     config = load_fleet(args.fleet)
-    if category:
-        config = replace(config, workload=replace(config.workload, category=category))
-    sim = FleetSim(config)
+    if args.category:
+        config = replace(config, workload=replace(config.workload, category=args.category))
     windows = args.windows or list(range(len(config.scenario.workload.eval_windows_s)))
+    return config, FleetSim(config), windows
+
+
+def _day(config: FleetConfig, window: int) -> int:
+    return int(config.scenario.workload.eval_windows_s[window][0] // 86400)
+
+
+def _grid(args: argparse.Namespace) -> dict[str, Any]:
+    config, sim, windows = _fleet(args)
     grid = [(float(h), float(m)) for h in args.headroom.split(",") for m in args.margin.split(",")]
     days = []
     for w in windows:
         trace = fleet_day(config, w)
-        day = int(config.scenario.workload.eval_windows_s[w][0] // 86400)
+        day = _day(config, w)
         static_max = run_policy(sim, make_policy("static-max"), trace)
         points = []
         for h, m in grid:
@@ -99,6 +119,61 @@ def _grid(args: argparse.Namespace, category: str | None) -> dict[str, Any]:
             }
         )
     return {"category": config.workload.category, "days": days}
+
+
+def _tune(args: argparse.Namespace) -> dict[str, Any]:
+    config, sim, windows = _fleet(args)
+    if not args.rows or not args.planner_grid:
+        raise SystemExit("--tune needs --rows (greenrl.fleet.evaluate --save) and --planner-grid (a step-1 grid)")
+    grids = {}
+    for path in args.planner_grid:
+        saved = json.loads(Path(path).read_text())
+        if saved["category"] != config.workload.category:
+            raise InputError(
+                f"{path}: category {saved['category']!r} is not {config.workload.category!r}; pass --category"
+            )
+        grids |= {d["day"]: d for d in saved["days"]}
+    rows = json.loads(Path(args.rows).read_text())
+    days = []
+    for w in windows:
+        day = _day(config, w)
+        if day not in grids:
+            raise InputError(f"--planner-grid: no grid for day {day}; run step 1 with --windows {w} first")
+        trace = fleet_day(config, w)
+        points = [dict(p) for p in grids[day]["planner_grid"]]
+        controllers = []
+        mine = [r for r in rows if r["day"] == day and r["policy"].startswith("learned")]
+        for r in sorted(mine, key=lambda r: r["slo_attainment"]):  # a lower target's points serve the higher
+            played = len(points)
+            tuned = tune_to_attainment(
+                partial(_play, sim, trace, day), points, r["slo_attainment"], max_evals=args.max_evals
+            )
+            controllers.append(
+                {k: r[k] for k in ("day", "policy", *FIGURES)}
+                | {
+                    "planner_tuned": tuned,
+                    "energy_vs_planner_tuned": None if tuned is None else r["energy_kwh"] / tuned["energy_kwh"] - 1.0,
+                    "new_planner_days": len(points) - played,
+                }
+            )
+        days.append(
+            {
+                "day": day,
+                "static_max": grids[day]["static_max"],
+                "planner_grid": points,
+                "planner_frontier": frontier(points),
+                "controllers": controllers,
+            }
+        )
+    return {"category": config.workload.category, "days": days}
+
+
+def _play(sim: FleetSim, trace: Trace, day: int, headroom_frac: float, margin_frac: float) -> dict[str, Any]:
+    """One planner day at these knobs: its figures, and a progress line."""
+    row = run_policy(sim, PlannerFleet(headroom_frac=headroom_frac, margin_frac=margin_frac), trace)
+    figures = {k: row[k] for k in FIGURES}
+    print(json.dumps({"day": day, "headroom_frac": headroom_frac, "margin_frac": margin_frac} | figures), flush=True)
+    return figures
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 
 from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.evaluate_kpis import Episode, Evaluation
-from greenrl.ioutil import atomic_write_text
+from greenrl.ioutil import atomic_savefig, atomic_write_text
 
 __all__ = ["PARETO_SPAN_POINTS", "SCHEMA", "markdown_report", "print_tables", "write_outputs"]
 
@@ -160,7 +160,7 @@ def _plot_pareto(group: list[dict[str, Any]], title: str, path: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_savefig(fig, path, dpi=120)
     plt.close(fig)
 
 
@@ -207,7 +207,7 @@ def _plot_timeline(episode: Episode, scenario: Scenario, path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
 
 

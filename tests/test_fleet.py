@@ -460,3 +460,37 @@ def test_the_frontier_keeps_undominated_points_and_reads_energy_at_an_attainment
     beyond = versus_planner(pt(150, 0.9995), front)
     assert beyond["energy_vs_planner_at_this_attainment"] is None
     assert beyond["planner_closest_below"] == pt(200, 0.999) and beyond["energy_vs_closest_below"] == -0.25
+
+
+def test_tuning_to_an_attainment_bisects_to_a_real_point_that_reaches_it() -> None:
+    from greenrl.fleet.frontier import tune_to_attainment
+
+    calls: list[tuple[float, float]] = []
+
+    def planner(h: float, m: float) -> dict[str, float]:  # more headroom and margin: more energy, more attainment
+        calls.append((h, m))
+        step = h >= 0.7  # a jump, as a node more makes: no planner point lies on the chord across it
+        return {
+            "energy_kwh": 100 + 50 * h + 20 * m + 40 * step,
+            "slo_attainment": 0.99 + 0.005 * h + 0.001 * m + 0.004 * step,
+        }
+
+    grid = [{"headroom_frac": h, "margin_frac": m} | planner(h, m) for h in (0.2, 0.5, 0.8) for m in (0.2, 1.0)]
+    points = list(grid)
+    for target in (0.993, 0.9975):
+        calls.clear()
+        best = tune_to_attainment(planner, points, target, max_evals=20)
+        asked = list(calls)
+        assert best is not None and best["slo_attainment"] >= target
+        assert best["energy_kwh"] < min(p["energy_kwh"] for p in grid if p["slo_attainment"] >= target)
+        assert 0 < len(asked) < 20 and [(p["headroom_frac"], p["margin_frac"]) for p in points[-len(asked) :]] == asked
+        for axis, other, tol in (("headroom_frac", "margin_frac", 0.0025), ("margin_frac", "headroom_frac", 0.1)):
+            lower = [p for p in points if p[other] == best[other] and p[axis] < best[axis]]
+            if lower:  # stopped on tolerance: the nearest cheaper neighbour misses, within it
+                near = max(lower, key=lambda p: p[axis])
+                assert near["slo_attainment"] < target and best[axis] - near[axis] <= tol
+    assert best["headroom_frac"] >= 0.7 and best["energy_kwh"] >= 175  # above the jump, not on the chord
+    n = len(points)
+    assert tune_to_attainment(planner, points, 0.9975) == best and len(points) == n  # evaluations are shared
+    assert tune_to_attainment(planner, points, 0.9999) is None  # nothing reaches it
+    assert tune_to_attainment(planner, points, 0.993, max_evals=0) is not None and len(points) == n

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from greenrl.characterize.grid import LENGTH_CLASSES
-
-
-def _save_png(fig: Any, path: Path) -> None:
-    """Save a figure beside ``path`` under a temporary name, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from greenrl.ioutil import atomic_savefig
 
 
 def _reference(df: pd.DataFrame) -> tuple[str, str, int, float]:
@@ -96,7 +79,7 @@ def write_plots(df: pd.DataFrame, folder: Path, tbt_slo_s: float | None = None) 
     fig.suptitle(f"Throughput vs max batch at {top:.0f} MHz (hollow: p99 TBT over the SLO)", fontsize=10)
     fig.tight_layout()
     paths.append(folder / "characterize_throughput.png")
-    _save_png(fig, paths[-1])
+    atomic_savefig(fig, paths[-1])
 
     sub = df[(df["input_class"] == inp) & (df["output_class"] == outp) & (df["sm_clock_mhz"] == top)]
     fig = Figure(figsize=(9, 3.3))
@@ -118,7 +101,7 @@ def write_plots(df: pd.DataFrame, folder: Path, tbt_slo_s: float | None = None) 
     fig.suptitle(f"Latency vs max batch, in {in_tok} / out {out_tok} tokens, {top:.0f} MHz", fontsize=10)
     fig.tight_layout()
     paths.append(folder / "characterize_latency.png")
-    _save_png(fig, paths[-1])
+    atomic_savefig(fig, paths[-1])
 
     sub = df[(df["input_class"] == inp) & (df["output_class"] == outp) & (df["max_num_seqs"] == ref_batch)]
     fig = Figure(figsize=(9, 3.3))
@@ -139,5 +122,5 @@ def write_plots(df: pd.DataFrame, folder: Path, tbt_slo_s: float | None = None) 
     )
     fig.tight_layout()
     paths.append(folder / "characterize_clock.png")
-    _save_png(fig, paths[-1])
+    atomic_savefig(fig, paths[-1])
     return paths

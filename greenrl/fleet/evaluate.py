@@ -26,7 +26,7 @@ from greenrl.fleet.config import load_fleet
 from greenrl.fleet.days import fleet_day
 from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
 from greenrl.fleet.rollout import run_policy
-from greenrl.ioutil import atomic_write_text
+from greenrl.ioutil import atomic_savefig, atomic_write_text
 from greenrl.workload import servegen_categories
 
 if TYPE_CHECKING:
@@ -60,8 +60,7 @@ def plot_timelines(timelines: dict[str, dict[str, list[Any]]], pools: list[str],
     axes[2].set_ylabel("fleet power (kW)")
     axes[2].set_xlabel("hour of the day")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
 
 
 def plot_pareto(
@@ -119,8 +118,7 @@ def plot_pareto(
         ax.set_ylabel("energy saved vs static-max (%)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     return fig
 
 

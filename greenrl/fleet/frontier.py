@@ -5,14 +5,22 @@ A baseline tuned over a grid (the planner over its capacity headroom and forecas
 the baseline at equal or better attainment" is read against that set's frontier, not against one default
 point.
 
-Public names: frontier, energy_at, versus_planner.
+A grid read linearly between its points flatters whichever side the chord favours, so
+``tune_to_attainment`` also searches the plane for a real planner point: the planner tuned to one
+attainment, with nothing interpolated.
+
+Public names: frontier, energy_at, versus_planner, tune_to_attainment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["energy_at", "frontier", "versus_planner"]
+__all__ = ["energy_at", "frontier", "tune_to_attainment", "versus_planner"]
+
+#: The planner's two tuning knobs, searched one at a time.
+AXES = ("headroom_frac", "margin_frac")
 
 
 def frontier(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -62,3 +70,55 @@ def versus_planner(row: dict[str, Any], front: list[dict[str, Any]]) -> dict[str
         "planner_closest_below": closest,
         "energy_vs_closest_below": None if closest is None else row["energy_kwh"] / closest["energy_kwh"] - 1.0,
     }
+
+
+def tune_to_attainment(
+    evaluate: Callable[[float, float], dict[str, Any]],
+    points: list[dict[str, Any]],
+    target: float,
+    *,
+    tol: tuple[float, float] = (0.0025, 0.1),
+    max_evals: int = 8,
+) -> dict[str, Any] | None:
+    """The cheapest planner point found at ``target`` attainment or above, by bisection from a grid.
+
+    ``points`` holds evaluated points (``headroom_frac``, ``margin_frac``, ``energy_kwh``,
+    ``slo_attainment``); new evaluations are appended, so several targets on one day share them.
+    From the cheapest point that reaches the target, each step bisects toward its nearest lower neighbour
+    on one axis (same other knob) that misses the target: the gap where a cheaper point that still reaches
+    it can lie. The widest such gap (relative to ``tol``, one tolerance per axis) goes first; the search
+    stops when every gap is within tolerance or after ``max_evals`` new evaluations. Energy need not be
+    monotone in either knob, so this is a local search: its answer is a real point, an upper bound on the
+    planner's least energy. None when no point reaches the target.
+    """
+    for used in range(max_evals + 1):
+        reaching = [p for p in points if p["slo_attainment"] >= target]
+        if not reaching:
+            return None
+        best = min(reaching, key=lambda p: (p["energy_kwh"], -p["slo_attainment"]))
+        gap = _widest_gap(points, best, target, tol)
+        if gap is None or used == max_evals:
+            return best
+        axis, below = gap
+        knobs = {a: best[a] for a in AXES} | {axis: (below + best[axis]) / 2}
+        points.append(knobs | evaluate(knobs["headroom_frac"], knobs["margin_frac"]))
+    raise AssertionError("unreachable")  # the loop returns on its last pass
+
+
+def _widest_gap(
+    points: list[dict[str, Any]], best: dict[str, Any], target: float, tol: tuple[float, float]
+) -> tuple[str, float] | None:
+    """(axis, the lower neighbour's value) of the widest gap below ``best`` that misses ``target``."""
+    gaps: list[tuple[float, str, float]] = []
+    for axis, other, axis_tol in ((AXES[0], AXES[1], tol[0]), (AXES[1], AXES[0], tol[1])):
+        lower = [p for p in points if p[other] == best[other] and p[axis] < best[axis]]
+        if not lower:
+            continue
+        neighbour = max(lower, key=lambda p: p[axis])
+        width = best[axis] - neighbour[axis]
+        if neighbour["slo_attainment"] < target and width > axis_tol:
+            gaps.append((width / axis_tol, axis, neighbour[axis]))
+    if not gaps:
+        return None
+    _, axis, below = max(gaps)
+    return axis, below
