@@ -16,7 +16,8 @@ the learned controller's attainment, not only at its own default point. Two step
    tuned to each learned row's attainment, nothing interpolated: from the day's grid, bisect its headroom
    and margin toward the cheapest planner day at that attainment or above
    (``greenrl.fleet.frontier.tune_to_attainment``), play each new point, and compare the row with the
-   real point found. Its output is also a step-1 grid (every point played, and their frontier).
+   real point found. Its output is also a step-1 grid (every point played, and their frontier), so a
+   later step 3 (a larger ``--max-evals``) can go on from it, and step 2 can plot it.
 
 Each prints one JSON object (steps 1 and 3 after a progress line per planner day) and writes it to ``--out``.
 

@@ -83,42 +83,52 @@ def tune_to_attainment(
     """The cheapest planner point found at ``target`` attainment or above, by bisection from a grid.
 
     ``points`` holds evaluated points (``headroom_frac``, ``margin_frac``, ``energy_kwh``,
-    ``slo_attainment``); new evaluations are appended, so several targets on one day share them.
-    From the cheapest point that reaches the target, each step bisects toward its nearest lower neighbour
-    on one axis (same other knob) that misses the target: the gap where a cheaper point that still reaches
-    it can lie. The widest such gap (relative to ``tol``, one tolerance per axis) goes first; the search
-    stops when every gap is within tolerance or after ``max_evals`` new evaluations. Energy need not be
-    monotone in either knob, so this is a local search: its answer is a real point, an upper bound on the
-    planner's least energy. None when no point reaches the target.
+    ``slo_attainment``); new evaluations are appended, so several targets on one day share them. Each step
+    looks along every line of one knob (the other held) for a point that misses the target but costs less
+    than the best point that reaches it, followed on the line by one that reaches it: a cheaper point that
+    reaches the target can lie between, and the middle of the gap is played. Where nothing follows on the
+    line, the next value of that knob played on any line is tried first. Gaps go in order of the energy
+    at which they may reach the target (linear between their ends; a line's last point's own energy where
+    nothing follows). The search stops when every gap is within ``tol`` (one per knob)
+    or after ``max_evals`` new evaluations. Energy need not be monotone in either knob, so this is a local
+    search: its answer is a real point, an upper bound on the planner's least energy. None when no point
+    reaches the target.
     """
     for used in range(max_evals + 1):
         reaching = [p for p in points if p["slo_attainment"] >= target]
         if not reaching:
             return None
         best = min(reaching, key=lambda p: (p["energy_kwh"], -p["slo_attainment"]))
-        gap = _widest_gap(points, best, target, tol)
-        if gap is None or used == max_evals:
+        knobs = _next_knobs(points, best, target, tol)
+        if knobs is None or used == max_evals:
             return best
-        axis, below = gap
-        knobs = {a: best[a] for a in AXES} | {axis: (below + best[axis]) / 2}
         points.append(knobs | evaluate(knobs["headroom_frac"], knobs["margin_frac"]))
     raise AssertionError("unreachable")  # the loop returns on its last pass
 
 
-def _widest_gap(
+def _next_knobs(
     points: list[dict[str, Any]], best: dict[str, Any], target: float, tol: tuple[float, float]
-) -> tuple[str, float] | None:
-    """(axis, the lower neighbour's value) of the widest gap below ``best`` that misses ``target``."""
-    gaps: list[tuple[float, str, float]] = []
+) -> dict[str, float] | None:
+    """The knobs to play next (see ``tune_to_attainment``), or None when every gap is within tolerance."""
+    gaps: list[tuple[float, dict[str, float]]] = []  # (energy it may reach the target at, knobs)
     for axis, other, axis_tol in ((AXES[0], AXES[1], tol[0]), (AXES[1], AXES[0], tol[1])):
-        lower = [p for p in points if p[other] == best[other] and p[axis] < best[axis]]
-        if not lower:
-            continue
-        neighbour = max(lower, key=lambda p: p[axis])
-        width = best[axis] - neighbour[axis]
-        if neighbour["slo_attainment"] < target and width > axis_tol:
-            gaps.append((width / axis_tol, axis, neighbour[axis]))
+        values = sorted({p[axis] for p in points})
+        lines: dict[float, list[dict[str, Any]]] = {}
+        for p in points:
+            lines.setdefault(p[other], []).append(p)
+        for held, line in lines.items():
+            line.sort(key=lambda p: p[axis])
+            for low, high in zip(line, [*line[1:], None], strict=True):
+                if low["slo_attainment"] >= target or low["energy_kwh"] >= best["energy_kwh"]:
+                    continue
+                if high is None:  # nothing above on this line: the next value played on another line
+                    above = [v for v in values if v > low[axis]]
+                    if above:
+                        gaps.append((low["energy_kwh"], {axis: above[0], other: held}))
+                elif high["slo_attainment"] >= target and high[axis] - low[axis] > axis_tol:
+                    share = (target - low["slo_attainment"]) / (high["slo_attainment"] - low["slo_attainment"])
+                    guess = low["energy_kwh"] + share * (high["energy_kwh"] - low["energy_kwh"])
+                    gaps.append((guess, {axis: (low[axis] + high[axis]) / 2, other: held}))
     if not gaps:
         return None
-    _, axis, below = max(gaps)
-    return axis, below
+    return min(gaps, key=lambda g: g[0])[1]
