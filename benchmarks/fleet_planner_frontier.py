@@ -40,13 +40,14 @@ from greenrl.errors import InputError
 from greenrl.fleet import FleetConfig, FleetSim, load_fleet
 from greenrl.fleet.days import fleet_day
 from greenrl.fleet.evaluate import plot_pareto
-from greenrl.fleet.frontier import frontier, tune_to_attainment, versus_planner
+from greenrl.fleet.frontier import frontier, next_knobs, tune_to_attainment, versus_planner
 from greenrl.fleet.policies import PlannerFleet, make_policy
 from greenrl.fleet.rollout import run_policy
 from greenrl.ioutil import atomic_write_text
 from greenrl.workload import Trace
 
 FIGURES = ("energy_kwh", "slo_attainment", "missed", "requests")
+TOL = (0.0025, 0.1)  # step 3 stops bisecting a gap narrower than this in headroom_frac, margin_frac
 
 
 def main() -> None:
@@ -142,19 +143,28 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
             raise InputError(f"--planner-grid: no grid for day {day}; run step 1 with --windows {w} first")
         trace = fleet_day(config, w)
         points = [dict(p) for p in grids[day]["planner_grid"]]
-        controllers = []
-        mine = [r for r in rows if r["day"] == day and r["policy"].startswith("learned")]
-        for r in sorted(mine, key=lambda r: r["slo_attainment"]):  # a lower target's points serve the higher
-            played = len(points)
-            tuned = tune_to_attainment(
-                partial(_play, sim, trace, day), points, r["slo_attainment"], max_evals=args.max_evals
+        mine = sorted(
+            (r for r in rows if r["day"] == day and r["policy"].startswith("learned")),
+            key=lambda r: r["slo_attainment"],
+        )
+        played = {}
+        for r in mine:  # a lower target's points serve the higher
+            before = len(points)
+            tune_to_attainment(
+                partial(_play, sim, trace, day), points, r["slo_attainment"], tol=TOL, max_evals=args.max_evals
             )
+            played[r["policy"]] = len(points) - before
+        controllers = []
+        for r in mine:  # against every point played, a later target's included
+            tuned = tune_to_attainment(_no_play, points, r["slo_attainment"], max_evals=0)
             controllers.append(
                 {k: r[k] for k in ("day", "policy", *FIGURES)}
                 | {
                     "planner_tuned": tuned,
                     "energy_vs_planner_tuned": None if tuned is None else r["energy_kwh"] / tuned["energy_kwh"] - 1.0,
-                    "new_planner_days": len(points) - played,
+                    "new_planner_days": played[r["policy"]],
+                    # False: --max-evals ran out first, and a cheaper planner point may lie in a gap
+                    "search_converged": tuned is None or next_knobs(points, tuned, r["slo_attainment"], TOL) is None,
                 }
             )
         days.append(
@@ -167,6 +177,10 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     return {"category": config.workload.category, "days": days}
+
+
+def _no_play(headroom_frac: float, margin_frac: float) -> dict[str, Any]:
+    raise AssertionError("max_evals=0 plays nothing")
 
 
 def _play(sim: FleetSim, trace: Trace, day: int, headroom_frac: float, margin_frac: float) -> dict[str, Any]:

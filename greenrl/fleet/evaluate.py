@@ -108,7 +108,7 @@ def plot_pareto(
                 lw=1.0,
                 color="tab:blue",
                 marker=".",
-                label="planner frontier (headroom x margin grid)",
+                label="planner frontier (every headroom x margin played)",
             )
         if learned or front:
             ax.legend(fontsize=7, loc="best")

@@ -9,7 +9,7 @@ A grid read linearly between its points flatters whichever side the chord favour
 ``tune_to_attainment`` also searches the plane for a real planner point: the planner tuned to one
 attainment, with nothing interpolated.
 
-Public names: frontier, energy_at, versus_planner, tune_to_attainment.
+Public names: frontier, energy_at, versus_planner, tune_to_attainment, next_knobs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["energy_at", "frontier", "tune_to_attainment", "versus_planner"]
+__all__ = ["energy_at", "frontier", "next_knobs", "tune_to_attainment", "versus_planner"]
 
 #: The planner's two tuning knobs, searched one at a time.
 AXES = ("headroom_frac", "margin_frac")
@@ -99,17 +99,17 @@ def tune_to_attainment(
         if not reaching:
             return None
         best = min(reaching, key=lambda p: (p["energy_kwh"], -p["slo_attainment"]))
-        knobs = _next_knobs(points, best, target, tol)
+        knobs = next_knobs(points, best, target, tol)
         if knobs is None or used == max_evals:
             return best
         points.append(knobs | evaluate(knobs["headroom_frac"], knobs["margin_frac"]))
     raise AssertionError("unreachable")  # the loop returns on its last pass
 
 
-def _next_knobs(
+def next_knobs(
     points: list[dict[str, Any]], best: dict[str, Any], target: float, tol: tuple[float, float]
 ) -> dict[str, float] | None:
-    """The knobs to play next (see ``tune_to_attainment``), or None when every gap is within tolerance."""
+    """The knobs ``tune_to_attainment`` plays next from ``best``, or None when every gap is within ``tol``."""
     gaps: list[tuple[float, dict[str, float]]] = []  # (energy it may reach the target at, knobs)
     for axis, other, axis_tol in ((AXES[0], AXES[1], tol[0]), (AXES[1], AXES[0], tol[1])):
         values = sorted({p[axis] for p in points})
