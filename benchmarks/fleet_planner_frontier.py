@@ -65,12 +65,13 @@ def main() -> None:
     p.add_argument("--max-evals", type=int, default=6, help="step 3: new planner days per learned row, at most")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON object here")
     args = p.parse_args()
+    out: dict[str, Any]
     if args.tune:
         out = _tune(args)
     elif args.planner_grid:
         days = [d for path in args.planner_grid for d in json.loads(Path(path).read_text())["days"]]
         rows = json.loads(Path(args.rows).read_text()) if args.rows else []
-        out: dict[str, Any] = {"planner_grid": args.planner_grid, "rows": args.rows, "controllers": []}
+        out = {"planner_grid": args.planner_grid, "rows": args.rows, "controllers": []}
         for r in rows:
             mine = [d for d in days if d["day"] == r["day"]]
             if r["policy"].startswith("learned") and mine:
@@ -127,12 +128,12 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
     config, sim, windows = _fleet(args)
     if not args.rows or not args.planner_grid:
         raise SystemExit("--tune needs --rows (greenrl.fleet.evaluate --save) and --planner-grid (a step-1 grid)")
-    grids = {}
+    grids: dict[int, dict[str, Any]] = {}
     for path in args.planner_grid:
         saved = json.loads(Path(path).read_text())
         if saved["category"] != config.workload.category:
             raise InputError(
-                f"{path}: category {saved['category']!r} is not {config.workload.category!r}; pass --category"
+                path, "category", f"{saved['category']!r}, not {config.workload.category!r}", "pass --category"
             )
         grids |= {d["day"]: d for d in saved["days"]}
     rows = json.loads(Path(args.rows).read_text())
@@ -140,7 +141,7 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
     for w in windows:
         day = _day(config, w)
         if day not in grids:
-            raise InputError(f"--planner-grid: no grid for day {day}; run step 1 with --windows {w} first")
+            raise InputError("--planner-grid", "days", f"no grid for day {day}", f"run step 1 with --windows {w}")
         trace = fleet_day(config, w)
         points = [dict(p) for p in grids[day]["planner_grid"]]
         mine = sorted(
