@@ -18,6 +18,8 @@ import json
 import os
 import platform
 import timeit
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -28,7 +30,7 @@ from greenrl.rollout import StaticPolicy, rollout
 from greenrl.workload import scale_for_rate_rps, servegen_trace
 
 
-def _best_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _best_s(fn: Callable[[], object], repeats: int) -> float:
     """The fastest of ``repeats`` calls (s): the least disturbed by other work on the machine."""
     return min(timeit.repeat(fn, number=1, repeat=repeats))
 
@@ -45,7 +47,7 @@ def main() -> None:
     for window, (start_s, duration_s) in enumerate(s.workload.eval_windows_s):
         node = build_node(s, "eval", window)
 
-        def simulate(node=node) -> None:  # type: ignore[no-untyped-def]
+        def simulate(node: Any = node) -> None:
             node.reset(seed=0)
             for _ in range(s.eval_steps):
                 node.advance(s.control.interval_s)

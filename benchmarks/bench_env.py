@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 from greenrl.env import ServingEnv
 from greenrl.rollout import RandomPolicy, StaticPolicy, rollout
@@ -34,13 +36,15 @@ def ppo_steps_per_s(processes: int) -> float:
     Both collect 1,024 steps per update (n_steps x envs) with minibatches of 256.
     """
     import torch
+    from gymnasium import Env
     from sb3_contrib import MaskablePPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
     from torch.distributions import Distribution
 
     Distribution.set_default_validate_args(False)
     envs = 8 if processes == 1 else processes
-    factories = [lambda: ServingEnv("default") for _ in range(envs)]
+    factories: list[Callable[[], Env[Any, Any]]] = [lambda: ServingEnv("default") for _ in range(envs)]
+    vec: VecEnv
     if processes == 1:
         vec = DummyVecEnv(factories)
     else:

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import timeit
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -26,7 +27,7 @@ from greenrl.fleet.policies import make_policy
 from greenrl.fleet.rollout import run_policy
 
 
-def _best_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _best_s(fn: Callable[[], object], repeats: int) -> float:
     """The fastest of ``repeats`` calls (s): the least disturbed by other work on the machine."""
     return min(timeit.repeat(fn, number=1, repeat=repeats))
 

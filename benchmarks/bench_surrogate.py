@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import timeit
+from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the target says
 
@@ -17,7 +18,7 @@ import numpy as np
 from greenrl.surrogate import StepBatch, Surrogate
 
 
-def _best_s(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+def _best_s(fn: Callable[[], object], repeats: int) -> float:
     """The fastest of ``repeats`` calls (s): the least disturbed by other work on the machine."""
     return min(timeit.repeat(fn, number=1, repeat=repeats))
 

@@ -100,7 +100,7 @@ def _speed(fleet: str, decisions: int, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     spent = {"central": 0.0, "shared": 0.0}
     for _ in range(decisions):
-        per_pool = rng.integers(0, central.action_space.nvec)
+        per_pool = rng.integers(0, central.codec.nvec)
         labels = nodes.nodes_codec.labels(central.action_to_fleet(per_pool))
         t0 = time.perf_counter()
         central.step(per_pool)
