@@ -26,13 +26,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from greenrl.fleet import FleetSim, load_fleet
 from greenrl.fleet.days import fleet_day, validation_day, validation_windows_s
-from greenrl.fleet.frontier import next_knobs, tune_to_attainment
+from greenrl.fleet.frontier import cheapest_reaching, next_knobs, tune_to_attainment
 from greenrl.fleet.policies import PlannerFleet
 from greenrl.fleet.rollout import run_policy
 from greenrl.ioutil import atomic_write_text
 from greenrl.workload import Trace
 
-TOL = (0.0025, 0.1)  # as fleet_planner_frontier.py: headroom_frac, margin_frac
 _SIM: FleetSim | None = None  # one per worker process, made before the fork
 _DAYS: list[Trace] = []
 
@@ -70,14 +69,14 @@ def main() -> None:
             for m in map(float, args.margin.split(","))
         ]
         for value in sorted(targets.values()):
-            tune_to_attainment(validation, points, value, tol=TOL, max_evals=args.max_evals)
+            tune_to_attainment(validation, points, value, max_evals=args.max_evals)
         played: dict[tuple[float, float], list[dict[str, Any]]] = {}
         for name, value in sorted(targets.items()):
-            chosen = tune_to_attainment(_no_play, points, value, max_evals=0)
+            chosen = cheapest_reaching(points, value)
             entry: dict[str, Any] = {"policy": name, "validation_attainment": value, "planner_validation": chosen}
             if chosen is not None:
                 knobs = (chosen["headroom_frac"], chosen["margin_frac"])
-                entry["search_converged"] = next_knobs(points, chosen, value, TOL) is None
+                entry["search_converged"] = next_knobs(points, chosen, value) is None
                 if knobs not in played:
                     played[knobs] = pool.starmap(_play, [(n_val + w, *knobs) for w in range(n_held)])
                     print(
@@ -114,10 +113,6 @@ def _together(days: list[dict[str, Any]]) -> dict[str, Any]:
     missed, requests = sum(d["missed"] for d in days), sum(d["requests"] for d in days)
     energy = round(sum(d["energy_kwh"] for d in days), 3)
     return {"energy_kwh": energy, "slo_attainment": 1 - missed / requests, "missed": missed, "requests": requests}
-
-
-def _no_play(headroom_frac: float, margin_frac: float) -> dict[str, Any]:
-    raise AssertionError("max_evals=0 plays nothing")
 
 
 if __name__ == "__main__":

@@ -40,14 +40,13 @@ from greenrl.errors import InputError
 from greenrl.fleet import FleetConfig, FleetSim, load_fleet
 from greenrl.fleet.days import fleet_day
 from greenrl.fleet.evaluate import plot_pareto
-from greenrl.fleet.frontier import frontier, next_knobs, tune_to_attainment, versus_planner
+from greenrl.fleet.frontier import cheapest_reaching, frontier, next_knobs, tune_to_attainment, versus_planner
 from greenrl.fleet.policies import PlannerFleet, make_policy
 from greenrl.fleet.rollout import run_policy
 from greenrl.ioutil import atomic_write_text
 from greenrl.workload import Trace
 
 FIGURES = ("energy_kwh", "slo_attainment", "missed", "requests")
-TOL = (0.0025, 0.1)  # step 3 stops bisecting a gap narrower than this in headroom_frac, margin_frac
 
 
 def main() -> None:
@@ -151,13 +150,11 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
         played = {}
         for r in mine:  # a lower target's points serve the higher
             before = len(points)
-            tune_to_attainment(
-                partial(_play, sim, trace, day), points, r["slo_attainment"], tol=TOL, max_evals=args.max_evals
-            )
+            tune_to_attainment(partial(_play, sim, trace, day), points, r["slo_attainment"], max_evals=args.max_evals)
             played[r["policy"]] = len(points) - before
         controllers = []
         for r in mine:  # against every point played, a later target's included
-            tuned = tune_to_attainment(_no_play, points, r["slo_attainment"], max_evals=0)
+            tuned = cheapest_reaching(points, r["slo_attainment"])
             controllers.append(
                 {k: r[k] for k in ("day", "policy", *FIGURES)}
                 | {
@@ -165,7 +162,7 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
                     "energy_vs_planner_tuned": None if tuned is None else r["energy_kwh"] / tuned["energy_kwh"] - 1.0,
                     "new_planner_days": played[r["policy"]],
                     # False: --max-evals ran out first, and a cheaper planner point may lie in a gap
-                    "search_converged": tuned is None or next_knobs(points, tuned, r["slo_attainment"], TOL) is None,
+                    "search_converged": tuned is None or next_knobs(points, tuned, r["slo_attainment"]) is None,
                 }
             )
         days.append(
@@ -178,10 +175,6 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     return {"category": config.workload.category, "days": days}
-
-
-def _no_play(headroom_frac: float, margin_frac: float) -> dict[str, Any]:
-    raise AssertionError("max_evals=0 plays nothing")
 
 
 def _play(sim: FleetSim, trace: Trace, day: int, headroom_frac: float, margin_frac: float) -> dict[str, Any]:

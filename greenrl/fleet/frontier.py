@@ -9,7 +9,7 @@ A grid read linearly between its points flatters whichever side the chord favour
 ``tune_to_attainment`` also searches the plane for a real planner point: the planner tuned to one
 attainment, with nothing interpolated.
 
-Public names: frontier, energy_at, versus_planner, tune_to_attainment, next_knobs.
+Public names: frontier, energy_at, versus_planner, tune_to_attainment, next_knobs, cheapest_reaching, TOLERANCE.
 """
 
 from __future__ import annotations
@@ -17,10 +17,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["energy_at", "frontier", "next_knobs", "tune_to_attainment", "versus_planner"]
+__all__ = [
+    "TOLERANCE",
+    "cheapest_reaching",
+    "energy_at",
+    "frontier",
+    "next_knobs",
+    "tune_to_attainment",
+    "versus_planner",
+]
 
 #: The planner's two tuning knobs, searched one at a time.
 AXES = ("headroom_frac", "margin_frac")
+#: The search stops bisecting a gap narrower than this, per knob (headroom_frac, margin_frac).
+TOLERANCE = (0.0025, 0.1)
 
 
 def frontier(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -77,7 +87,7 @@ def tune_to_attainment(
     points: list[dict[str, Any]],
     target: float,
     *,
-    tol: tuple[float, float] = (0.0025, 0.1),
+    tol: tuple[float, float] = TOLERANCE,
     max_evals: int = 8,
 ) -> dict[str, Any] | None:
     """The cheapest planner point found at ``target`` attainment or above, by bisection from a grid.
@@ -95,10 +105,9 @@ def tune_to_attainment(
     reaches the target.
     """
     for used in range(max_evals + 1):
-        reaching = [p for p in points if p["slo_attainment"] >= target]
-        if not reaching:
+        best = cheapest_reaching(points, target)
+        if best is None:
             return None
-        best = min(reaching, key=lambda p: (p["energy_kwh"], -p["slo_attainment"]))
         knobs = next_knobs(points, best, target, tol)
         if knobs is None or used == max_evals:
             return best
@@ -106,8 +115,14 @@ def tune_to_attainment(
     raise AssertionError("unreachable")  # the loop returns on its last pass
 
 
+def cheapest_reaching(points: list[dict[str, Any]], target: float) -> dict[str, Any] | None:
+    """The point of least energy at ``target`` attainment or above (the higher attainment on a tie); None if none."""
+    reaching = [p for p in points if p["slo_attainment"] >= target]
+    return min(reaching, key=lambda p: (p["energy_kwh"], -p["slo_attainment"])) if reaching else None
+
+
 def next_knobs(
-    points: list[dict[str, Any]], best: dict[str, Any], target: float, tol: tuple[float, float]
+    points: list[dict[str, Any]], best: dict[str, Any], target: float, tol: tuple[float, float] = TOLERANCE
 ) -> dict[str, float] | None:
     """The knobs ``tune_to_attainment`` plays next from ``best``, or None when every gap is within ``tol``."""
     gaps: list[tuple[float, dict[str, float]]] = []  # (energy it may reach the target at, knobs)
