@@ -24,6 +24,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet import FleetSim, load_fleet
 from greenrl.fleet.days import fleet_day, validation_day, validation_windows_s
 from greenrl.fleet.frontier import cheapest_reaching, next_knobs, tune_to_attainment
@@ -36,6 +37,7 @@ _SIM: FleetSim | None = None  # one per worker process, made before the fork
 _DAYS: list[Trace] = []
 
 
+@exit_on_input_error
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fleet", default="default")
@@ -46,7 +48,7 @@ def main() -> None:
     p.add_argument("--max-evals", type=int, default=6, help="new validation plays per target, at most")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    targets = {name: float(value) for name, value in (t.split("=", 1) for t in args.target)}
+    targets = dict(_target(t) for t in args.target)
     global _SIM, _DAYS
     config = load_fleet(args.fleet)
     _SIM = FleetSim(config)
@@ -99,6 +101,18 @@ def main() -> None:
     if args.out is not None:
         atomic_write_text(args.out, text + "\n")
     print(text)
+
+
+def _target(text: str) -> tuple[str, float]:
+    """``POLICY=ATTAINMENT`` (a fraction in (0, 1]) from ``--target``."""
+    name, _, value = text.partition("=")
+    try:
+        attainment = float(value)
+    except ValueError:
+        attainment = -1.0
+    if not name or not 0.0 < attainment <= 1.0:
+        raise InputError("--target", text, "not POLICY=ATTAINMENT with 0 < ATTAINMENT <= 1", "e.g. learned-1=0.997908")
+    return name, attainment
 
 
 def _play(index: int, headroom_frac: float, margin_frac: float) -> dict[str, Any]:

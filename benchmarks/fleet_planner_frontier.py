@@ -36,7 +36,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from greenrl.errors import InputError
+from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet import FleetConfig, FleetSim, load_fleet
 from greenrl.fleet.days import fleet_day
 from greenrl.fleet.evaluate import plot_pareto
@@ -49,6 +49,7 @@ from greenrl.workload import Trace
 FIGURES = ("energy_kwh", "slo_attainment", "missed", "requests")
 
 
+@exit_on_input_error
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fleet", default="default")
