@@ -3,7 +3,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -18,19 +18,41 @@ def surrogate() -> Surrogate:
 
 
 @pytest.fixture(scope="module")
-def twin(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A twin of the tiny scenario at the test module's ``TIME_SCALE``, started and stopped (by its process
-    group) with the project's launcher. Modules that need another twin define their own ``twin``."""
-    scale = float(request.module.TIME_SCALE)
-    command = (
-        f"{{python}} -m greenrl.twin --port {{port}} --scenario tiny --time-scale {scale:g} --tick-ms 5 --allow-control"
-    )
-    launcher = ServerLauncher(command + " --log-level WARNING", port=0, health_timeout_s=90.0)
-    launcher.start({})
+def twin_launcher() -> Iterator[Callable[..., ServerLauncher]]:
+    """Makes unstarted launchers of the twin: ``twin_launcher(scenario, time_scale, *extra_args)``.
+
+    One home for how tests start a twin: controls allowed, warnings only, and a start-up wait of 90 s (start-up
+    only: on a cold numba cache, beside a busy pytest worker, a twin has taken over 20 s to answer /health).
+    Every launcher made is closed (its process group stopped) at the module's end.
+    """
+    made: list[ServerLauncher] = []
+
+    def make(scenario: str, time_scale: float, *extra: str) -> ServerLauncher:
+        command = " ".join(
+            [
+                "{python} -m greenrl.twin --port {port}",
+                f"--scenario {scenario} --time-scale {time_scale:g} --allow-control --log-level WARNING",
+                *extra,
+            ]
+        )
+        launcher = ServerLauncher(command, port=0, health_timeout_s=90.0, stop_grace_s=10.0)
+        made.append(launcher)
+        return launcher
+
     try:
-        yield launcher.url
+        yield make
     finally:
-        launcher.close()
+        for launcher in made:
+            launcher.close()
+
+
+@pytest.fixture(scope="module")
+def twin(request: pytest.FixtureRequest, twin_launcher: Callable[..., ServerLauncher]) -> str:
+    """A twin of the tiny scenario at the test module's ``TIME_SCALE``, started for the module (stopped by
+    ``twin_launcher``). Modules that need another twin define their own ``twin``."""
+    launcher = twin_launcher("tiny", float(request.module.TIME_SCALE), "--tick-ms", "5")
+    launcher.start({})
+    return launcher.url
 
 
 class GatedUpstream:

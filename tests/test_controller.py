@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from greenrl.env.scenario import load_scenario
 from greenrl.errors import InputError
 from greenrl.live.backends import GpuBackend
 from greenrl.live.gpu import FakeGpu, GpuError, GpuSet
+from greenrl.live.launcher import ServerLauncher
 from greenrl.live.metrics import parse
 from greenrl.live.observe import LiveObserver, Observation
 from greenrl.live.snapshot import Instant, start_snapshot
@@ -52,45 +53,12 @@ def _get_json(url: str) -> dict[str, Any]:
         return out
 
 
-def _start_twin(port: int) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "greenrl.twin", "--port", str(port), "--scenario", "default", "--allow-control"]
-    cmd += ["--time-scale", str(TIME_SCALE), "--log-level", "WARNING"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90.0  # start-up only: a cold numba cache beside a busy pytest worker is slow
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"twin exited early with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(proc)
-            raise AssertionError("twin did not answer /health within 90 s")
-        time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10.0)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5.0)
-
-
 @pytest.fixture(scope="module")
-def twin() -> Iterator[str]:
-    port = _free_port()
-    proc = _start_twin(port)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
+def twin(twin_launcher: Callable[..., ServerLauncher]) -> str:
+    """A twin of the default scenario (the shipped controller's) for the module."""
+    launcher = twin_launcher("default", TIME_SCALE)
+    launcher.start({})
+    return launcher.url
 
 
 def _load(base: str, streams: int = 4, max_tokens: int = 300) -> list[threading.Thread]:
@@ -270,10 +238,10 @@ def test_garbage_metrics_fall_back_and_keep_looping() -> None:
     assert ctl.next_wait_s() == pytest.approx(1.2)  # 0.3 s x 2**2, capped at 4 x 0.3 s
 
 
-def test_twin_killed_then_restarted_recovers() -> None:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = _start_twin(port)
+def test_twin_killed_then_restarted_recovers(twin_launcher: Callable[..., ServerLauncher]) -> None:
+    launcher = twin_launcher("default", TIME_SCALE)
+    launcher.start({})
+    base = launcher.url
     ctl, log = _controller(base, "--twin", "--max-backoff-s", "0.6", "--timeout-s", "1")
     runner = threading.Thread(target=ctl.run, kwargs={"max_intervals": 200}, daemon=True)
     runner.start()
@@ -286,9 +254,9 @@ def test_twin_killed_then_restarted_recovers() -> None:
                 time.sleep(0.05)
 
         wait_for(lambda: any(r["mode"] == "applied" for r in _records(log)), 10.0)
-        _stop(proc)
+        launcher.stop()
         wait_for(lambda: ctl.fallback_counts.get("server_down", 0) >= 2, 10.0)
-        proc = _start_twin(port)
+        launcher.start({})  # the same port: the controller finds it where it was
         n = len(_records(log))
         wait_for(lambda: sum(r["mode"] == "applied" for r in _records(log)[n:]) >= 2, 10.0)
         counted = dict(ctl.fallback_counts)
@@ -299,7 +267,7 @@ def test_twin_killed_then_restarted_recovers() -> None:
         ctl.stop()
         runner.join(timeout=10.0)
         ctl.close()
-        _stop(proc)
+        launcher.stop()
     assert not runner.is_alive()
 
 
@@ -492,7 +460,9 @@ def test_cli_runs_and_stops_cleanly_on_sigterm(twin: str, tmp_path: Path) -> Non
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=10.0) == 0
     finally:
-        _stop(proc)
+        if proc.poll() is None:  # the assertion above failed: do not leave it running
+            proc.kill()
+            proc.wait(timeout=10.0)
     modes = {json.loads(line)["mode"] for line in log.open()}
     assert modes <= {"priming", "applied"}
     assert _get_json(f"{twin}/greenrl/state")["requested_knobs"]["sm_clock_mhz"] == 1980
