@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet import FleetSim, load_fleet
-from greenrl.fleet.days import fleet_day, validation_day, validation_windows_s
+from greenrl.fleet.days import fleet_day, held_out_day_number, validation_day, validation_windows_s
 from greenrl.fleet.frontier import cheapest_reaching, next_knobs, tune_to_attainment
 from greenrl.fleet.policies import PlannerFleet
 from greenrl.fleet.rollout import run_policy
@@ -56,7 +56,7 @@ def main() -> None:
     n_held = len(config.scenario.workload.eval_windows_s)
     _DAYS = [validation_day(config, i) for i in range(n_val)] + [fleet_day(config, w) for w in range(n_held)]
     rows = json.loads(Path(args.rows).read_text())
-    days = [int(start // 86400) for start, _ in config.scenario.workload.eval_windows_s]
+    days = [held_out_day_number(config, w) for w in range(n_held)]
     out: dict[str, Any] = {"category": config.workload.category, "controllers": []}
     with multiprocessing.get_context("fork").Pool(max(n_val, n_held)) as pool:  # one day a process
 

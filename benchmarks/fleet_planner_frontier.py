@@ -38,7 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet import FleetConfig, FleetSim, load_fleet
-from greenrl.fleet.days import fleet_day
+from greenrl.fleet.days import fleet_day, held_out_day_number
 from greenrl.fleet.evaluate import plot_pareto
 from greenrl.fleet.frontier import cheapest_reaching, frontier, next_knobs, tune_to_attainment, versus_planner
 from greenrl.fleet.policies import PlannerFleet, make_policy
@@ -95,17 +95,13 @@ def _fleet(args: argparse.Namespace) -> tuple[FleetConfig, FleetSim, list[int]]:
     return config, FleetSim(config), windows
 
 
-def _day(config: FleetConfig, window: int) -> int:
-    return int(config.scenario.workload.eval_windows_s[window][0] // 86400)
-
-
 def _grid(args: argparse.Namespace) -> dict[str, Any]:
     config, sim, windows = _fleet(args)
     grid = [(float(h), float(m)) for h in args.headroom.split(",") for m in args.margin.split(",")]
     days = []
     for w in windows:
         trace = fleet_day(config, w)
-        day = _day(config, w)
+        day = held_out_day_number(config, w)
         static_max = run_policy(sim, make_policy("static-max"), trace)
         points = []
         for h, m in grid:
@@ -139,7 +135,7 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
     rows = json.loads(Path(args.rows).read_text())
     days = []
     for w in windows:
-        day = _day(config, w)
+        day = held_out_day_number(config, w)
         if day not in grids:
             raise InputError("--planner-grid", "days", f"no grid for day {day}", f"run step 1 with --windows {w}")
         trace = fleet_day(config, w)

@@ -2,7 +2,7 @@
 
 One home for which requests a fleet day holds, shared by the env, training and evaluation.
 
-Public names: fleet_day, validation_day, validation_windows_s.
+Public names: fleet_day, held_out_day_number, validation_day, validation_windows_s.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import numpy as np
 
 from greenrl.fleet.config import FleetConfig
 from greenrl.workload import Trace, scale_for_rate_rps, servegen_trace
+from greenrl.workload.servegen import DAY_S
 
-__all__ = ["fleet_day", "validation_day", "validation_windows_s"]
+__all__ = ["fleet_day", "held_out_day_number", "validation_day", "validation_windows_s"]
 
 
 def fleet_day(config: FleetConfig, window: int = 0, duration_s: float | None = None) -> Trace:
@@ -24,6 +25,11 @@ def fleet_day(config: FleetConfig, window: int = 0, duration_s: float | None = N
     duration_s = whole_s if duration_s is None else min(whole_s, duration_s)
     scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
     return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=10_000 + window)
+
+
+def held_out_day_number(config: FleetConfig, window: int) -> int:
+    """The ServeGen day (0-13) that evaluation window ``window`` starts on: the label results carry (12, 13)."""
+    return int(config.scenario.workload.eval_windows_s[window][0] // DAY_S)
 
 
 def validation_windows_s(config: FleetConfig) -> list[tuple[float, float]]:

@@ -23,7 +23,7 @@ import numpy as np
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet.cluster import FleetSim
 from greenrl.fleet.config import load_fleet
-from greenrl.fleet.days import fleet_day
+from greenrl.fleet.days import fleet_day, held_out_day_number
 from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
 from greenrl.fleet.rollout import run_policy
 from greenrl.ioutil import atomic_savefig, atomic_write_text
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     timelines: dict[str, dict[str, list[Any]]] = {}
     for w in windows:
         trace = fleet_day(config, w, args.duration_s)
-        day = int(config.scenario.workload.eval_windows_s[w][0] // 86400)
+        day = held_out_day_number(config, w)
         for policy in policies:
             timeline = timelines.setdefault(policy.name, {}) if w == windows[0] else None
             row = {"day": day, **run_policy(sim, policy, trace, timeline=timeline)}
