@@ -72,6 +72,8 @@ def test_default_fleet_loads(fleet) -> None:  # type: ignore[no-untyped-def]
         ("scenario: day", "scenario: tiny", "scenario"),  # no ServeGen days to evaluate
         ("category: language/m-large", "category: language/nope", "workload.category"),
         ("nodes: 4\n", "nodes: 4\nnode_count: 3\n", "node_count"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_categories: language/m-small}", "workload.train_categories"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_categories: [language/nope]}", "workload.train_categories"),
     ],
 )
 def test_bad_fleet_is_one_clear_input_error(tmp_path: Path, old: str, new: str, field: str) -> None:
@@ -90,6 +92,15 @@ def test_pool_that_covers_no_request_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="covers no request") as err:
         load_fleet(str(path))
     assert err.value.field == "pools[1].max_input_tokens"
+
+
+def test_fleet_days_are_labelled_and_never_overlap_training(fleet) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.days import held_out_day_number, validation_windows_s
+
+    w = fleet.scenario.workload
+    assert [held_out_day_number(fleet, i) for i in range(len(w.eval_windows_s))] == [12, 13]
+    assert [start // 86400 for start, _ in validation_windows_s(fleet)] == [10, 11]
+    assert all(start >= w.train_range_s[1] for start, _ in validation_windows_s(fleet))
 
 
 def test_unknown_fleet_names_the_known_ones() -> None:
@@ -351,6 +362,37 @@ def test_fleet_env_passes_sb3s_checker_and_repeats_for_a_seed() -> None:
     for action in ([1, 1, 1, 1, 0, 5], [0, 2, 0, 2, 3, 3], [0, 0, 1, 1, 0, 0]):
         ra, rb = a.step(np.array(action)), b.step(np.array(action))
         assert np.array_equal(ra[0], rb[0]) and ra[1] == rb[1]
+
+
+def test_training_episodes_draw_every_training_category_and_one_category_draws_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from greenrl.fleet import env as fleet_env
+
+    drawn: list[tuple[str, float, float]] = []
+    real = fleet_env.servegen_trace
+
+    def spy(category: str, start_s: float, duration_s: float, **kw):  # type: ignore[no-untyped-def]
+        drawn.append((category, start_s, kw["scale"]))
+        return real(category, start_s, duration_s, **kw)
+
+    monkeypatch.setattr(fleet_env, "servegen_trace", spy)
+    mixed = fleet_env.FleetEnv("mixed", window_s=600.0)
+    assert mixed.config.workload.training_categories == ("language/m-large", "language/m-small")
+    for seed in range(12):
+        mixed.reset(seed=seed)
+    assert {c for c, _, _ in drawn} == {"language/m-large", "language/m-small"}
+    for category, _, scale in drawn:  # each category scaled on its own to the fleet's mean rate
+        lo, hi = mixed.config.scenario.workload.rate_scale
+        base = scale_for_rate_rps(category, mixed.config.workload.mean_rps)
+        assert base * lo <= scale <= base * hi
+
+    drawn.clear()
+    single = fleet_env.FleetEnv("default", window_s=600.0)
+    single.reset(seed=3)
+    rng = np.random.default_rng(3)  # reset(seed=3)'s generator: the start is its first draw, no category draw
+    t0, t1 = single.config.scenario.workload.train_range_s
+    assert [(c, s) for c, s, _ in drawn] == [("language/m-large", rng.uniform(t0, t1 - 600.0))]
 
 
 @pytest.mark.parametrize("text", ["", "[1, 2]", "nodes: [unclosed"])

@@ -71,10 +71,22 @@ class RouterSpec:
 
 @dataclass(frozen=True, slots=True)
 class FleetWorkload:
-    """The fleet's load: one ServeGen category, every client's rate scaled so the training days average ``mean_rps``."""
+    """The fleet's load: one ServeGen category, every client's rate scaled so the training days average ``mean_rps``.
+
+    Attributes:
+        category: the category of the validation and held-out days.
+        mean_rps: mean arrival rate over the training days (requests/s); each category is scaled to it.
+        train_categories: categories a training episode draws from, uniformly (empty: ``category`` alone).
+    """
 
     category: str = "language/m-large"
     mean_rps: float = 8.0
+    train_categories: tuple[str, ...] = ()
+
+    @property
+    def training_categories(self) -> tuple[str, ...]:
+        """The categories training episodes draw from: ``train_categories``, or ``category`` alone."""
+        return self.train_categories or (self.category,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +216,18 @@ def _pools(where: str, raw: Any, nodes: int) -> tuple[PoolSpec, ...]:
     return tuple(pools)
 
 
+def _train_categories(where: str, raw: object) -> tuple[str, ...]:
+    """``workload.train_categories``: a list of distinct category names (checked against the data by the caller)."""
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw) or len(set(raw)) != len(raw):
+        raise InputError(
+            where,
+            "workload.train_categories",
+            f"expected a list of distinct category names, got {raw!r}",
+            "e.g. train_categories: [language/m-large, language/m-small]",
+        )
+    return tuple(raw)
+
+
 def load_fleet(name_or_path: str) -> FleetConfig:
     """A fleet by name (a file in ``fleets_dir()``) or by path to a YAML file.
 
@@ -261,16 +285,25 @@ def load_fleet(name_or_path: str) -> FleetConfig:
             f"use at most {router.max_nodes} nodes, or split the fleet",
         )
     pools = _pools(where, raw.get("pools"), nodes)
-    w = _section(where, raw, "workload", ("category", "mean_rps"))
+    w = _section(where, raw, "workload", ("category", "mean_rps", "train_categories"))
     workload = FleetWorkload(
         category=str(w.get("category", "language/m-large")),
         mean_rps=_number(where, "workload.mean_rps", w.get("mean_rps", 8.0)),
+        train_categories=_train_categories(where, w.get("train_categories", [])),
     )
     categories = servegen_categories()
     if workload.category not in categories:
         raise InputError(
             where, "workload.category", f"unknown ServeGen category {workload.category!r}", f"use one of {categories}"
         )
+    for category in workload.train_categories:
+        if category not in categories:
+            raise InputError(
+                where,
+                "workload.train_categories",
+                f"unknown ServeGen category {category!r}",
+                f"use categories of {categories}",
+            )
     c = _section(where, raw, "control", ("node_interval_s", "fleet_interval_s"))
     control = FleetControl(
         node_interval_s=_number(where, "control.node_interval_s", c.get("node_interval_s", 30.0)),

@@ -319,7 +319,10 @@ class FleetEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         self.action_space = gym.spaces.MultiDiscrete(self.codec.nvec)
         self.observation_space = gym.spaces.Box(-10.0, 10.0, (self.codec.obs_dim,), dtype=np.float32)
         self.ref_power_w = self.codec.ref_power_w
-        self._scale = scale_for_rate_rps(self.config.workload.category, self.config.workload.mean_rps)
+        workload = self.config.workload
+        # Each training category scaled on its own to the fleet's mean rate: a mixed episode changes the load's
+        # shape (clients, lengths, daily curve), never its size.
+        self._train_scales = {c: scale_for_rate_rps(c, workload.mean_rps) for c in workload.training_categories}
         self.snaps: list[FleetSnapshot] = []
         self.knob_names = self.codec.knob_names()
         self.knob_values = self.codec.knob_values()
@@ -330,12 +333,13 @@ class FleetEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             return fleet_day(self.config, self.eval_index % len(w.eval_windows_s))
         if self.split == "val":
             return validation_day(self.config, self.eval_index)
+        categories = self.config.workload.training_categories
+        # One category draws nothing here, so a single-category fleet's episodes are what they were before.
+        category = categories[int(rng.integers(len(categories)))] if len(categories) > 1 else categories[0]
         t0, t1 = w.train_range_s
         start = float(rng.uniform(t0, max(t0, t1 - self.window_s)))
-        scale = self._scale * float(rng.uniform(w.rate_scale[0], w.rate_scale[1]))
-        return servegen_trace(
-            self.config.workload.category, start, min(self.window_s, t1 - start), scale=scale, seed=rng
-        )
+        scale = self._train_scales[category] * float(rng.uniform(w.rate_scale[0], w.rate_scale[1]))
+        return servegen_trace(category, start, min(self.window_s, t1 - start), scale=scale, seed=rng)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
