@@ -17,22 +17,17 @@ import argparse
 import json
 import os
 import platform
-import timeit
-from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from _timing import best_s  # benchmarks/_timing.py: a script's folder is on sys.path
 
 from greenrl.env import ServingEnv
 from greenrl.env.scenario import load_scenario
 from greenrl.env.serving_env import build_node
 from greenrl.rollout import StaticPolicy, rollout
 from greenrl.workload import scale_for_rate_rps, servegen_trace
-
-
-def _best_s(fn: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` calls (s): the least disturbed by other work on the machine."""
-    return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def main() -> None:
@@ -58,14 +53,14 @@ def main() -> None:
         out["days"][f"day {int(start_s // 86400)}"] = {  # type: ignore[index]
             "requests": len(trace),
             "generate_s": round(
-                _best_s(
+                best_s(
                     lambda: servegen_trace(str(spec["category"]), start_s, duration_s, scale=scale, seed=0),  # noqa: B023
                     args.repeats,
                 ),
                 3,
             ),
-            "simulate_s": round(_best_s(simulate, args.repeats), 3),
-            "env_day_s": round(_best_s(lambda: rollout(policy, env, seed=0), args.repeats), 3),  # noqa: B023
+            "simulate_s": round(best_s(simulate, args.repeats), 3),
+            "env_day_s": round(best_s(lambda: rollout(policy, env, seed=0), args.repeats), 3),  # noqa: B023
         }
     print(json.dumps(out, indent=1))
 

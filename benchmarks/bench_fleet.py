@@ -16,20 +16,15 @@ import argparse
 import json
 import os
 import platform
-import timeit
-from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from _timing import best_s  # benchmarks/_timing.py: a script's folder is on sys.path
 
 from greenrl.fleet import FleetSim, load_fleet
 from greenrl.fleet.days import fleet_day, held_out_day_number
 from greenrl.fleet.policies import make_policy
 from greenrl.fleet.rollout import run_policy
-
-
-def _best_s(fn: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` calls (s): the least disturbed by other work on the machine."""
-    return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def main() -> None:
@@ -50,11 +45,11 @@ def main() -> None:
         trace = fleet_day(config, window)
         row: dict[str, object] = {
             "requests": len(trace),
-            "generate_s": round(_best_s(lambda: fleet_day(config, window), args.repeats), 3),  # noqa: B023
+            "generate_s": round(best_s(lambda: fleet_day(config, window), args.repeats), 3),  # noqa: B023
         }
         for name in args.policies:
             row[f"{name}_day_s"] = round(
-                _best_s(lambda: run_policy(sim, make_policy(name), trace), args.repeats),  # noqa: B023
+                best_s(lambda: run_policy(sim, make_policy(name), trace), args.repeats),  # noqa: B023
                 2,
             )
         out["days"][f"day {held_out_day_number(config, window)}"] = row  # type: ignore[index]

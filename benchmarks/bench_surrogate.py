@@ -8,26 +8,20 @@ from __future__ import annotations
 import json
 import os
 import platform
-import timeit
-from collections.abc import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core, as the target says
 
 import numpy as np
+from _timing import best_s  # benchmarks/_timing.py: a script's folder is on sys.path
 
 from greenrl.surrogate import StepBatch, Surrogate
-
-
-def _best_s(fn: Callable[[], object], repeats: int) -> float:
-    """The fastest of ``repeats`` calls (s): the least disturbed by other work on the machine."""
-    return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def main() -> None:
     replica = Surrogate().replica("llama-2-70b", "h100", 4)
     one = StepBatch(512.0, 512.0 * 256, 64.0, 64.0 * 1500)
     n_scalar = 2000
-    scalar_s = _best_s(lambda: [replica.step(one, 1605.0) for _ in range(n_scalar)], 5) / n_scalar
+    scalar_s = best_s(lambda: [replica.step(one, 1605.0) for _ in range(n_scalar)], 5) / n_scalar
 
     rng = np.random.default_rng(0)
     n = 1_000_000
@@ -35,7 +29,7 @@ def main() -> None:
     d = rng.uniform(1, 256, n)
     batch = StepBatch(p, p * p / 2, d, d * rng.uniform(100, 8000, n))
     clock = rng.integers(345, 1981, n).astype(float)
-    vector_s = _best_s(lambda: replica.step(batch, clock), 3)
+    vector_s = best_s(lambda: replica.step(batch, clock), 3)
     print(
         json.dumps(
             {
