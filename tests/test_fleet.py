@@ -74,6 +74,7 @@ def test_default_fleet_loads(fleet) -> None:  # type: ignore[no-untyped-def]
         ("nodes: 4\n", "nodes: 4\nnode_count: 3\n", "node_count"),
         ("mean_rps: 8.0}", "mean_rps: 8.0, train_categories: language/m-small}", "workload.train_categories"),
         ("mean_rps: 8.0}", "mean_rps: 8.0, train_categories: [language/nope]}", "workload.train_categories"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_categories: [reason/deepseek-r1]}", "workload.train_categories"),
     ],
 )
 def test_bad_fleet_is_one_clear_input_error(tmp_path: Path, old: str, new: str, field: str) -> None:
