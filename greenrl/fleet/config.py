@@ -21,7 +21,7 @@ from greenrl.env.scenario import Scenario, load_scenario
 from greenrl.errors import InputError
 from greenrl.ioutil import read_yaml
 from greenrl.workload import load_servegen, servegen_categories
-from greenrl.workload.servegen import WINDOW_S as SERVEGEN_WINDOW_S
+from greenrl.workload.servegen import DAY_S
 
 __all__ = [
     "MAX_ROUTER_NODES",
@@ -306,13 +306,13 @@ def load_fleet(name_or_path: str) -> FleetConfig:
                 f"use categories of {categories}",
             )
         # Refused here, not mid-training: an episode may start anywhere in the node scenario's training range.
-        data_end_s = len(load_servegen(category).rate_rps()) * SERVEGEN_WINDOW_S
-        if data_end_s < scenario.workload.train_range_s[1]:
+        span_s = load_servegen(category).span_s
+        if span_s < scenario.workload.train_range_s[1]:
             raise InputError(
                 where,
                 "workload.train_categories",
-                f"{category!r} has data for {data_end_s / 86400:g} of the training range's "
-                f"{scenario.workload.train_range_s[1] / 86400:g} days",
+                f"{category!r} has data for {span_s / DAY_S:g} of the training range's "
+                f"{scenario.workload.train_range_s[1] / DAY_S:g} days",
                 "train on categories with the training days, e.g. language/m-large and language/m-small",
             )
     c = _section(where, raw, "control", ("node_interval_s", "fleet_interval_s"))
