@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ def main() -> None:
 def _fleet(args: argparse.Namespace) -> tuple[FleetConfig, FleetSim, list[int]]:
     config = load_fleet(args.fleet)
     if args.category:
-        config = replace(config, workload=replace(config.workload, category=args.category))
+        config = config.with_category(args.category)
     windows = args.windows or list(range(len(config.scenario.workload.eval_windows_s)))
     return config, FleetSim(config), windows
 

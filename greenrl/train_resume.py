@@ -85,11 +85,12 @@ def check_resume_flags(
         )
 
 
-def save_model(model: Any, path: Path) -> None:
+def save_model(model: Any, path: Path, run: Path | None = None) -> None:
     """Save to memory, write the zip atomically (never a truncated file), then record its sha256.
 
-    ``path`` is ``<run>/checkpoint/model.zip`` or ``<run>/best/model.zip``; the hash goes in the run's
-    pickle record (``greenrl.trust``), which ``--resume`` and ``greenrl.evaluate`` check before unpickling.
+    ``path`` is ``<run>/checkpoint/model.zip``, ``<run>/best/model.zip`` or, with ``run`` given, deeper
+    (``<run>/snapshots/<timesteps>/model.zip``); the hash goes in the run's pickle record
+    (``greenrl.trust``), which ``--resume`` and ``greenrl.evaluate`` check before unpickling.
     """
     buffer = io.BytesIO()
     model.save(buffer)
@@ -105,7 +106,7 @@ def save_model(model: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    record_pickle(path.parent.parent, path)
+    record_pickle(path.parent.parent if run is None else run, path)
 
 
 def check_checkpoint(path: Path, trust_pickle: bool) -> None:

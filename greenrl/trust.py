@@ -62,8 +62,11 @@ def record_pickle(run: str | Path, path: str | Path) -> str:
 
 
 def _run_of(path: Path) -> Path | None:
-    """The run folder whose record names ``path``: its folder or the one above (``<run>/best/model.zip``)."""
-    for folder in (path.parent, path.parent.parent):
+    """The run folder whose record names ``path``: its folder or one of the two above it.
+
+    (``<run>/best/model.zip``, ``<run>/snapshots/<timesteps>/model.zip``.)
+    """
+    for folder in path.parents[:3]:
         if (folder / PICKLE_RECORD).is_file():
             return folder
     return None

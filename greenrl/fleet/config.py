@@ -12,7 +12,7 @@ Public names: FleetConfig, PoolSpec, RouterSpec, FleetWorkload, FleetControl, lo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ class FleetWorkload:
     """The fleet's load: one ServeGen category, every client's rate scaled so the training days average ``mean_rps``.
 
     Attributes:
-        category: the category of the validation and held-out days.
+        category: the category of the held-out days (and of the validation days, with the training ones).
         mean_rps: mean arrival rate over the training days (requests/s); each category is scaled to it.
         train_categories: categories a training episode draws from, uniformly (empty: ``category`` alone).
     """
@@ -88,6 +88,11 @@ class FleetWorkload:
     def training_categories(self) -> tuple[str, ...]:
         """The categories training episodes draw from: ``train_categories``, or ``category`` alone."""
         return self.train_categories or (self.category,)
+
+    @property
+    def validation_categories(self) -> tuple[str, ...]:
+        """The categories model selection validates on: ``category`` first, then the other training categories."""
+        return (self.category, *(c for c in self.train_categories if c != self.category))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,13 @@ class FleetConfig:
     def initial_pool_of_node(self) -> tuple[int, ...]:
         """The pool index of each node at reset: pool 0's nodes first."""
         return tuple(i for i, p in enumerate(self.pools) for _ in range(p.nodes))
+
+    def with_category(self, category: str) -> FleetConfig:
+        """This fleet with ``category`` as the load of its validation and held-out days, at the same mean rate.
+
+        The caller checks the name (``greenrl.workload.servegen_categories``).
+        """
+        return replace(self, workload=replace(self.workload, category=category))
 
 
 def fleets_dir() -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(
                 "--category", "category", f"unknown ServeGen category {args.category!r}", f"use one of {categories}"
             )
-        config = replace(config, workload=replace(config.workload, category=args.category))
+        config = config.with_category(args.category)
     windows = args.windows if args.windows is not None else list(range(len(config.scenario.workload.eval_windows_s)))
     sim = FleetSim(config)
     policies: list[FleetPolicy] = []

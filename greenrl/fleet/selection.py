@@ -2,10 +2,12 @@
 
 Both fleet trainers (the centralized controller, ``greenrl.fleet.learn``, and the policy shared by every
 node, ``greenrl.fleet.shared_learn``) select their model here, through ``greenrl.fleet.trainer``'s loop:
-whole validation days (10-11) scored with the env's return, the best model kept, the held-out days (12-13)
-evaluated once at the end against static-max, and a verdict on whether the selection may ship.
+whole validation days (10-11) of every category the fleet trains on, scored with the env's return, the best
+model kept, the held-out days (12-13) evaluated once at the end against static-max, and a verdict on whether
+the selection may ship.
 
-Public names: evaluate_days, day_score, held_out_report, ship_verdict, fleet_files_sha256, SHIP_MIN_ATTAINMENT.
+Public names: evaluate_days, day_score, validate_policy, held_out_report, ship_verdict, fleet_files_sha256,
+SHIP_MIN_ATTAINMENT.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "fleet_files_sha256",
     "held_out_report",
     "ship_verdict",
+    "validate_policy",
 ]
 
 SHIP_MIN_ATTAINMENT = 0.99
@@ -62,12 +65,51 @@ def day_score(row: dict[str, Any], config: FleetConfig, slo_weight: float) -> fl
     return score / max(1, len(row["days"]))
 
 
+FIGURES = ("energy_kwh", "slo_attainment", "missed")
+
+
+def validate_policy(
+    config: FleetConfig, policy: Any, slo_weight: float, duration_s: float | None = None
+) -> dict[str, Any]:
+    """``policy`` on the validation days of every ``workload.validation_categories``: what selection ranks.
+
+    ``score`` is the mean of the categories' ``day_score``s: when ``category`` is among the training
+    categories, the expected return of a training episode, which draws its category uniformly.
+    ``energy_kwh``, ``missed`` and ``slo_attainment`` are over all of them; with more than one category,
+    ``categories`` holds each one's figures, which ``ship_verdict`` checks one by one (a pooled attainment
+    would let the easy load hide the hard one's misses). One category gives the entry a single-category
+    fleet always had.
+    """
+    categories = config.workload.validation_categories
+    rows = {c: evaluate_days(config.with_category(c), policy, "val", duration_s) for c in categories}
+    scores = {c: day_score(row, config, slo_weight) for c, row in rows.items()}
+    energy = sum(r["energy_kwh"] for r in rows.values())
+    missed, requests = sum(r["missed"] for r in rows.values()), sum(r["requests"] for r in rows.values())
+    entry: dict[str, Any] = {"score": sum(scores.values()) / len(scores), "energy_kwh": energy}
+    entry |= {"slo_attainment": 1.0 - missed / max(1, requests), "missed": missed}
+    if len(categories) > 1:
+        entry["categories"] = {c: {"score": scores[c], **{k: rows[c][k] for k in FIGURES}} for c in categories}
+    return entry
+
+
 def ship_verdict(selected: dict[str, Any], planner: dict[str, Any]) -> tuple[bool, str]:
     """Whether a selected controller may ship, and why: what an operator would accept on the validation days.
 
     It must meet ``SHIP_MIN_ATTAINMENT`` and not be dominated by the planner (less energy, or higher
-    attainment; the planner alone may sit below the floor). The held-out days never decide it.
+    attainment; the planner alone may sit below the floor), on each training category's validation days
+    when the entries carry ``categories``. The held-out days never decide it.
     """
+    if "categories" in selected:
+        for category, figures in selected["categories"].items():
+            ok, reason = _verdict(figures, planner["categories"][category])
+            if not ok:
+                return False, f"{category}: {reason}"
+        reasons = (f"{c}: {_verdict(f, planner['categories'][c])[1]}" for c, f in selected["categories"].items())
+        return True, "; ".join(reasons)
+    return _verdict(selected, planner)
+
+
+def _verdict(selected: dict[str, Any], planner: dict[str, Any]) -> tuple[bool, str]:
     att, energy = selected["slo_attainment"], selected["energy_kwh"]
     figures = f"validation {energy:.1f} kWh at {100 * att:.2f}% (planner {planner['energy_kwh']:.1f} kWh at "
     figures += f"{100 * planner['slo_attainment']:.2f}%)"
@@ -79,30 +121,37 @@ def ship_verdict(selected: dict[str, Any], planner: dict[str, Any]) -> tuple[boo
 
 
 def held_out_report(
-    config: FleetConfig, selected: dict[str, Any], best_policy: Any, duration_s: float | None = None
+    config: FleetConfig, selected: dict[str, Any], best_policy: Any, slo_weight: float, duration_s: float | None = None
 ) -> dict[str, Any]:
     """The closing figures of a run: the planner on the validation days, the verdict, the held-out days.
 
     The held-out comparison with static-max carries a node run's summary.json keys
     (``energy_saving_vs_static_max``, ``slo_attainment_delta``, ``eval_trained``, ``eval_static_max``), so
-    ``greenrl.sweep`` reports fleets as it reports nodes.
+    ``greenrl.sweep`` reports fleets as it reports nodes; they are ``workload.category``'s days. The other
+    training categories' held-out days, when there are any, are in ``held_out_categories``.
     """
-    val_planner = evaluate_days(config, make_policy("planner"), "val", duration_s)
+    val_planner = validate_policy(config, make_policy("planner"), slo_weight, duration_s)
     shippable, reason = ship_verdict(selected, val_planner)
-    held_out = evaluate_days(config, best_policy, "eval", duration_s)
-    static_max = evaluate_days(config, make_policy("static-max"), "eval", duration_s)
-    figures = ("energy_kwh", "slo_attainment", "missed")
-    return {
+    report: dict[str, Any] = {
         "selected": selected,
-        "validation_planner": {k: v for k, v in val_planner.items() if k != "days"},
+        "validation_planner": val_planner,
         "shippable": shippable,
         "ship_verdict": reason,
-        "held_out": held_out,
-        "energy_saving_vs_static_max": 1.0 - held_out["energy_kwh"] / static_max["energy_kwh"],
-        "slo_attainment_delta": held_out["slo_attainment"] - static_max["slo_attainment"],
-        "eval_trained": {k: held_out[k] for k in figures},
-        "eval_static_max": {k: static_max[k] for k in figures},
     }
+    for category in config.workload.validation_categories:
+        held_out = evaluate_days(config.with_category(category), best_policy, "eval", duration_s)
+        static_max = evaluate_days(config.with_category(category), make_policy("static-max"), "eval", duration_s)
+        figures = {
+            "energy_saving_vs_static_max": 1.0 - held_out["energy_kwh"] / static_max["energy_kwh"],
+            "slo_attainment_delta": held_out["slo_attainment"] - static_max["slo_attainment"],
+            "eval_trained": {k: held_out[k] for k in FIGURES},
+            "eval_static_max": {k: static_max[k] for k in FIGURES},
+        }
+        if category == config.workload.category:
+            report |= {"held_out": held_out, **figures}
+        else:
+            report.setdefault("held_out_categories", {})[category] = figures
+    return report
 
 
 def fleet_files_sha256(config: FleetConfig) -> dict[str, str]:

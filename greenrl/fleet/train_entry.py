@@ -5,13 +5,13 @@ then the centralized controller (``greenrl.fleet.learn``, ``--agent maskable_ppo
 every node (``greenrl.fleet.shared_learn``, ``--agent maskable_ppo_shared``); a fleet run folder resumes
 with its recorded fleet, agent, seed and hyperparameters.
 
-Public names: train_fleet_scenario.
+Public names: train_fleet_scenario, recorded_fleet_run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -19,7 +19,10 @@ from greenrl.agent_config import agent_config
 from greenrl.errors import InputError
 from greenrl.train_resume import check_checkpoint, check_resume_flags
 
-__all__ = ["train_fleet_scenario"]
+if TYPE_CHECKING:
+    from greenrl.fleet.config import FleetConfig
+
+__all__ = ["recorded_fleet_run", "train_fleet_scenario"]
 
 
 def train_fleet_scenario(
@@ -81,14 +84,9 @@ def _resume(
     progress_bar: bool,
 ) -> Path:
     """Continue a fleet run from its checkpoint with its recorded fleet, agent, seed and hyperparameters."""
-    from greenrl.fleet.config import load_fleet
     from greenrl.fleet.learn import train_fleet
-    from greenrl.fleet.selection import fleet_files_sha256
 
-    recorded = yaml.safe_load((run / "config.yaml").read_text())
-    keys = ("scenario", "fleet_file", "agent", "seed", "hyperparameters")
-    if any(k not in recorded for k in keys):
-        raise InputError(str(run / "config.yaml"), "file", f"lacks one of {', '.join(keys)}", "start a new run")
+    recorded, config = recorded_fleet_run(run)
     if scenario_name is not None and scenario_name != recorded["scenario"]:
         raise InputError(
             "--scenario",
@@ -97,14 +95,6 @@ def _resume(
             "drop --scenario when resuming (the run's own is used)",
         )
     check_resume_flags(recorded, agent, seed, overrides, slo_weight)
-    config = load_fleet(str(recorded["fleet_file"]))
-    if recorded.get("files_sha256") != fleet_files_sha256(config):
-        raise InputError(
-            str(run / "config.yaml"),
-            "files_sha256",
-            f"the fleet file {config.path} or its node scenario changed since this run started",
-            "restore them, or start a new run",
-        )
     if not (run / "checkpoint" / "model.zip").is_file():
         raise InputError(
             "--resume",
@@ -124,3 +114,30 @@ def _resume(
 
         return train_shared_fleet(fleet, cfg, agent_name, seed_value, run.parent, progress_bar, resume=run, ship=ship)
     return train_fleet(fleet, cfg, agent_name, seed_value, run.parent, ship, progress_bar, resume=run)
+
+
+def recorded_fleet_run(run: Path) -> tuple[dict[str, Any], FleetConfig]:
+    """A fleet run's config.yaml and its fleet, refused if the fleet or node scenario file changed since.
+
+    What ``--resume`` continues and ``greenrl.fleet.reselect`` scores must be the fleet the run trained on.
+    """
+    from greenrl.fleet.config import load_fleet
+    from greenrl.fleet.selection import fleet_files_sha256
+
+    where = str(run / "config.yaml")
+    try:
+        recorded = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(where, "file", f"cannot be read as a run's YAML ({exc})", "give a fleet run folder") from None
+    keys = ("scenario", "fleet_file", "agent", "seed", "hyperparameters")
+    if not isinstance(recorded, dict) or any(k not in recorded for k in keys):
+        raise InputError(where, "file", f"lacks one of {', '.join(keys)}", "start a new run")
+    config = load_fleet(str(recorded["fleet_file"]))
+    if recorded.get("files_sha256") != fleet_files_sha256(config):
+        raise InputError(
+            where,
+            "files_sha256",
+            f"the fleet file {config.path} or its node scenario changed since this run started",
+            "restore them, or start a new run",
+        )
+    return recorded, config

@@ -6,10 +6,11 @@ training envs, their demonstrations and how a model plays a fleet (``FleetRecipe
 here, once: the run folder (config.yaml with the fleet files' sha256, command.txt), ``VecNormalize`` over
 the reward, the warm start (``greenrl.train_setup.warm_start``), validation on whole days every
 ``eval_every_steps`` with the best model kept (``greenrl.fleet.selection``), a checkpoint at every
-validation and on Ctrl-C (what ``greenrl.train --resume`` continues from), the held-out days at the end,
+validation and on Ctrl-C (what ``greenrl.train --resume`` continues from), every validated model in
+``snapshots/<timesteps>/model.zip`` (what ``greenrl.fleet.reselect`` chooses among), the held-out days at the end,
 and summary.json.
 
-Public names: FleetRecipe, TrainedFleet, train_fleet_loop.
+Public names: FleetRecipe, TrainedFleet, train_fleet_loop, export_selection.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import numpy as np
 import yaml
 
 from greenrl.fleet.config import FleetConfig
-from greenrl.fleet.selection import day_score, evaluate_days, fleet_files_sha256, held_out_report
+from greenrl.fleet.selection import fleet_files_sha256, held_out_report, validate_policy
 from greenrl.imitation import Demonstrations
 from greenrl.ioutil import atomic_write_text
 from greenrl.train_setup import build_model, warm_start
 
-__all__ = ["FleetRecipe", "TrainedFleet", "train_fleet_loop"]
+__all__ = ["FleetRecipe", "TrainedFleet", "export_selection", "train_fleet_loop"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,14 +145,16 @@ def train_fleet_loop(
         atomic_write_text(run / "checkpoint" / "state.json", json.dumps(state, default=float) + "\n")
 
     def validate(steps: int) -> None:
-        row = evaluate_days(config, recipe.as_policy(model), "val", val_duration_s)
-        entry = {"timesteps": steps, "score": day_score(row, config, slo_weight)}
-        entry |= {k: row[k] for k in ("energy_kwh", "slo_attainment", "missed")}
+        entry = {"timesteps": steps} | validate_policy(config, recipe.as_policy(model), slo_weight, val_duration_s)
+        per_category = entry.get("categories", {})
+        attainments = ", ".join(f"{c} {100 * f['slo_attainment']:.2f}%" for c, f in per_category.items())
         print(
-            f"val at {steps} timesteps: score {entry['score']:.2f}, {row['energy_kwh']:.1f} kWh, "
-            f"attainment {100 * row['slo_attainment']:.2f}%",
+            f"val at {steps} timesteps: score {entry['score']:.2f}, {entry['energy_kwh']:.1f} kWh, "
+            f"attainment {100 * entry['slo_attainment']:.2f}%" + (f" ({attainments})" if attainments else ""),
             flush=True,
         )
+        # Every validated model is kept, so a later selection rule can pick among them (greenrl.fleet.reselect).
+        save_model(model, run / "snapshots" / str(steps) / "model.zip", run)
         if entry["score"] > max((e["score"] for e in evals), default=-np.inf):
             save_model(model, run / "best" / "model.zip")
         evals.append(entry)
@@ -206,26 +209,28 @@ def train_fleet_loop(
     if validating:
         best_model = MaskablePPO.load(run / "best" / "model.zip", device="cpu")
         selected = max(evals, key=lambda e: e["score"])  # the first of equal scores, as saved
-        summary |= held_out_report(config, selected, recipe.as_policy(best_model), val_duration_s)
+        summary |= held_out_report(config, selected, recipe.as_policy(best_model), slo_weight, val_duration_s)
     else:
         summary |= {"shippable": False, "ship_verdict": "not validated (val_episodes 0)"}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
-    _export(best_model, recipe, run, summary, cfg, agent, seed, ship)
+    ship_to = Path("checkpoints") / recipe.folder / f"{agent}_s{seed}" if ship else None
+    export_selection(best_model, recipe.probe(), run / "controller", ship_to, summary, cfg, agent, seed)
     print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=1, default=float), flush=True)
     return TrainedFleet(run, best_model, summary)
 
 
-def _export(
+def export_selection(
     model: Any,
-    recipe: FleetRecipe,
-    run: Path,
+    probe: Any,
+    folder: Path,
+    ship_to: Path | None,
     summary: dict[str, Any],
     cfg: dict[str, Any],
     agent: str,
     seed: int,
-    ship: bool,
 ) -> None:
+    """Export a run's selected model to ``folder`` and, when ``ship_to`` is given and it may ship, there too."""
     from greenrl.policy import export_controller
 
     extra = {
@@ -235,9 +240,8 @@ def _export(
         "slo_weight": float(cfg.get("slo_weight", 100.0)),
         "validation": {"selected": summary.get("selected", {}), "planner": summary.get("validation_planner", {})},
     }
-    probe = recipe.probe()
-    export_controller(model, probe, run / "controller", extra)
-    if ship and summary["shippable"]:
-        export_controller(model, probe, Path("checkpoints") / recipe.folder / f"{agent}_s{seed}", extra)
-    elif ship:
+    export_controller(model, probe, folder, extra)
+    if ship_to is not None and summary["shippable"]:
+        export_controller(model, probe, ship_to, extra)
+    elif ship_to is not None:
         print(f"not shipped: {summary['ship_verdict']}", flush=True)
