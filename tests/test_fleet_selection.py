@@ -87,6 +87,11 @@ def test_a_run_validates_on_every_category_and_keeps_every_validated_model(mixed
     assert set(summary["validation_planner"]["categories"]) == set(categories)
     assert set(summary["held_out_categories"]) == {"language/m-small"}  # m-large's are the sweep's keys
     assert summary["held_out"]["energy_kwh"] == summary["eval_trained"]["energy_kwh"]
+    other = summary["held_out_categories"]["language/m-small"]
+    assert (
+        len(other["held_out"]["days"]) == 2 and other["held_out"]["energy_kwh"] == other["eval_trained"]["energy_kwh"]
+    )
+    assert other["eval_trained"]["energy_kwh"] != summary["eval_trained"]["energy_kwh"]  # another load
     # the m-small score is the one that category's days give when played alone
     from sb3_contrib import MaskablePPO
 

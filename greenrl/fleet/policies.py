@@ -1,12 +1,15 @@
 """Fleet baselines with one interface: static-max, a reactive autoscaler, a DynamoLLM-style planner.
 
+The planner forecasts reactively (``planner``) or from the training days' history too (``planner-history``).
+
 A ``FleetPolicy`` is asked every node interval (``act(sim, snapshot, step)``) and answers a ``FleetAction``
 or None (no change). Each reads what a fleet operator sees: the snapshots (arrivals per pool, the engines'
 running and waiting gauges, energy), the router's view of finished requests, and the nodes' states.
 
 A hindsight oracle (``OracleFleet``) plans with the true coming load.
 
-Public names: FleetPolicy, StaticMaxFleet, AutoscalerFleet, PlannerFleet, OracleFleet, FLEET_POLICIES, make_policy.
+Public names: FleetPolicy, StaticMaxFleet, AutoscalerFleet, PlannerFleet, HistoryPlannerFleet, OracleFleet,
+FLEET_POLICIES, make_policy.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from greenrl.catalog import load_gpu
 from greenrl.core import Knobs
 from greenrl.errors import InputError
 from greenrl.fleet.capacity import NodeOption, node_options
 from greenrl.fleet.cluster import FleetAction, FleetSim, FleetSnapshot
+from greenrl.fleet.forecast import daily_profile
 from greenrl.fleet.planner import FleetPlan, assign, solve_plan
 from greenrl.fleet.router import pool_of
 
@@ -30,6 +35,7 @@ __all__ = [
     "FLEET_POLICIES",
     "AutoscalerFleet",
     "FleetPolicy",
+    "HistoryPlannerFleet",
     "OracleFleet",
     "PlannerFleet",
     "StaticMaxFleet",
@@ -215,6 +221,10 @@ class PlannerFleet:
             self._options[key] = found
         return self._options[key]
 
+    def expected_rps(self, sim: FleetSim, reactive_rps: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Each pool's rate to plan for, before the margin: here what the last interval saw (or its EWMA)."""
+        return reactive_rps
+
     def act(self, sim: FleetSim, snapshot: FleetSnapshot | None, step: int) -> FleetAction | None:
         """Accumulate arrivals every interval; plan every fleet interval."""
         if snapshot is not None:
@@ -231,14 +241,14 @@ class PlannerFleet:
         rate = self.arrived / max(self.elapsed_s, 1e-9)
         if urgent:
             rate = np.maximum(rate, last)
-        self.elapsed_s = 0.0
         self.rate_ewma = rate if self.rate_ewma is None else a * rate + (1.0 - a) * self.rate_ewma
         seen = self.arrived > 0
         mean_prompt = np.divide(self.prompt_tokens, self.arrived, out=self.prompt_ewma.copy(), where=seen)
         self.prompt_ewma = np.where(seen, a * mean_prompt + (1.0 - a) * self.prompt_ewma, self.prompt_ewma)
+        forecast = (1.0 + self.margin_frac) * self.expected_rps(sim, np.maximum(rate, self.rate_ewma))
+        self.elapsed_s = 0.0
         self.arrived[:] = 0.0
         self.prompt_tokens[:] = 0.0
-        forecast = (1.0 + self.margin_frac) * np.maximum(rate, self.rate_ewma)
         done = sim.finished_requests
         outputs = np.where(done >= 20, sim.finished_output_tokens / np.maximum(done, 1), 256.0)
         options = [self.options(sim, float(self.prompt_ewma[p]), float(outputs[p])) for p in range(len(forecast))]
@@ -256,6 +266,50 @@ class PlannerFleet:
         serving = tuple(s == "on" for s in sim.states)
         on, pools, knobs = assign(plan, sim.action.pool_of_node, sim.action.knobs, serving, self.max_layout_changes)
         return FleetAction(on, pools, knobs)
+
+
+class HistoryPlannerFleet(PlannerFleet):
+    """The planner with a forecast from history: what the training days say the coming minutes bring.
+
+    Per pool, the rate planned for is the larger of the planner's reactive one and the history's:
+    ``greenrl.fleet.forecast.daily_profile``'s highest window over the coming fleet interval and
+    ``lead_s`` beyond (a parked node takes half a minute to come back), times today's level (the last
+    interval's total rate over the profile's for the same minutes, smoothed as the planner's EWMA), times the
+    pool's share of the arrivals (its EWMA). A ramp the history knows is planned for before it arrives; a
+    quiet hour the history expects but the load does not follow changes nothing (the reactive rate stays).
+
+    Args:
+        lead_s: how far past the coming fleet interval the history's peak is taken (s).
+        **planner: ``PlannerFleet``'s arguments.
+    """
+
+    name = "planner-history"
+
+    def __init__(self, lead_s: float = 60.0, **planner: Any) -> None:
+        super().__init__(**planner)
+        self.lead_s = lead_s
+
+    def reset(self, sim: FleetSim) -> None:
+        """Empty forecast; the fleet category's daily profile."""
+        super().reset(sim)
+        self.profile = daily_profile(sim.config)
+        self.level: float | None = None
+        self.share: npt.NDArray[np.float64] | None = None
+
+    def expected_rps(self, sim: FleetSim, reactive_rps: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """The larger of the reactive rate and the history's for the coming minutes, per pool."""
+        a, total = self.ewma_alpha, float(self.arrived.sum())
+        start_s = 3600.0 * float(sim.trace.start_hour or 0.0) if sim.trace is not None else 0.0
+        now_s = start_s + sim.now_s
+        if total <= 0 or self.elapsed_s <= 0:
+            return reactive_rps
+        level = total / self.elapsed_s / max(self.profile.mean_rps(now_s - self.elapsed_s, now_s), 1e-9)
+        share = self.arrived / total
+        self.level = level if self.level is None else a * level + (1.0 - a) * self.level
+        self.share = share if self.share is None else a * share + (1.0 - a) * self.share
+        horizon_s = sim.config.control.fleet_interval_s + self.lead_s
+        history = self.level * self.profile.peak_rps(now_s, now_s + horizon_s) * self.share
+        return np.maximum(reactive_rps, history)
 
 
 class OracleFleet(PlannerFleet):
@@ -324,6 +378,7 @@ FLEET_POLICIES: dict[str, Callable[[], FleetPolicy]] = {
     "static-max": StaticMaxFleet,
     "autoscaler": AutoscalerFleet,
     "planner": PlannerFleet,
+    "planner-history": HistoryPlannerFleet,
     "oracle": OracleFleet,
 }
 

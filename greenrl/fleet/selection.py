@@ -150,7 +150,7 @@ def held_out_report(
         if category == config.workload.category:
             report |= {"held_out": held_out, **figures}
         else:
-            report.setdefault("held_out_categories", {})[category] = figures
+            report.setdefault("held_out_categories", {})[category] = {"held_out": held_out, **figures}
     return report
 
 
