@@ -2,7 +2,7 @@
 
 One home for which requests a fleet day holds, shared by the env, training and evaluation.
 
-Public names: fleet_day, held_out_day_number, validation_day, validation_windows_s.
+Public names: fleet_day, held_out_day_number, validation_day, validation_windows_s, fleet_load_on_day.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from greenrl.fleet.config import FleetConfig
 from greenrl.workload import Trace, scale_for_rate_rps, servegen_trace
 from greenrl.workload.servegen import DAY_S
 
-__all__ = ["fleet_day", "held_out_day_number", "validation_day", "validation_windows_s"]
+__all__ = ["fleet_day", "fleet_load_on_day", "held_out_day_number", "validation_day", "validation_windows_s"]
 
 
 def fleet_day(config: FleetConfig, window: int = 0, duration_s: float | None = None) -> Trace:
@@ -48,3 +48,21 @@ def validation_day(config: FleetConfig, index: int = 0, duration_s: float | None
     duration_s = whole_s if duration_s is None else min(whole_s, duration_s)
     scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
     return servegen_trace(config.workload.category, start_s, duration_s, scale=scale, seed=20_000 + index)
+
+
+def fleet_load_on_day(config: FleetConfig, day: int, duration_s: float | None = None) -> Trace:
+    """The fleet's load on ServeGen day ``day`` (0-13), whole: the one trace every caller plays for that day.
+
+    A held-out day is ``fleet_day``'s and a validation day ``validation_day``'s (same seeds, so a figure
+    matches the run's); any other day is drawn with seed 30,000 + ``day``. A day beyond the category's
+    data is refused by ``servegen_trace`` (``reason/deepseek-r1`` has day 0 only).
+    """
+    held_out = [i for i in range(len(config.scenario.workload.eval_windows_s)) if held_out_day_number(config, i) == day]
+    if held_out:
+        return fleet_day(config, held_out[0], duration_s)
+    validation = [i for i, (t, _) in enumerate(validation_windows_s(config)) if int(t // DAY_S) == day]
+    if validation:
+        return validation_day(config, validation[0], duration_s)
+    duration_s = DAY_S if duration_s is None else min(DAY_S, duration_s)
+    scale = scale_for_rate_rps(config.workload.category, config.workload.mean_rps)
+    return servegen_trace(config.workload.category, day * DAY_S, duration_s, scale=scale, seed=30_000 + day)

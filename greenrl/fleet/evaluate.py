@@ -3,7 +3,8 @@
 Run: ``python -m greenrl.fleet.evaluate --fleet default --policies static-max autoscaler planner oracle`` (the
 node scenario's held-out days, each whole; prints a markdown table and, with ``--json``, one JSON object);
 ``--checkpoint checkpoints/fleet-default/maskable_ppo_s0`` adds a learned controller, ``--category
-language/m-small`` replaces the load with a ServeGen category at the same mean rate.
+language/m-small`` replaces the load with a ServeGen category at the same mean rate, ``--days 10 11`` plays
+other ServeGen days instead of the held-out ones (``greenrl.fleet.days.fleet_load_on_day``).
 
 Public names: plot_timelines, plot_pareto, seed_summary, main (the days: ``greenrl.fleet.days``; one policy
 over one day: ``greenrl.fleet.rollout``).
@@ -22,7 +23,7 @@ import numpy as np
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet.cluster import FleetSim
 from greenrl.fleet.config import load_fleet
-from greenrl.fleet.days import fleet_day, held_out_day_number
+from greenrl.fleet.days import fleet_day, fleet_load_on_day, held_out_day_number
 from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
 from greenrl.fleet.rollout import run_policy
 from greenrl.ioutil import atomic_savefig, atomic_write_text
@@ -129,10 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--policies",
         nargs="+",
-        default=list(FLEET_POLICIES),
-        help=f"{', '.join(FLEET_POLICIES)}; <name>+guard adds the learned controller's fast node rule",
+        default=["static-max", "autoscaler", "planner", "oracle"],
+        help=f"{', '.join(FLEET_POLICIES)} (default: all but planner-history); <name>+guard adds the learned "
+        "controller's fast node rule",
     )
-    p.add_argument("--windows", nargs="+", type=int, default=None, help="evaluation window indices (default: all)")
+    days = p.add_mutually_exclusive_group()
+    days.add_argument("--windows", nargs="+", type=int, default=None, help="evaluation window indices (default: all)")
+    days.add_argument(
+        "--days",
+        nargs="+",
+        type=int,
+        default=None,
+        help="ServeGen days instead (whole; validation days 10-11 as selection plays them, any other with seed "
+        "30,000 + day), e.g. --days 10 11, or --days 0 for reason/deepseek-r1",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeline", type=Path, default=None, help="plot the first window's day per policy to this PNG")
     p.add_argument("--pareto", type=Path, default=None, help="plot energy saved vs SLO attainment per day to this PNG")
@@ -160,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         config = config.with_category(args.category)
     windows = args.windows if args.windows is not None else list(range(len(config.scenario.workload.eval_windows_s)))
+    if args.days is not None:
+        loads = [(day, fleet_load_on_day(config, day, args.duration_s)) for day in args.days]
+    else:
+        loads = [(held_out_day_number(config, w), fleet_day(config, w, args.duration_s)) for w in windows]
     sim = FleetSim(config)
     policies: list[FleetPolicy] = []
     for name in args.policies:
@@ -176,11 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             policies.append(load_learned(path, "learned" if len(args.checkpoint) == 1 else f"learned-{i}"))
     rows = []
     timelines: dict[str, dict[str, list[Any]]] = {}
-    for w in windows:
-        trace = fleet_day(config, w, args.duration_s)
-        day = held_out_day_number(config, w)
+    for i, (day, trace) in enumerate(loads):
         for policy in policies:
-            timeline = timelines.setdefault(policy.name, {}) if w == windows[0] else None
+            timeline = timelines.setdefault(policy.name, {}) if i == 0 else None
             row = {"day": day, **run_policy(sim, policy, trace, timeline=timeline)}
             rows.append(row)
             logger.info("%s", row)

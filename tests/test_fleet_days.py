@@ -1,0 +1,43 @@
+"""Which requests a fleet day holds: held-out, validation and any other ServeGen day, and the evaluator's --days."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from greenrl.errors import InputError
+from greenrl.fleet import load_fleet
+from greenrl.fleet.days import fleet_day, fleet_load_on_day, validation_day
+from greenrl.workload import scale_for_rate_rps, servegen_trace
+from greenrl.workload.servegen import DAY_S
+
+
+def _same(a, b) -> bool:  # type: ignore[no-untyped-def]
+    return bool(np.array_equal(a.arrival_s, b.arrival_s) and np.array_equal(a.input_tokens, b.input_tokens))
+
+
+def test_a_day_is_the_trace_selection_and_evaluation_play() -> None:
+    fleet = load_fleet("default")
+    assert _same(fleet_load_on_day(fleet, 13, 600.0), fleet_day(fleet, 1, 600.0))
+    assert _same(fleet_load_on_day(fleet, 10, 600.0), validation_day(fleet, 0, 600.0))
+    other = fleet_load_on_day(fleet, 3, 600.0)
+    scale = scale_for_rate_rps(fleet.workload.category, fleet.workload.mean_rps)
+    assert _same(other, servegen_trace(fleet.workload.category, 3 * DAY_S, 600.0, scale=scale, seed=30_003))
+    assert not _same(other, fleet_load_on_day(fleet, 4, 600.0))
+    assert fleet_load_on_day(fleet, 3).duration_s == DAY_S
+    with pytest.raises(InputError):  # reason/deepseek-r1 has day 0 only
+        fleet_load_on_day(fleet.with_category("reason/deepseek-r1"), 1, 600.0)
+
+
+def test_the_evaluator_plays_named_days(capsys) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.evaluate import main
+
+    code = main(["--days", "10", "3", "--duration-s", "600", "--policies", "static-max", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert code == 0 and [r["day"] for r in rows] == [10, 3]
+    assert rows[0]["requests"] == len(validation_day(load_fleet("default"), 0, 600.0).arrival_s)
+    with pytest.raises(SystemExit):  # one or the other
+        main(["--days", "10", "--windows", "0", "--policies", "static-max"])
+    assert "not allowed with" in capsys.readouterr().err
