@@ -132,13 +132,19 @@ def test_reselection_of_a_run_without_snapshots_uses_best_and_checkpoint(mixed_r
     shutil.rmtree(copy / "snapshots")  # as runs saved before snapshots existed
     from greenrl.fleet.reselect import candidates, reselect
 
-    assert list(candidates(copy)) == ["best", "checkpoint"]
-    summary = reselect(copy, duration_s=900.0)
     recorded = json.loads((mixed_run / "summary.json").read_text())
+    later = recorded["selected"]["timesteps"] != recorded["timesteps"]  # else best is the last model: once
+    assert list(candidates(copy)) == ["best", "checkpoint"][: 1 + later]
+    summary = reselect(copy, duration_s=900.0)
     by_name = {c["candidate"]: c for c in summary["candidates"]}
     assert by_name["best"]["timesteps"] == recorded["selected"]["timesteps"]
-    assert by_name["checkpoint"]["timesteps"] == recorded["timesteps"]
     assert by_name["best"]["score"] == pytest.approx(recorded["selected"]["score"])
+    if later:
+        assert by_name["checkpoint"]["timesteps"] == recorded["timesteps"]
+    other = next(e for e in recorded["validation"] if e["timesteps"] != recorded["selected"]["timesteps"])
+    shutil.copytree(mixed_run / "snapshots" / str(other["timesteps"]), copy / "best", dirs_exist_ok=True)
+    with pytest.raises(InputError, match="best"):  # a swapped zip no longer matches the pickle record
+        reselect(copy, duration_s=900.0)
 
 
 def test_reselection_refuses_a_run_whose_fleet_changed_or_that_kept_nothing(mixed_run: Path, tmp_path: Path) -> None:

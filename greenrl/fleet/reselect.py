@@ -28,12 +28,14 @@ logger = logging.getLogger(__name__)
 
 
 def candidates(run: Path) -> dict[str, Path]:
-    """The models ``run`` kept, by name (``snapshots/<timesteps>``, or ``best`` and ``checkpoint``), oldest first."""
+    """The models ``run`` kept, by name (``snapshots/<timesteps>``, or ``best`` and a later ``checkpoint``)."""
     snapshots = sorted((run / "snapshots").glob("*/model.zip"), key=lambda p: int(p.parent.name))
     if snapshots:
         return {f"snapshots/{p.parent.name}": p for p in snapshots}
     kept = {name: run / name / "model.zip" for name in ("best", "checkpoint")}
     kept = {name: path for name, path in kept.items() if path.is_file()}
+    if len(kept) == 2 and _timesteps(run, "best") == _timesteps(run, "checkpoint"):
+        del kept["checkpoint"]  # the last validation was the best: one model, scored once
     if not kept:
         raise InputError(
             str(run), "snapshots", "holds no model: the run stopped before its first validation", "give a finished run"
