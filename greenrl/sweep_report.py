@@ -1,7 +1,8 @@
 """The report of ``python -m greenrl.sweep``: per (scenario, SLO weight), mean and 95% CI over training seeds.
 
 Two sources per cell: ``train`` (the run's summary.json: the best policy on the held-out windows, exact
-arrivals, as ``greenrl.train`` prints it) and, with ``--evaluate``, ``evaluate`` (the controller's mean
+arrivals, as ``greenrl.train`` prints it; a fleet trained on several categories adds ``train <category>``
+for each other one's held-out days) and, with ``--evaluate``, ``evaluate`` (the controller's mean
 over ``greenrl.evaluate``'s bootstrapped samples, paired with static-max). The interval is Student's t
 over the training seeds (each seed one number); baselines are not trained, so their interval is over
 evaluation samples, as ``greenrl.evaluate`` reports it.
@@ -38,14 +39,22 @@ METRICS = ("saving_vs_static_max", "slo_attainment", "slo_delta_vs_static_max")
 CI_TEXT = "95% CI: mean +- t(0.975, n-1) * sd / sqrt(n) (Student t), n = training seeds"
 
 
-def _train_kpis(run: Path) -> dict[str, float]:
+def _train_kpis(run: Path) -> dict[str, dict[str, float]]:
+    """The ``train`` source, and ``train <category>`` for each other category a fleet run held out."""
     s = json.loads((run / "summary.json").read_text())
     if "energy_saving_vs_static_max" not in s:  # a fleet run without validation (val_episodes 0)
-        return dict.fromkeys(METRICS, math.nan)
+        return {"train": dict.fromkeys(METRICS, math.nan)}
+    sources = {"train": _kpis(s)}
+    for category, figures in s.get("held_out_categories", {}).items():
+        sources[f"train {category}"] = _kpis(figures)
+    return sources
+
+
+def _kpis(held_out: dict[str, Any]) -> dict[str, float]:
     return {
-        "saving_vs_static_max": float(s["energy_saving_vs_static_max"]),
-        "slo_attainment": float(s["eval_trained"]["slo_attainment"]),
-        "slo_delta_vs_static_max": float(s["slo_attainment_delta"]),
+        "saving_vs_static_max": float(held_out["energy_saving_vs_static_max"]),
+        "slo_attainment": float(held_out["eval_trained"]["slo_attainment"]),
+        "slo_delta_vs_static_max": float(held_out["slo_attainment_delta"]),
     }
 
 
@@ -92,7 +101,7 @@ def build_report(grid: SweepGrid, runs: dict[Cell, Path | None], meta: dict[str,
         entry["policy_sha256"] = json.loads((run / "controller" / "controller.json").read_text())["policy"]["sha256"]
         if (run / WORKER_FILE).is_file():
             entry["worker"] = json.loads((run / WORKER_FILE).read_text())
-        sources = {"train": _train_kpis(run)}
+        sources = _train_kpis(run)
         trained = [r for r in _eval_records(run / EVAL_FILE) if r["policy_kind"] != "baseline"]
         if trained:
             sources["evaluate"] = {m: _num(trained[0][m]) for m in METRICS}
@@ -127,6 +136,7 @@ def build_report(grid: SweepGrid, runs: dict[Cell, Path | None], meta: dict[str,
         "ci": CI_TEXT,
         "sources": {
             "train": "summary.json: best policy on the held-out windows, exact arrivals, vs static-max",
+            "train <category>": "the same on a fleet's other validation category (summary.json held_out_categories)",
             "evaluate": "greenrl.evaluate: mean over bootstrapped held-out samples, paired with static-max",
         },
         "missing_cells": missing,

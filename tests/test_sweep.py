@@ -199,6 +199,34 @@ def test_a_fleet_is_a_sweep_scenario_with_its_agent_files_slo_weight(tmp_path: P
     assert _default_slo_weight(fleet_cell) == agent_config("maskable_ppo", "fleet-default")["slo_weight"]
 
 
+def _fleet_run(folder: Path, saving: float, small_saving: float) -> Path:
+    """A finished fleet run's files as the report reads them: summary.json and the controller's manifest."""
+    (folder / "controller").mkdir(parents=True)
+    (folder / "controller" / "controller.json").write_text(json.dumps({"policy": {"sha256": "0" * 64}}))
+
+    def held_out(value: float) -> dict:  # type: ignore[type-arg]
+        figures = {"energy_kwh": 1.0, "slo_attainment": 0.995, "missed": 1}
+        return {"energy_saving_vs_static_max": value, "slo_attainment_delta": -0.001, "eval_trained": figures}
+
+    summary = held_out(saving) | {"held_out_categories": {"language/m-small": held_out(small_saving)}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_a_fleet_report_has_a_row_for_each_held_out_category(tmp_path: Path) -> None:
+    from greenrl.sweep_report import build_report
+
+    grid = parse_grid("fleet-mixed", "0-1", None, "maskable_ppo", None, tmp_path)
+    savings = {0: (0.40, 0.30), 1: (0.50, 0.34)}
+    runs = {c: _fleet_run(tmp_path / f"s{c.seed}", *savings[c.seed]) for c in grid.cells}
+    report = build_report(grid, runs, {})
+    rows = {r["source"]: r for r in report["rows"]}
+    assert set(rows) == {"train", "train language/m-small"}
+    assert rows["train"]["saving_vs_static_max"] == pytest.approx(0.45)
+    assert rows["train language/m-small"]["saving_vs_static_max"] == pytest.approx(0.32)
+    assert rows["train language/m-small"]["n"] == 2 and "train <category>" in report["meta"]["sources"]
+
+
 def test_unreachable_ray_address_fails_fast_and_writes_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
