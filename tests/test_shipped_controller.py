@@ -37,13 +37,17 @@ def test_shipped_controller_reproduces_its_evaluation(manifest: Path) -> None:
 
 @pytest.mark.parametrize("manifest", FLEET, ids=[str(p.parent) for p in FLEET])
 def test_shipped_fleet_controller_reproduces_its_validation_days(manifest: Path) -> None:
-    """The numpy controller replays the validation days (10-11) as the trained model measured them."""
+    """The numpy controller replays the validation days (10-11) of every validation category as the trained
+    model measured them."""
     from greenrl.fleet import load_fleet
     from greenrl.fleet.learn import load_learned
-    from greenrl.fleet.selection import evaluate_days
+    from greenrl.fleet.selection import validate_policy
 
     info = json.loads(manifest.read_text())
-    row = evaluate_days(load_fleet(info["fleet"]), load_learned(manifest.parent), "val")
+    row = validate_policy(load_fleet(info["fleet"]), load_learned(manifest.parent), info["slo_weight"])
     recorded = info["validation"]["selected"]
     assert row["missed"] == recorded["missed"]
     assert row["energy_kwh"] == pytest.approx(recorded["energy_kwh"], rel=1e-6)
+    assert row["score"] == pytest.approx(recorded["score"], rel=1e-6)
+    for category, figures in recorded.get("categories", {}).items():
+        assert row["categories"][category]["missed"] == figures["missed"]
