@@ -4,6 +4,7 @@ import http.server
 import json
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,33 @@ from greenrl.surrogate import Surrogate
 @pytest.fixture(scope="session")
 def surrogate() -> Surrogate:
     return Surrogate()
+
+
+@pytest.fixture(scope="session")
+def train_tiny_fleet() -> Callable[[str, Path], Path]:
+    """Trains ``fleet`` (``default``, ``mixed``) with a few hundred steps of its centralized recipe: the run.
+
+    The warm start by the planner, DAgger and PPO all run; validation and held-out days are their first 15
+    minutes (every reported figure of a real run is whole days).
+    """
+
+    def train(fleet: str, out: Path) -> Path:
+        from greenrl.fleet.learn import train_fleet
+        from greenrl.train import agent_config
+
+        cfg = agent_config("maskable_ppo", f"fleet-{fleet}") | {
+            "total_timesteps": 128,
+            "n_envs": 2,
+            "n_steps": 32,
+            "batch_size": 32,
+            "warm_start_episodes": 2,
+            "warm_start_epochs": 5,
+            "val_duration_s": 900.0,
+            "episode_s": 1800.0,
+        }
+        return train_fleet(fleet, cfg, out=out)
+
+    return train
 
 
 @pytest.fixture(scope="module")

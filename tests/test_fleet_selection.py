@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +51,9 @@ def test_the_ship_verdict_checks_every_category_on_its_own() -> None:
 
 
 @pytest.fixture(scope="module")
-def mixed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mixed_run(tmp_path_factory: pytest.TempPathFactory, train_tiny_fleet: Callable[[str, Path], Path]) -> Path:
     """A few hundred steps of the two-category recipe, validated on 15 minutes of each category's days."""
-    from greenrl.fleet.learn import train_fleet
-    from greenrl.train import agent_config
-
-    cfg = agent_config("maskable_ppo", "fleet-mixed") | {
-        "total_timesteps": 128,
-        "n_envs": 2,
-        "n_steps": 32,
-        "batch_size": 32,
-        "warm_start_episodes": 2,
-        "warm_start_epochs": 5,
-        "val_duration_s": 900.0,
-        "episode_s": 1800.0,
-    }
-    return train_fleet("mixed", cfg, out=tmp_path_factory.mktemp("runs"))
+    return train_tiny_fleet("mixed", tmp_path_factory.mktemp("runs"))
 
 
 def test_a_run_validates_on_every_category_and_keeps_every_validated_model(mixed_run: Path) -> None:

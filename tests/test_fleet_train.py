@@ -54,22 +54,9 @@ def test_the_codec_maps_a_plan_to_the_env_action_and_back(fleet) -> None:  # typ
 
 
 @pytest.fixture(scope="module")
-def controller(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+def controller(tmp_path_factory, train_tiny_fleet) -> Path:  # type: ignore[no-untyped-def]
     """A few hundred steps of the fleet recipe (warm start by the planner, DAgger, PPO), exported."""
-    from greenrl.fleet.learn import train_fleet
-    from greenrl.train import agent_config
-
-    cfg = agent_config("maskable_ppo", "fleet-default") | {
-        "total_timesteps": 128,
-        "n_envs": 2,
-        "n_steps": 32,
-        "batch_size": 32,
-        "warm_start_episodes": 2,
-        "warm_start_epochs": 5,
-        "val_duration_s": 900.0,  # the first 15 minutes of each validation and held-out day
-        "episode_s": 1800.0,
-    }
-    run = train_fleet("default", cfg, out=tmp_path_factory.mktemp("runs"))
+    run = train_tiny_fleet("default", tmp_path_factory.mktemp("runs"))
     assert (run / "warm_start.json").is_file() and (run / "summary.json").is_file()
     return run / "controller"
 
