@@ -218,3 +218,19 @@ def test_a_shared_run_resumes_from_its_checkpoint(tiny_run: Path, tmp_path: Path
     summary = json.loads((run / "summary.json").read_text())
     assert summary["timesteps"] == 512 and summary["fleet_decisions"] == 128
     assert (run / "warm_start.json").read_bytes() == warm  # the warm start is not repeated
+
+
+def test_a_shared_run_is_reselected_with_its_own_recipe(tiny_run: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from greenrl.fleet.reselect import candidates, reselect
+    from greenrl.policy import load_controller
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert list(candidates(run)) == ["checkpoint"]  # no validation: the last model alone
+    summary = reselect(run, duration_s=300.0)
+    assert summary["selected_candidate"] == "checkpoint" and summary["selected"]["timesteps"] == summary["timesteps"]
+    assert load_controller(run / "reselect" / "controller").manifest["kind"] == "fleet-node"
+    assert json.loads((run / "reselect" / "summary.json").read_text())["shippable"] == summary["shippable"]
