@@ -170,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
                 "--category", "category", f"unknown ServeGen category {args.category!r}", f"use one of {categories}"
             )
         config = config.with_category(args.category)
-    windows = args.windows if args.windows is not None else list(range(len(config.scenario.workload.eval_windows_s)))
     if args.days is not None:
         loads = [(day, fleet_load_on_day(config, day, args.duration_s)) for day in args.days]
     else:
+        windows = args.windows if args.windows is not None else range(len(config.scenario.workload.eval_windows_s))
         loads = [(held_out_day_number(config, w), fleet_day(config, w, args.duration_s)) for w in windows]
     sim = FleetSim(config)
     policies: list[FleetPolicy] = []

@@ -87,7 +87,7 @@ def reselect(run: Path, ship: bool = False, duration_s: float | None = None) -> 
         "rule": "mean validation day_score over " + ", ".join(config.workload.validation_categories),
         "candidates": rows,
         "selected_candidate": chosen,
-        "timesteps": int(json.loads((run / "checkpoint" / "state.json").read_text())["timesteps"]),
+        "timesteps": _timesteps(run, "checkpoint"),
     }
     summary |= held_out_report(config, selected, as_policy(models[chosen]), slo_weight, duration_s)
     out = run / "reselect"

@@ -100,12 +100,11 @@ def ship_verdict(selected: dict[str, Any], planner: dict[str, Any]) -> tuple[boo
     when the entries carry ``categories``. The held-out days never decide it.
     """
     if "categories" in selected:
-        for category, figures in selected["categories"].items():
-            ok, reason = _verdict(figures, planner["categories"][category])
-            if not ok:
-                return False, f"{category}: {reason}"
-        reasons = (f"{c}: {_verdict(f, planner['categories'][c])[1]}" for c, f in selected["categories"].items())
-        return True, "; ".join(reasons)
+        verdicts = {c: _verdict(f, planner["categories"][c]) for c, f in selected["categories"].items()}
+        failed = [f"{c}: {reason}" for c, (ok, reason) in verdicts.items() if not ok]
+        if failed:
+            return False, failed[0]
+        return True, "; ".join(f"{c}: {reason}" for c, (_, reason) in verdicts.items())
     return _verdict(selected, planner)
 
 
