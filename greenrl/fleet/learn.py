@@ -9,7 +9,8 @@ end (the loop is ``greenrl.fleet.trainer``'s, the selection ``greenrl.fleet.sele
 ``LearnedFleet`` plays an exported controller (or an SB3 model) as a ``FleetPolicy``, so
 ``python -m greenrl.fleet.evaluate`` ranks it with the baselines.
 
-Public names: FleetTeacher, LearnedFleet, GuardedFleet, collect_fleet_demonstrations, load_learned, train_fleet.
+Public names: FleetTeacher, LearnedFleet, GuardedFleet, central_player, collect_fleet_demonstrations, load_learned,
+train_fleet.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ import numpy.typing as npt
 
 from greenrl.errors import InputError
 from greenrl.fleet.cluster import FleetAction, FleetSim, FleetSnapshot
-from greenrl.fleet.config import load_fleet
+from greenrl.fleet.config import FleetConfig, load_fleet
 from greenrl.fleet.env import FleetCodec, FleetEnv
 from greenrl.fleet.policies import FleetPolicy, make_policy
-from greenrl.fleet.trainer import FleetRecipe, train_fleet_loop
+from greenrl.fleet.trainer import FleetPlayer, FleetRecipe, train_fleet_loop
 from greenrl.imitation import Demonstrations
 
 __all__ = [
     "FleetTeacher",
     "GuardedFleet",
     "LearnedFleet",
+    "central_player",
     "collect_fleet_demonstrations",
     "load_learned",
     "train_fleet",
@@ -197,6 +199,11 @@ def load_learned(path: str | Path, name: str | None = None) -> Any:
     return LearnedFleet(controller, name or "learned")
 
 
+def central_player(config: FleetConfig) -> FleetPlayer:
+    """How a centralized model plays ``config``: ``LearnedFleet``, exported against ``FleetEnv``."""
+    return FleetPlayer(f"fleet-{config.name}", LearnedFleet, lambda: FleetEnv(config.path, "eval"))
+
+
 def train_fleet(
     fleet: str,
     cfg: dict[str, Any],
@@ -245,10 +252,8 @@ def train_fleet(
         return collect_fleet_demonstrations(config.path, teacher, episodes, base_seed, student, slo_weight, window_s)
 
     recipe = FleetRecipe(
-        folder=f"fleet-{config.name}",
+        player=central_player(config),
         training_envs=lambda n: DummyVecEnv([factory for _ in range(n)]),
         collect=collect,
-        as_policy=LearnedFleet,
-        probe=lambda: FleetEnv(config.path, "eval"),
     )
     return train_fleet_loop(config, cfg, agent, seed, out, recipe, progress_bar, argv, resume, ship).run

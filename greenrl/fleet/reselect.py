@@ -61,7 +61,7 @@ def reselect(run: Path, ship: bool = False, duration_s: float | None = None) -> 
     from sb3_contrib import MaskablePPO
 
     from greenrl.fleet.selection import held_out_report, validate_policy
-    from greenrl.fleet.train_entry import recorded_fleet_run
+    from greenrl.fleet.train_entry import fleet_player, recorded_fleet_run
     from greenrl.fleet.trainer import export_selection
     from greenrl.trust import check_pickle
 
@@ -69,14 +69,14 @@ def reselect(run: Path, ship: bool = False, duration_s: float | None = None) -> 
     recorded, config = recorded_fleet_run(run)
     agent, seed, cfg = str(recorded["agent"]), int(recorded["seed"]), dict(recorded["hyperparameters"])
     slo_weight = float(cfg.get("slo_weight", 100.0))
-    as_policy, probe, folder = _recipe(agent, config.path, config.name)
+    player = fleet_player(agent, config)
     rows: list[dict[str, Any]] = []
     models: dict[str, Any] = {}
     for name, path in candidates(run).items():
         check_pickle(path, where="RUN")
         models[name] = MaskablePPO.load(path, device="cpu")
         row: dict[str, Any] = {"candidate": name, "timesteps": _timesteps(run, name)}
-        row |= validate_policy(config, as_policy(models[name]), slo_weight, duration_s)
+        row |= validate_policy(config, player.as_policy(models[name]), slo_weight, duration_s)
         logger.info("%s: score %.2f, attainment %.4f", name, row["score"], row["slo_attainment"])
         rows.append(row)
     best = max(rows, key=lambda r: float(r["score"]))  # the first of equal scores: the earliest model
@@ -89,25 +89,13 @@ def reselect(run: Path, ship: bool = False, duration_s: float | None = None) -> 
         "selected_candidate": chosen,
         "timesteps": _timesteps(run, "checkpoint"),
     }
-    summary |= held_out_report(config, selected, as_policy(models[chosen]), slo_weight, duration_s)
+    summary |= held_out_report(config, selected, player.as_policy(models[chosen]), slo_weight, duration_s)
     out = run / "reselect"
     out.mkdir(exist_ok=True)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
-    ship_to = Path("checkpoints") / folder / f"{agent}_s{seed}" if ship else None
-    export_selection(models[chosen], probe(), out / "controller", ship_to, summary, cfg, agent, seed)
+    ship_to = Path("checkpoints") / player.folder / f"{agent}_s{seed}" if ship else None
+    export_selection(models[chosen], player.probe(), out / "controller", ship_to, summary, cfg, agent, seed)
     return summary
-
-
-def _recipe(agent: str, fleet_path: str, fleet_name: str) -> tuple[Any, Any, str]:
-    """How ``agent``'s models play a fleet, the env that describes its exported controller, its checkpoints folder."""
-    if agent == "maskable_ppo_shared":
-        from greenrl.fleet.shared import NodeFleetEnv, SharedNodeFleet
-
-        return SharedNodeFleet, lambda: NodeFleetEnv(fleet_path, "eval"), f"fleet-{fleet_name}-shared"
-    from greenrl.fleet.env import FleetEnv
-    from greenrl.fleet.learn import LearnedFleet
-
-    return LearnedFleet, lambda: FleetEnv(fleet_path, "eval"), f"fleet-{fleet_name}"
 
 
 @exit_on_input_error

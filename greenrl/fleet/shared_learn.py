@@ -9,7 +9,7 @@ selection, checkpoints and ``--resume``, the held-out days once at the end). ``n
 timesteps is the same simulated fleet time. The selected model is exported as a ``fleet-node`` controller
 (every node runs it on its own observation; ``greenrl.fleet.learn.load_learned`` plays it).
 
-Public names: collect_shared_demonstrations, train_shared_fleet.
+Public names: collect_shared_demonstrations, shared_player, train_shared_fleet.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import numpy as np
 import numpy.typing as npt
 
 from greenrl.errors import InputError
-from greenrl.fleet.config import load_fleet
+from greenrl.fleet.config import FleetConfig, load_fleet
 from greenrl.fleet.learn import FleetTeacher
 from greenrl.fleet.shared import NodeFleetEnv, SharedFleetVecEnv, SharedNodeFleet
-from greenrl.fleet.trainer import FleetRecipe, train_fleet_loop
+from greenrl.fleet.trainer import FleetPlayer, FleetRecipe, train_fleet_loop
 from greenrl.imitation import Demonstrations
 
-__all__ = ["collect_shared_demonstrations", "train_shared_fleet"]
+__all__ = ["collect_shared_demonstrations", "shared_player", "train_shared_fleet"]
 
 
 def collect_shared_demonstrations(
@@ -81,6 +81,11 @@ def collect_shared_demonstrations(
     )
 
 
+def shared_player(config: FleetConfig) -> FleetPlayer:
+    """How a shared node model plays ``config``: ``SharedNodeFleet``, exported against ``NodeFleetEnv``."""
+    return FleetPlayer(f"fleet-{config.name}-shared", SharedNodeFleet, lambda: NodeFleetEnv(config.path, "eval"))
+
+
 def train_shared_fleet(
     fleet: str,
     cfg: dict[str, Any],
@@ -127,11 +132,9 @@ def train_shared_fleet(
         return collect_shared_demonstrations(config.path, teacher, episodes, base_seed, student, slo_weight, window_s)
 
     recipe = FleetRecipe(
-        folder=f"fleet-{config.name}-shared",
+        player=shared_player(config),
         training_envs=fleets,
         collect=collect,
-        as_policy=SharedNodeFleet,
-        probe=lambda: NodeFleetEnv(config.path, "eval"),
         summary_extra=lambda steps: {"fleet_decisions": steps // config.nodes},
     )
     return train_fleet_loop(config, cfg, agent, seed, out, recipe, progress_bar, argv, resume, ship).run

@@ -5,7 +5,7 @@ then the centralized controller (``greenrl.fleet.learn``, ``--agent maskable_ppo
 every node (``greenrl.fleet.shared_learn``, ``--agent maskable_ppo_shared``); a fleet run folder resumes
 with its recorded fleet, agent, seed and hyperparameters.
 
-Public names: train_fleet_scenario, recorded_fleet_run.
+Public names: train_fleet_scenario, recorded_fleet_run, fleet_player.
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ from greenrl.train_resume import check_checkpoint, check_resume_flags
 
 if TYPE_CHECKING:
     from greenrl.fleet.config import FleetConfig
+    from greenrl.fleet.trainer import FleetPlayer
 
-__all__ = ["recorded_fleet_run", "train_fleet_scenario"]
+__all__ = ["fleet_player", "recorded_fleet_run", "train_fleet_scenario"]
+
+SHARED_AGENT = "maskable_ppo_shared"
+"""The agent whose runs train one policy shared by every node (``greenrl.fleet.shared_learn``)."""
 
 
 def train_fleet_scenario(
@@ -63,7 +67,7 @@ def train_fleet_scenario(
     if slo_weight is not None:
         cfg["slo_weight"] = float(slo_weight)
     fleet = str(scenario_name).removeprefix("fleet-")
-    if agent == "maskable_ppo_shared":
+    if agent == SHARED_AGENT:
         from greenrl.fleet.shared_learn import train_shared_fleet
 
         return train_shared_fleet(fleet, cfg, agent, seed or 0, out, progress_bar, argv, ship=ship)
@@ -109,11 +113,22 @@ def _resume(
     if n_envs is not None:
         cfg["n_envs"] = n_envs
     fleet, agent_name, seed_value = str(recorded["fleet_file"]), str(recorded["agent"]), int(recorded["seed"])
-    if agent_name == "maskable_ppo_shared":
+    if agent_name == SHARED_AGENT:
         from greenrl.fleet.shared_learn import train_shared_fleet
 
         return train_shared_fleet(fleet, cfg, agent_name, seed_value, run.parent, progress_bar, resume=run, ship=ship)
     return train_fleet(fleet, cfg, agent_name, seed_value, run.parent, ship, progress_bar, resume=run)
+
+
+def fleet_player(agent: str, config: FleetConfig) -> FleetPlayer:
+    """How ``agent``'s models play ``config`` (its trainer module's ``FleetPlayer``)."""
+    if agent == SHARED_AGENT:
+        from greenrl.fleet.shared_learn import shared_player
+
+        return shared_player(config)
+    from greenrl.fleet.learn import central_player
+
+    return central_player(config)
 
 
 def recorded_fleet_run(run: Path) -> tuple[dict[str, Any], FleetConfig]:

@@ -10,7 +10,7 @@ validation and on Ctrl-C (what ``greenrl.train --resume`` continues from), every
 ``snapshots/<timesteps>/model.zip`` (what ``greenrl.fleet.reselect`` chooses among), the held-out days at the end,
 and summary.json.
 
-Public names: FleetRecipe, TrainedFleet, train_fleet_loop, export_selection.
+Public names: FleetPlayer, FleetRecipe, TrainedFleet, train_fleet_loop, export_selection.
 """
 
 from __future__ import annotations
@@ -35,9 +35,25 @@ from greenrl.imitation import Demonstrations
 from greenrl.ioutil import atomic_write_text
 from greenrl.train_setup import build_model, warm_start
 
-__all__ = ["FleetRecipe", "TrainedFleet", "export_selection", "train_fleet_loop"]
+__all__ = ["FleetPlayer", "FleetRecipe", "TrainedFleet", "export_selection", "train_fleet_loop"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FleetPlayer:
+    """How one agent's models play a fleet, for training and for a finished run (``greenrl.fleet.reselect``).
+
+    Attributes:
+        folder: the run folder's parent under ``out``, and the shipped controllers' folder under
+            ``checkpoints/`` (``fleet-default``, ``fleet-default-shared``).
+        as_policy: a model as a ``FleetPolicy`` that plays the validation and held-out days.
+        probe: an evaluation env whose ``controller_manifest`` describes the exported controller.
+    """
+
+    folder: str
+    as_policy: Callable[[Any], Any]
+    probe: Callable[[], Any]
 
 
 @dataclass(frozen=True)
@@ -45,20 +61,16 @@ class FleetRecipe:
     """What a fleet trainer brings to the loop.
 
     Attributes:
-        folder: the run folder's parent under ``out`` (``fleet-default``, ``fleet-default-shared``).
+        player: how its models play a fleet (``greenrl.fleet.learn.central_player``, ``shared_player``).
         training_envs: the ``n_envs`` training fleets as one SB3 ``VecEnv`` (the loop adds the monitor and
             the reward normalization).
         collect: ``(episodes, base_seed, student) -> Demonstrations`` labelled by the ``warm_start`` teacher.
-        as_policy: a model as a ``FleetPolicy`` that plays the validation and held-out days.
-        probe: an evaluation env whose ``controller_manifest`` describes the exported controller.
         summary_extra: keys added to summary.json, from the trained timesteps.
     """
 
-    folder: str
+    player: FleetPlayer
     training_envs: Callable[[int], Any]
     collect: Callable[[int, int, Any], Demonstrations]
-    as_policy: Callable[[Any], Any]
-    probe: Callable[[], Any]
     summary_extra: Callable[[int], dict[str, Any]] = field(default=lambda _: {})
 
 
@@ -100,7 +112,7 @@ def train_fleet_loop(
     """Train (or continue ``resume``, whose files the caller checked) with MaskablePPO; see the module doc.
 
     The selected model is exported to ``<run>/controller`` (``greenrl.policy.export_controller``) and, with
-    ``ship`` and a passing ``ship_verdict``, to ``checkpoints/<recipe.folder>/<agent>_s<seed>``.
+    ``ship`` and a passing ``ship_verdict``, to ``checkpoints/<player.folder>/<agent>_s<seed>``.
 
     ``cfg`` keys beyond PPO's: ``slo_weight``, ``warm_start`` (a fleet baseline, or ``none``),
     ``eval_every_steps``, ``val_episodes`` (0: no validation or held-out days, a smoke test) and
@@ -116,7 +128,8 @@ def train_fleet_loop(
     Distribution.set_default_validate_args(False)
     slo_weight = float(cfg.get("slo_weight", 100.0))
     val_duration_s = float(cfg["val_duration_s"]) if "val_duration_s" in cfg else None
-    run = Path(resume) if resume is not None else _new_run(config, cfg, agent, seed, Path(out) / recipe.folder, argv)
+    player = recipe.player
+    run = Path(resume) if resume is not None else _new_run(config, cfg, agent, seed, Path(out) / player.folder, argv)
     started = time.perf_counter()
     monitored = VecMonitor(recipe.training_envs(int(cfg["n_envs"])))
     monitored.seed(seed)
@@ -145,7 +158,7 @@ def train_fleet_loop(
         atomic_write_text(run / "checkpoint" / "state.json", json.dumps(state, default=float) + "\n")
 
     def validate(steps: int) -> None:
-        entry = {"timesteps": steps} | validate_policy(config, recipe.as_policy(model), slo_weight, val_duration_s)
+        entry = {"timesteps": steps} | validate_policy(config, player.as_policy(model), slo_weight, val_duration_s)
         per_category = entry.get("categories", {})
         attainments = ", ".join(f"{c} {100 * f['slo_attainment']:.2f}%" for c, f in per_category.items())
         print(
@@ -209,13 +222,13 @@ def train_fleet_loop(
     if validating:
         best_model = MaskablePPO.load(run / "best" / "model.zip", device="cpu")
         selected = max(evals, key=lambda e: e["score"])  # the first of equal scores, as saved
-        summary |= held_out_report(config, selected, recipe.as_policy(best_model), slo_weight, val_duration_s)
+        summary |= held_out_report(config, selected, player.as_policy(best_model), slo_weight, val_duration_s)
     else:
         summary |= {"shippable": False, "ship_verdict": "not validated (val_episodes 0)"}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     atomic_write_text(run / "summary.json", json.dumps(summary, indent=1, default=float) + "\n")
-    ship_to = Path("checkpoints") / recipe.folder / f"{agent}_s{seed}" if ship else None
-    export_selection(best_model, recipe.probe(), run / "controller", ship_to, summary, cfg, agent, seed)
+    ship_to = Path("checkpoints") / player.folder / f"{agent}_s{seed}" if ship else None
+    export_selection(best_model, player.probe(), run / "controller", ship_to, summary, cfg, agent, seed)
     print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=1, default=float), flush=True)
     return TrainedFleet(run, best_model, summary)
 
