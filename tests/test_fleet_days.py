@@ -41,3 +41,21 @@ def test_the_evaluator_plays_named_days(capsys) -> None:  # type: ignore[no-unty
     with pytest.raises(SystemExit):  # one or the other
         main(["--days", "10", "--windows", "0", "--policies", "static-max"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_the_evaluator_scales_an_unseen_category_to_another_rate(capsys) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.evaluate import main
+
+    args = ["--category", "reason/deepseek-r1", "--days", "0", "--duration-s", "600", "--policies", "static-max"]
+    rows = {}
+    for rate in ("3", "6"):
+        assert main([*args, "--mean-rps", rate, "--json"]) == 0
+        rows[rate] = json.loads(capsys.readouterr().out)[0]
+    light = load_fleet("default").with_category("reason/deepseek-r1", 3.0)
+    assert light.workload.mean_rps == 3.0
+    assert rows["3"]["requests"] == len(fleet_load_on_day(light, 0, 600.0).arrival_s)
+    assert 1.6 < rows["6"]["requests"] / rows["3"]["requests"] < 2.4  # the same clients at twice the rate
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            main([*args, "--mean-rps", bad])
+        assert "--mean-rps" in capsys.readouterr().err

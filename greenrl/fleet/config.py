@@ -140,12 +140,14 @@ class FleetConfig:
         """The pool index of each node at reset: pool 0's nodes first."""
         return tuple(i for i, p in enumerate(self.pools) for _ in range(p.nodes))
 
-    def with_category(self, category: str) -> FleetConfig:
-        """This fleet with ``category`` as the load of its validation and held-out days, at the same mean rate.
+    def with_category(self, category: str, mean_rps: float | None = None) -> FleetConfig:
+        """This fleet with ``category`` as the load of its validation and held-out days.
 
-        The caller checks the name (``greenrl.workload.servegen_categories``).
+        At the same mean rate, or at ``mean_rps`` (requests/s over the category's training days, > 0). The
+        caller checks the name (``greenrl.workload.servegen_categories``) and the rate.
         """
-        return replace(self, workload=replace(self.workload, category=category))
+        rate = self.workload.mean_rps if mean_rps is None else float(mean_rps)
+        return replace(self, workload=replace(self.workload, category=category, mean_rps=rate))
 
 
 def fleets_dir() -> Path:

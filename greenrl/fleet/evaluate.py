@@ -3,8 +3,9 @@
 Run: ``python -m greenrl.fleet.evaluate --fleet default --policies static-max autoscaler planner oracle`` (the
 node scenario's held-out days, each whole; prints a markdown table and, with ``--json``, one JSON object);
 ``--checkpoint checkpoints/fleet-default/maskable_ppo_s0`` adds a learned controller, ``--category
-language/m-small`` replaces the load with a ServeGen category at the same mean rate, ``--days 10 11`` plays
-other ServeGen days instead of the held-out ones (``greenrl.fleet.days.fleet_load_on_day``).
+language/m-small`` replaces the load with a ServeGen category at the same mean rate (``--mean-rps 2`` at
+another), ``--days 10 11`` plays other ServeGen days instead of the held-out ones
+(``greenrl.fleet.days.fleet_load_on_day``).
 
 Public names: plot_timelines, plot_pareto, seed_summary, main (the days: ``greenrl.fleet.days``; one policy
 over one day: ``greenrl.fleet.rollout``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -160,16 +162,24 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="replace the fleet's ServeGen category (e.g. language/m-small, never trained on), same mean rate",
     )
+    p.add_argument(
+        "--mean-rps",
+        type=float,
+        default=None,
+        help="scale the load to this mean rate (requests/s; default: the fleet file's), e.g. a lighter unseen category",
+    )
     p.add_argument("--duration-s", type=float, default=None, help="only each day's first seconds (default: whole)")
     args = p.parse_args(argv)
     config = load_fleet(args.fleet)
-    if args.category is not None:
+    if args.category is not None or args.mean_rps is not None:
         categories = servegen_categories()
-        if args.category not in categories:
+        if args.category is not None and args.category not in categories:
             raise InputError(
                 "--category", "category", f"unknown ServeGen category {args.category!r}", f"use one of {categories}"
             )
-        config = config.with_category(args.category)
+        if args.mean_rps is not None and not (math.isfinite(args.mean_rps) and args.mean_rps > 0):
+            raise InputError("--mean-rps", "mean_rps", f"must be a positive rate, got {args.mean_rps}", "e.g. 2.0")
+        config = config.with_category(args.category or config.workload.category, args.mean_rps)
     if args.days is not None:
         loads = [(day, fleet_load_on_day(config, day, args.duration_s)) for day in args.days]
     else:
