@@ -5,7 +5,8 @@ the learned controller's attainment, not only at its own default point. Two step
 
 1. ``--windows 0 --out grid12.json``: play ``PlannerFleet(headroom_frac=h, margin_frac=m)`` over a grid of
    its capacity headroom and forecast margin on held-out windows (``greenrl.fleet.days.fleet_day``;
-   ``--category`` for another ServeGen load), with static-max, and keep each day's frontier (no grid point
+   ``--category`` for another ServeGen load, ``--mean-rps`` at another rate, ``--days 0`` on other ServeGen days
+   than the held-out ones), with static-max, and keep each day's frontier (no grid point
    with less energy and higher attainment). One window per process runs them side by side.
 2. ``--planner-grid grid12.json --planner-grid grid13.json --rows docs/results/fleet_m-large.json``: for
    every learned row of ``greenrl.fleet.evaluate --save`` (policy ``learned...``), the planner's least
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet import FleetConfig, FleetSim, load_fleet
-from greenrl.fleet.days import fleet_day, held_out_day_number
+from greenrl.fleet.days import fleet_day, fleet_load_on_day, held_out_day_number
 from greenrl.fleet.evaluate import plot_pareto
 from greenrl.fleet.frontier import cheapest_reaching, frontier, next_knobs, tune_to_attainment, versus_planner
 from greenrl.fleet.policies import PlannerFleet, make_policy
@@ -53,7 +56,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--fleet", default="default")
     p.add_argument("--category", default=None, help="another ServeGen category at the fleet's mean rate")
-    p.add_argument("--windows", type=int, nargs="+", default=None, help="held-out windows (default: all)")
+    p.add_argument("--mean-rps", type=float, default=None, help="the load's mean rate instead (requests/s)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--windows", type=int, nargs="+", default=None, help="held-out windows (default: all)")
+    which.add_argument("--days", type=int, nargs="+", default=None, help="ServeGen days instead (as fleet.evaluate's)")
     headroom = "0.2,0.35,0.5,0.65,0.75,0.8,0.825,0.85,0.875,0.9"  # finer near the learned controllers' attainment
     p.add_argument("--headroom", default=headroom, help="comma-separated headroom_frac values")
     p.add_argument("--margin", default="0.2,1.0", help="comma-separated margin_frac values")
@@ -86,21 +92,25 @@ def main() -> None:
     print(text)
 
 
-def _fleet(args: argparse.Namespace) -> tuple[FleetConfig, FleetSim, list[int]]:
+def _fleet(args: argparse.Namespace) -> tuple[FleetConfig, FleetSim, list[tuple[int, Callable[[], Trace]]]]:
+    """The fleet with the command line's load, its simulator, and (day, its trace) per day asked for."""
     config = load_fleet(args.fleet)
-    if args.category:
-        config = config.with_category(args.category)
+    if args.category or args.mean_rps is not None:
+        if args.mean_rps is not None and not (math.isfinite(args.mean_rps) and args.mean_rps > 0):
+            raise InputError("--mean-rps", "mean_rps", f"must be a positive rate, got {args.mean_rps}", "e.g. 3.0")
+        config = config.with_category(args.category or config.workload.category, args.mean_rps)
+    if args.days is not None:
+        return config, FleetSim(config), [(d, partial(fleet_load_on_day, config, d)) for d in args.days]
     windows = args.windows or list(range(len(config.scenario.workload.eval_windows_s)))
-    return config, FleetSim(config), windows
+    return config, FleetSim(config), [(held_out_day_number(config, w), partial(fleet_day, config, w)) for w in windows]
 
 
 def _grid(args: argparse.Namespace) -> dict[str, Any]:
-    config, sim, windows = _fleet(args)
+    config, sim, loads = _fleet(args)
     grid = [(float(h), float(m)) for h in args.headroom.split(",") for m in args.margin.split(",")]
     days = []
-    for w in windows:
-        trace = fleet_day(config, w)
-        day = held_out_day_number(config, w)
+    for day, load in loads:
+        trace = load()
         static_max = run_policy(sim, make_policy("static-max"), trace)
         points = []
         for h, m in grid:
@@ -116,11 +126,11 @@ def _grid(args: argparse.Namespace) -> dict[str, Any]:
                 "planner_frontier": front,
             }
         )
-    return {"category": config.workload.category, "days": days}
+    return {"category": config.workload.category, "mean_rps": config.workload.mean_rps, "days": days}
 
 
 def _tune(args: argparse.Namespace) -> dict[str, Any]:
-    config, sim, windows = _fleet(args)
+    config, sim, loads = _fleet(args)
     if not args.rows or not args.planner_grid:
         raise SystemExit("--tune needs --rows (greenrl.fleet.evaluate --save) and --planner-grid (a step-1 grid)")
     grids: dict[int, dict[str, Any]] = {}
@@ -130,14 +140,17 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
             raise InputError(
                 path, "category", f"{saved['category']!r}, not {config.workload.category!r}", "pass --category"
             )
+        if saved.get("mean_rps", config.workload.mean_rps) != config.workload.mean_rps:
+            raise InputError(
+                path, "mean_rps", f"{saved['mean_rps']}, not {config.workload.mean_rps}", "pass the grid's --mean-rps"
+            )
         grids |= {d["day"]: d for d in saved["days"]}
     rows = json.loads(Path(args.rows).read_text())
     days = []
-    for w in windows:
-        day = held_out_day_number(config, w)
+    for day, load in loads:
         if day not in grids:
-            raise InputError("--planner-grid", "days", f"no grid for day {day}", f"run step 1 with --windows {w}")
-        trace = fleet_day(config, w)
+            raise InputError("--planner-grid", "days", f"no grid for day {day}", "run step 1 on that day first")
+        trace = load()
         points = [dict(p) for p in grids[day]["planner_grid"]]
         mine = sorted(
             (r for r in rows if r["day"] == day and r["policy"].startswith("learned")),
@@ -170,7 +183,7 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
                 "controllers": controllers,
             }
         )
-    return {"category": config.workload.category, "days": days}
+    return {"category": config.workload.category, "mean_rps": config.workload.mean_rps, "days": days}
 
 
 def _play(sim: FleetSim, trace: Trace, day: int, headroom_frac: float, margin_frac: float) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["SCENARIOS", "agents_dir", "checkpoints_dir", "scenarios_dir"]
 
-SCENARIOS = ("code", "day", "day-m-small", "default", "diurnal", "tiny")
+SCENARIOS = ("code", "day", "day-deepseek-r1", "day-m-small", "default", "diurnal", "tiny")
 """The scenarios that ship (file stems in ``envs/``); ``import greenrl`` registers these without reading them."""
 
 _PACKAGE = Path(__file__).resolve().parent
