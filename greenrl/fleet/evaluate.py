@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--category",
         default=None,
-        help="replace the fleet's ServeGen category (e.g. language/m-small, never trained on), same mean rate",
+        help="replace the fleet's ServeGen category (e.g. language/m-small), at the same mean rate unless --mean-rps",
     )
     p.add_argument(
         "--mean-rps",
