@@ -12,6 +12,7 @@ Public names: Trace, load_trace, trace_names.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -393,14 +394,16 @@ def _pick_column(
     )
 
 
-def _rows(mask: npt.NDArray[np.bool_]) -> tuple[int, int]:
-    """First bad 1-based data row and the number of bad rows."""
-    bad = np.flatnonzero(mask)
-    return int(bad[0]) + 1, len(bad)
+def _refuse_rows(where: str, col: str, bad: npt.NDArray[np.bool_], problem: Callable[[int], str], fix: str) -> None:
+    """One ``InputError`` naming the first bad 1-based data row (and how many more), if any row is bad.
 
-
-def _more(count: int) -> str:
-    return f" (and {count - 1} more row{'s' * (count != 2)})" if count > 1 else ""
+    ``problem(row)`` says what is wrong with that row's cell.
+    """
+    rows = np.flatnonzero(bad)
+    if len(rows):
+        row, count = int(rows[0]) + 1, len(rows)
+        more = f" (and {count - 1} more row{'s' * (count != 2)})" if count > 1 else ""
+        raise InputError(where, col, f"data row {row}{more}: {problem(row)}", fix)
 
 
 def _show(value: object) -> str:
@@ -417,39 +420,34 @@ def _parse_tokens(where: str, col: str, values: pd.Series) -> npt.NDArray[np.int
             return ints
     raw = values.to_numpy(dtype=object)
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    bad = ~np.isfinite(numbers)
-    if bad.any():
-        row, count = _rows(bad)
-        raise InputError(
-            where,
-            col,
-            f"data row {row}{_more(count)}: {_show(raw[row - 1])} is not a number",
-            "give every request a whole number of tokens >= 1",
-        )
-    bad = numbers != np.round(numbers)
-    if bad.any():
-        row, count = _rows(bad)
-        raise InputError(
-            where, col, f"data row {row}{_more(count)}: {raw[row - 1]!r} is not a whole number", "use integer tokens"
-        )
-    bad = numbers < 1
-    if bad.any():
-        row, count = _rows(bad)
-        raise InputError(
-            where,
-            col,
-            f"data row {row}{_more(count)}: {raw[row - 1]!r} tokens; counts must be >= 1",
-            "drop or fix requests with zero or negative lengths",
-        )
-    bad = numbers > MAX_TOKENS
-    if bad.any():
-        row, count = _rows(bad)
-        raise InputError(
-            where,
-            col,
-            f"data row {row}{_more(count)}: {raw[row - 1]!r} tokens is more than {MAX_TOKENS}",
-            "fix the count (a token count, not bytes or a timestamp?)",
-        )
+    _refuse_rows(
+        where,
+        col,
+        ~np.isfinite(numbers),
+        lambda r: f"{_show(raw[r - 1])} is not a number",
+        "give every request a whole number of tokens >= 1",
+    )
+    _refuse_rows(
+        where,
+        col,
+        numbers != np.round(numbers),
+        lambda r: f"{raw[r - 1]!r} is not a whole number",
+        "use integer tokens",
+    )
+    _refuse_rows(
+        where,
+        col,
+        numbers < 1,
+        lambda r: f"{raw[r - 1]!r} tokens; counts must be >= 1",
+        "drop or fix requests with zero or negative lengths",
+    )
+    _refuse_rows(
+        where,
+        col,
+        numbers > MAX_TOKENS,
+        lambda r: f"{raw[r - 1]!r} tokens is more than {MAX_TOKENS}",
+        "fix the count (a token count, not bytes or a timestamp?)",
+    )
     return numbers.astype(np.int64)
 
 
@@ -465,41 +463,32 @@ def _parse_times(where: str, col: str, values: pd.Series, unit: TimeUnit | None)
             unit = "s" if np.isfinite(numbers).mean() > 0.5 else "datetime"
     if unit == "datetime":
         stamps = pd.to_datetime(values, format="ISO8601", errors="coerce", utc=True)
-        bad = stamps.isna().to_numpy()
-        if bad.any():
-            row, count = _rows(bad)
-            raise InputError(
-                where,
-                col,
-                f"data row {row}{_more(count)}: {_show(raw[row - 1])} is not a date-time",
-                "use e.g. '2023-11-16 18:17:03.98', or numbers with time_unit='s' or 'ms'",
-            )
-        seconds = (stamps - stamps.iloc[0]).to_numpy(dtype="timedelta64[ns]").astype(np.int64) / 1e9
-    else:
-        bad = ~np.isfinite(numbers)
-        if bad.any():
-            row, count = _rows(bad)
-            raise InputError(
-                where,
-                col,
-                f"data row {row}{_more(count)}: {_show(raw[row - 1])} is not a number (time_unit {unit!r})",
-                f"give every request a numeric arrival time in {unit}, or pass time_unit='datetime'",
-            )
-        seconds = (numbers - numbers[0]) / (1000.0 if unit == "ms" else 1.0)
-        bad = ~np.isfinite(seconds)
-        if bad.any():
-            row, count = _rows(bad)
-            raise InputError(
-                where, col, f"data row {row}{_more(count)}: {raw[row - 1]!r} is out of range", "use times in seconds"
-            )
-    back = np.flatnonzero(np.diff(seconds) < 0)
-    if len(back):
-        row = int(back[0]) + 2
-        raise InputError(
+        _refuse_rows(
             where,
             col,
-            f"data row {row}{_more(len(back))}: time {raw[row - 1]!r} is earlier than row {row - 1}'s "
-            f"{raw[row - 2]!r} (timestamps go backwards)",
-            "sort the rows by arrival time",
+            stamps.isna().to_numpy(),
+            lambda r: f"{_show(raw[r - 1])} is not a date-time",
+            "use e.g. '2023-11-16 18:17:03.98', or numbers with time_unit='s' or 'ms'",
         )
+        seconds = (stamps - stamps.iloc[0]).to_numpy(dtype="timedelta64[ns]").astype(np.int64) / 1e9
+    else:
+        _refuse_rows(
+            where,
+            col,
+            ~np.isfinite(numbers),
+            lambda r: f"{_show(raw[r - 1])} is not a number (time_unit {unit!r})",
+            f"give every request a numeric arrival time in {unit}, or pass time_unit='datetime'",
+        )
+        seconds = (numbers - numbers[0]) / (1000.0 if unit == "ms" else 1.0)
+        _refuse_rows(
+            where, col, ~np.isfinite(seconds), lambda r: f"{raw[r - 1]!r} is out of range", "use times in seconds"
+        )
+    # a row earlier than the one before it: the mask's row r - 1 is data row r
+    _refuse_rows(
+        where,
+        col,
+        np.concatenate([[False], np.diff(seconds) < 0]),
+        lambda r: f"time {raw[r - 1]!r} is earlier than row {r - 1}'s {raw[r - 2]!r} (timestamps go backwards)",
+        "sort the rows by arrival time",
+    )
     return seconds
