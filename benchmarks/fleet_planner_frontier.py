@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 from collections.abc import Callable
 from functools import partial
@@ -39,9 +38,9 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from greenrl.errors import InputError, exit_on_input_error
-from greenrl.fleet import FleetConfig, FleetSim, load_fleet
+from greenrl.fleet import FleetConfig, FleetSim
 from greenrl.fleet.days import fleet_day, fleet_load_on_day, held_out_day_number
-from greenrl.fleet.evaluate import plot_pareto
+from greenrl.fleet.evaluate import fleet_under_load, plot_pareto
 from greenrl.fleet.frontier import cheapest_reaching, frontier, next_knobs, tune_to_attainment, versus_planner
 from greenrl.fleet.policies import PlannerFleet, make_policy
 from greenrl.fleet.rollout import run_policy
@@ -94,11 +93,7 @@ def main() -> None:
 
 def _fleet(args: argparse.Namespace) -> tuple[FleetConfig, FleetSim, list[tuple[int, Callable[[], Trace]]]]:
     """The fleet with the command line's load, its simulator, and (day, its trace) per day asked for."""
-    config = load_fleet(args.fleet)
-    if args.category or args.mean_rps is not None:
-        if args.mean_rps is not None and not (math.isfinite(args.mean_rps) and args.mean_rps > 0):
-            raise InputError("--mean-rps", "mean_rps", f"must be a positive rate, got {args.mean_rps}", "e.g. 3.0")
-        config = config.with_category(args.category or config.workload.category, args.mean_rps)
+    config = fleet_under_load(args.fleet, args.category, args.mean_rps)
     if args.days is not None:
         return config, FleetSim(config), [(d, partial(fleet_load_on_day, config, d)) for d in args.days]
     windows = args.windows or list(range(len(config.scenario.workload.eval_windows_s)))

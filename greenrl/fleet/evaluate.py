@@ -7,8 +7,8 @@ language/m-small`` replaces the load with a ServeGen category at the same mean r
 another), ``--days 10 11`` plays other ServeGen days instead of the held-out ones
 (``greenrl.fleet.days.fleet_load_on_day``).
 
-Public names: plot_timelines, plot_pareto, seed_summary, main (the days: ``greenrl.fleet.days``; one policy
-over one day: ``greenrl.fleet.rollout``).
+Public names: fleet_under_load, plot_timelines, plot_pareto, seed_summary, main (the days: ``greenrl.fleet.days``;
+one policy over one day: ``greenrl.fleet.rollout``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from greenrl.errors import InputError, exit_on_input_error
 from greenrl.fleet.cluster import FleetSim
-from greenrl.fleet.config import load_fleet
+from greenrl.fleet.config import FleetConfig, load_fleet
 from greenrl.fleet.days import fleet_day, fleet_load_on_day, held_out_day_number
 from greenrl.fleet.policies import FLEET_POLICIES, FleetPolicy, make_policy
 from greenrl.fleet.rollout import run_policy
@@ -34,7 +34,7 @@ from greenrl.workload import servegen_categories
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["main", "plot_pareto", "plot_timelines", "seed_summary"]
+__all__ = ["fleet_under_load", "main", "plot_pareto", "plot_timelines", "seed_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,24 @@ def plot_pareto(
     return fig
 
 
+def fleet_under_load(fleet: str, category: str | None, mean_rps: float | None) -> FleetConfig:
+    """The fleet file ``fleet`` with the command line's ``--category`` and ``--mean-rps`` (None: the file's).
+
+    Raises ``InputError`` naming the flag for an unknown category or a rate that is not positive.
+    """
+    config = load_fleet(fleet)
+    if category is None and mean_rps is None:
+        return config
+    categories = servegen_categories()
+    if category is not None and category not in categories:
+        raise InputError(
+            "--category", "category", f"unknown ServeGen category {category!r}", f"use one of {categories}"
+        )
+    if mean_rps is not None and not (math.isfinite(mean_rps) and mean_rps > 0):
+        raise InputError("--mean-rps", "mean_rps", f"must be a positive rate, got {mean_rps}", "e.g. 2.0")
+    return config.with_category(category or config.workload.category, mean_rps)
+
+
 @exit_on_input_error
 def main(argv: list[str] | None = None) -> int:
     """Evaluate fleet baselines on held-out days; print a markdown table."""
@@ -170,16 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--duration-s", type=float, default=None, help="only each day's first seconds (default: whole)")
     args = p.parse_args(argv)
-    config = load_fleet(args.fleet)
-    if args.category is not None or args.mean_rps is not None:
-        categories = servegen_categories()
-        if args.category is not None and args.category not in categories:
-            raise InputError(
-                "--category", "category", f"unknown ServeGen category {args.category!r}", f"use one of {categories}"
-            )
-        if args.mean_rps is not None and not (math.isfinite(args.mean_rps) and args.mean_rps > 0):
-            raise InputError("--mean-rps", "mean_rps", f"must be a positive rate, got {args.mean_rps}", "e.g. 2.0")
-        config = config.with_category(args.category or config.workload.category, args.mean_rps)
+    config = fleet_under_load(args.fleet, args.category, args.mean_rps)
     if args.days is not None:
         loads = [(day, fleet_load_on_day(config, day, args.duration_s)) for day in args.days]
     else:
