@@ -78,11 +78,18 @@ class FleetWorkload:
         category: the category of the held-out days (and of the validation days, with the training ones).
         mean_rps: mean arrival rate over the training days (requests/s); each category is scaled to it.
         train_categories: categories a training episode draws from, uniformly (empty: ``category`` alone).
+        train_output_scale: the range a training episode draws an output-length factor ``k`` from,
+            log-uniformly: every output x ``k`` (``Trace.scale_outputs``); ``(1, 1)``: the category's own lengths.
+            A synthetic spread of the load's shape toward long (reasoning) outputs, not a measurement.
+        train_output_rate_exponent: the episode's rate is divided by ``k ** exponent``, so its decode token
+            load grows as ``k ** (1 - exponent)`` and stays servable.
     """
 
     category: str = "language/m-large"
     mean_rps: float = 8.0
     train_categories: tuple[str, ...] = ()
+    train_output_scale: tuple[float, float] = (1.0, 1.0)
+    train_output_rate_exponent: float = 0.5
 
     @property
     def training_categories(self) -> tuple[str, ...]:
@@ -243,6 +250,25 @@ def _train_categories(where: str, raw: object) -> tuple[str, ...]:
     return tuple(raw)
 
 
+def _output_scale(where: str, raw: object) -> tuple[float, float]:
+    """``workload.train_output_scale``: ``[low, high]``, 0 < low <= high."""
+    values = raw if isinstance(raw, list) else []
+    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if (
+        len(values) != 2
+        or len(numbers) != 2
+        or not all(math.isfinite(v) and v > 0 for v in numbers)
+        or numbers[0] > numbers[1]
+    ):
+        raise InputError(
+            where,
+            "workload.train_output_scale",
+            f"expected [low, high] with 0 < low <= high, got {raw!r}",
+            "e.g. train_output_scale: [1.0, 9.0], or omit it for the category's own output lengths",
+        )
+    return numbers[0], numbers[1]
+
+
 def load_fleet(name_or_path: str) -> FleetConfig:
     """A fleet by name (a file in ``fleets_dir()``) or by path to a YAML file.
 
@@ -300,11 +326,25 @@ def load_fleet(name_or_path: str) -> FleetConfig:
             f"use at most {router.max_nodes} nodes, or split the fleet",
         )
     pools = _pools(where, raw.get("pools"), nodes)
-    w = _section(where, raw, "workload", ("category", "mean_rps", "train_categories"))
+    w = _section(
+        where,
+        raw,
+        "workload",
+        ("category", "mean_rps", "train_categories", "train_output_scale", "train_output_rate_exponent"),
+    )
+    exponent = _number(
+        where, "workload.train_output_rate_exponent", w.get("train_output_rate_exponent", 0.5), positive=False
+    )
+    if not 0.0 <= exponent <= 1.0:
+        raise InputError(
+            where, "workload.train_output_rate_exponent", f"{exponent:g} is outside [0, 1]", "use e.g. 0.5"
+        )
     workload = FleetWorkload(
         category=str(w.get("category", "language/m-large")),
         mean_rps=_number(where, "workload.mean_rps", w.get("mean_rps", 8.0)),
         train_categories=_train_categories(where, w.get("train_categories", [])),
+        train_output_scale=_output_scale(where, w.get("train_output_scale", [1.0, 1.0])),
+        train_output_rate_exponent=exponent,
     )
     categories = servegen_categories()
     if workload.category not in categories:

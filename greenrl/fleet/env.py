@@ -280,14 +280,17 @@ class FleetEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
     ## Episode End
 
     Truncated at the end of the window: a random ``window_s`` (default the node scenario's
-    ``workload.window_s``) of the training days at a random rate scale (``split="train"``), a whole
+    ``workload.window_s``) of the training days at a random rate scale, and with the fleet's
+    ``workload.train_output_scale``, a random output-length factor (``split="train"``), a whole
     validation day (``split="val"``, days 10-11 for the default fleet) or a whole held-out day
     (``split="eval"``). Never terminated.
 
     ## Arguments
 
     ``fleet`` (a name in ``envs/fleets/`` or a path), ``split`` (train / val / eval), ``eval_index`` (which
-    validation or held-out day), ``slo_weight``, ``window_s`` (training episode length, s).
+    validation or held-out day), ``slo_weight``, ``window_s`` (training episode length, s), ``guarded`` (the
+    fast node guard between decisions), ``output_spread`` (draw the fleet's ``workload.train_output_scale``
+    in training episodes; False: the categories' own output lengths, as a teacher's demonstrations use).
 
     ## Version History
 
@@ -306,12 +309,13 @@ class FleetEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         slo_weight: float = 100.0,
         window_s: float | None = None,
         guarded: bool = True,
+        output_spread: bool = True,
     ):
         if split not in ("train", "val", "eval"):
             raise InputError("FleetEnv", "split", f"unknown split {split!r}", "use train, val or eval")
         self.config: FleetConfig = load_fleet(fleet)
         self.split, self.eval_index, self.slo_weight = split, eval_index, slo_weight
-        self.guarded = guarded
+        self.guarded, self.output_spread = guarded, output_spread
         self.window_s = float(window_s) if window_s is not None else self.config.scenario.workload.window_s
         self.sim = FleetSim(self.config)
         self.codec = FleetCodec(self.config, self.sim)
@@ -339,7 +343,14 @@ class FleetEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         t0, t1 = w.train_range_s
         start = float(rng.uniform(t0, max(t0, t1 - self.window_s)))
         scale = self._train_scales[category] * float(rng.uniform(w.rate_scale[0], w.rate_scale[1]))
-        return servegen_trace(category, start, min(self.window_s, t1 - start), scale=scale, seed=rng)
+        low, high = self.config.workload.train_output_scale if self.output_spread else (1.0, 1.0)
+        # No draw without a spread, so the episodes of a fleet without one are what they were before.
+        k = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low < high else low
+        if k == 1.0:
+            return servegen_trace(category, start, min(self.window_s, t1 - start), scale=scale, seed=rng)
+        scale /= k**self.config.workload.train_output_rate_exponent
+        trace = servegen_trace(category, start, min(self.window_s, t1 - start), scale=scale, seed=rng)
+        return trace.scale_outputs(k, self.config.scenario.node.max_model_len_tokens)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

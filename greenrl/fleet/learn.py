@@ -96,7 +96,9 @@ def collect_fleet_demonstrations(
     window_s: float | None = None,
 ) -> Demonstrations:
     """Roll out ``episodes`` training episodes labelled by the ``teacher`` fleet baseline (episode i: seed + i)."""
-    env = FleetEnv(fleet, "train", slo_weight=slo_weight, window_s=window_s)
+    # The teacher plays the categories' own shapes: the planner's capacity model fails on long outputs
+    # (docs/fleet.md, "A category never trained on"), so an output spread is for PPO's episodes alone.
+    env = FleetEnv(fleet, "train", slo_weight=slo_weight, window_s=window_s, output_spread=False)
     labelled = FleetTeacher(teacher, student)
     rewards: list[float] = []
     ends: list[bool] = []

@@ -46,7 +46,8 @@ def collect_shared_demonstrations(
     are per node, node after node within an episode (so each node's run of decisions is one episode for the
     discounted returns), every node with the fleet's reward.
     """
-    env = NodeFleetEnv(fleet, "train", slo_weight=slo_weight, window_s=window_s)
+    # The teacher plays the categories' own shapes, as in greenrl.fleet.learn.collect_fleet_demonstrations.
+    env = NodeFleetEnv(fleet, "train", slo_weight=slo_weight, window_s=window_s, output_spread=False)
     driver = FleetTeacher(teacher)
     obs: list[npt.NDArray[np.float32]] = []
     labels: list[npt.NDArray[np.int64]] = []

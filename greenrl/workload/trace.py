@@ -90,7 +90,7 @@ class Trace:
             inter-arrival gap, so that ``mean_rate_rps`` is ``(n - 1) / span`` and
             :meth:`tile` leaves one mean gap between copies.
         start_hour: hour of day (0-24) at t = 0, where the source knows it (a ServeGen window), else
-            None; methods that derive a new trace drop it.
+            None; methods that move the time axis drop it.
 
     Raises:
         InputError: if the arrays differ in length, arrivals are unsorted, negative, non-finite or
@@ -234,6 +234,38 @@ class Trace:
             input_tokens=self.input_tokens,
             output_tokens=self.output_tokens,
             duration_s=duration_s,
+        )
+
+    def scale_outputs(self, factor: float, max_model_len_tokens: int | None = None) -> Trace:
+        """Every output length times ``factor`` (rounded, >= 1); arrivals and prompts unchanged.
+
+        A synthetic change of the load's shape (e.g. toward long reasoning outputs) for training, not a
+        measurement. With ``max_model_len_tokens``, an output is capped so that prompt + output fits the
+        context, so the change itself adds no request vLLM would refuse.
+
+        Args:
+            factor: output-length multiplier, > 0 (dimensionless).
+            max_model_len_tokens: the context length (tokens); None: no cap.
+
+        Raises:
+            InputError: if ``factor`` is not a positive finite number.
+        """
+        if not (np.isfinite(factor) and factor > 0):
+            raise InputError(
+                f"Trace({self.name!r}).scale_outputs", "factor", f"must be > 0, got {factor!r}", "pass e.g. 4.0"
+            )
+        outputs = np.maximum(1, np.rint(self.output_tokens * factor)).astype(np.int64)
+        if max_model_len_tokens is not None:
+            room = np.maximum(1, max_model_len_tokens - self.input_tokens)
+            refused_already = self.input_tokens + self.output_tokens > max_model_len_tokens
+            outputs = np.where(refused_already, outputs, np.minimum(outputs, room))
+        return Trace(
+            name=f"{self.name}[out x{factor:g}]",
+            arrival_s=self.arrival_s,
+            input_tokens=self.input_tokens,
+            output_tokens=outputs,
+            duration_s=self.duration_s,
+            start_hour=self.start_hour,
         )
 
     def tile(self, duration_s: float) -> Trace:
