@@ -75,6 +75,22 @@ def test_default_fleet_loads(fleet) -> None:  # type: ignore[no-untyped-def]
         ("mean_rps: 8.0}", "mean_rps: 8.0, train_categories: language/m-small}", "workload.train_categories"),
         ("mean_rps: 8.0}", "mean_rps: 8.0, train_categories: [language/nope]}", "workload.train_categories"),
         ("mean_rps: 8.0}", "mean_rps: 8.0, train_categories: [reason/deepseek-r1]}", "workload.train_categories"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_output_scale: [9, 1]}", "workload.train_output_scale"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_output_scale: [0, 9]}", "workload.train_output_scale"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_output_scale: 9}", "workload.train_output_scale"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_output_scale: [1, 2, 3]}", "workload.train_output_scale"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_output_rate_exponent: 1.5}", "workload.train_output_rate_exponent"),
+        ("mean_rps: 8.0}", "mean_rps: 8.0, train_output_rate_exponent: .nan}", "workload.train_output_rate_exponent"),
+        (
+            "fleet_interval_s: 300.0}",
+            "fleet_interval_s: 300.0, guard_rebalance_queue: -1}",
+            "control.guard_rebalance_queue",
+        ),
+        (
+            "fleet_interval_s: 300.0}",
+            "fleet_interval_s: 300.0, guard_rebalance_queue: 2.5}",
+            "control.guard_rebalance_queue",
+        ),
     ],
 )
 def test_bad_fleet_is_one_clear_input_error(tmp_path: Path, old: str, new: str, field: str) -> None:
@@ -394,6 +410,42 @@ def test_training_episodes_draw_every_training_category_and_one_category_draws_a
     rng = np.random.default_rng(3)  # reset(seed=3)'s generator: the start is its first draw, no category draw
     t0, t1 = single.config.scenario.workload.train_range_s
     assert [(c, s) for c, s, _ in drawn] == [("language/m-large", rng.uniform(t0, t1 - 600.0))]
+
+
+def test_an_output_spread_scales_outputs_and_rates_and_leaves_the_teachers_episodes_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from greenrl.fleet import env as fleet_env
+
+    drawn: list[float] = []
+    real = fleet_env.servegen_trace
+
+    def spy(category: str, start_s: float, duration_s: float, **kw):  # type: ignore[no-untyped-def]
+        drawn.append(kw["scale"])
+        return real(category, start_s, duration_s, **kw)
+
+    monkeypatch.setattr(fleet_env, "servegen_trace", spy)
+    spread = fleet_env.FleetEnv("spread", window_s=1800.0)
+    workload = spread.config.workload
+    assert workload.train_output_scale == (1.0, 9.0) and workload.train_output_rate_exponent == 0.5
+    base = scale_for_rate_rps(workload.category, workload.mean_rps)
+    lo, hi = spread.config.scenario.workload.rate_scale
+    factors = []
+    for seed in range(6):
+        trace = spread._trace(np.random.default_rng(seed))
+        k = float(trace.name.rsplit("[out x", 1)[1].rstrip("]"))
+        factors.append(k)
+        assert 1.0 <= k <= 9.0
+        # The rate divided by sqrt(k): below the rate-scale range's bottom whenever k > (hi / lo) ** 2.
+        assert base * lo / k**0.5 <= drawn[-1] <= base * hi / k**0.5
+        assert (trace.input_tokens + trace.output_tokens <= spread.config.scenario.node.max_model_len_tokens).all()
+    assert max(factors) / min(factors) > 2  # the draw spreads
+
+    # Without the spread (the teacher's demonstrations) the episode is the default fleet's, draw for draw.
+    teacher = fleet_env.FleetEnv("spread", window_s=1800.0, output_spread=False)
+    default = fleet_env.FleetEnv("default", window_s=1800.0)
+    a, b = teacher._trace(np.random.default_rng(4)), default._trace(np.random.default_rng(4))
+    assert np.array_equal(a.arrival_s, b.arrival_s) and np.array_equal(a.output_tokens, b.output_tokens)
 
 
 @pytest.mark.parametrize("text", ["", "[1, 2]", "nodes: [unclosed"])

@@ -59,3 +59,17 @@ def test_the_evaluator_scales_an_unseen_category_to_another_rate(capsys) -> None
         with pytest.raises(SystemExit):
             main([*args, "--mean-rps", bad])
         assert "--mean-rps" in capsys.readouterr().err
+
+
+def test_the_evaluator_sets_the_guards_rebalance_threshold(capsys) -> None:  # type: ignore[no-untyped-def]
+    from greenrl.fleet.evaluate import fleet_under_load, main
+
+    assert load_fleet("default").control.guard_rebalance_queue == 0  # off in the shipped fleet files
+    assert fleet_under_load("default", None, None, 32).control.guard_rebalance_queue == 32
+    assert fleet_under_load("default", "language/m-small", 3.0, 16).control.guard_rebalance_queue == 16
+    args = ["--windows", "0", "--duration-s", "300", "--policies", "static-max"]
+    assert main([*args, "--rebalance-queue", "32"]) == 0
+    assert "guard rebalances at 32 queued" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--rebalance-queue", "-1"])
+    assert "--rebalance-queue" in capsys.readouterr().err

@@ -125,6 +125,49 @@ def test_a_baseline_with_the_fast_guard_plays_and_the_guard_boosts_a_slow_node(f
     assert all(k.sm_clock_mhz == 1005 for k in action.knobs[1:])
 
 
+def test_the_guard_rebalances_an_outgrown_pool_split_only_when_asked(fleet) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from greenrl.fleet.cluster import FleetAction
+    from greenrl.fleet.env import FleetCodec
+    from greenrl.workload import scale_for_rate_rps, servegen_trace
+
+    scale = scale_for_rate_rps(fleet.workload.category, fleet.workload.mean_rps)
+    trace = servegen_trace(fleet.workload.category, 13 * 86400, 600.0, scale=scale, seed=0)
+    guarded = fleet.with_guard_rebalance(32)
+    sim = FleetSim(guarded)
+    sim.reset(trace, seed=0)
+    snap = sim.advance(30.0)
+    assert sim.action.pool_of_node == (0, 0, 1, 1) and all(s == "on" for s in sim.states)
+
+    def queues(waiting: list[int], running: list[int]):  # type: ignore[no-untyped-def]
+        nodes = tuple(
+            replace(n, waiting=w, running=r, tbt_mean_s=0.0)
+            for n, w, r in zip(snap.nodes, waiting, running, strict=True)
+        )
+        return replace(snap, nodes=nodes)
+
+    codec = FleetCodec(guarded, sim)
+    top = codec.clocks[-1]
+    # The short pool queues 40 on each node, the long pool none: its less busy node (3) moves, layout kept.
+    action = codec.guard(sim, queues([40, 40, 0, 0], [64, 64, 5, 2]))
+    assert action is not None and action.pool_of_node == (0, 0, 1, 0) and all(action.on)
+    assert action.knobs[3] == replace(sim.action.knobs[3], sm_clock_mhz=top, prefill_sm_clock_mhz=0)
+    # Off (the fleet files' default), under the threshold, or a donor pool that queues: no move.
+    assert FleetCodec(fleet, sim).guard(sim, queues([40, 40, 0, 0], [64, 64, 5, 2])) is None
+    assert codec.guard(sim, queues([40, 31, 0, 0], [64, 64, 5, 2])) is None
+    assert codec.guard(sim, queues([40, 40, 1, 0], [64, 64, 5, 2])) is None
+
+    # A pool of one node is never a donor; a queueing node with parked GPUs serves on all of them instead.
+    half = Knobs(4, 1, sim.action.knobs[0].max_num_seqs, 1005)
+    sim.apply(FleetAction((True,) * 4, (0, 0, 0, 1), (half, *sim.action.knobs[1:])))
+    action = codec.guard(sim, queues([40, 40, 40, 0], [64, 64, 64, 1]))
+    assert action is not None and action.pool_of_node == (0, 0, 0, 1)
+    assert (action.knobs[0].tp, action.knobs[0].replicas, action.knobs[0].sm_clock_mhz) == (4, 2, top)
+    assert action.knobs[1:] == sim.action.knobs[1:]
+    assert FleetCodec(fleet, sim).guard(sim, queues([40, 40, 40, 0], [64, 64, 64, 1])) is None
+
+
 @pytest.mark.parametrize(
     ("energy_kwh", "attainment", "ships", "why"),
     [

@@ -126,6 +126,28 @@ def test_scale_rate() -> None:
             conv.scale_rate(bad)
 
 
+def test_scale_outputs_multiplies_caps_at_the_context_and_keeps_the_clock() -> None:
+    toy = Trace(
+        "toy",
+        np.array([0.0, 1.0, 2.0]),
+        np.array([100, 32_500, 40_000]),
+        np.array([10, 100, 1]),
+        duration_s=5.0,
+        start_hour=7.5,
+    )
+    long = toy.scale_outputs(4.0, max_model_len_tokens=32_768)
+    # x4, capped so prompt + output fits; a request vLLM refused already stays refused (over the context).
+    np.testing.assert_array_equal(long.output_tokens, [40, 268, 4])
+    np.testing.assert_array_equal(long.arrival_s, toy.arrival_s)
+    np.testing.assert_array_equal(long.input_tokens, toy.input_tokens)
+    assert long.start_hour == 7.5 and long.duration_s == 5.0
+    np.testing.assert_array_equal(toy.scale_outputs(0.01).output_tokens, [1, 1, 1])  # never below 1 token
+    np.testing.assert_array_equal(toy.scale_outputs(1000.0).output_tokens, [10_000, 100_000, 1_000])  # no cap
+    for bad in (0.0, -2.0, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="factor"):
+            toy.scale_outputs(bad)
+
+
 def test_tile() -> None:
     toy = _toy()
     tiled = toy.tile(25.0)  # copies at 0, 10, 20; the third cut at 25

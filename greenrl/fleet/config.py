@@ -104,10 +104,16 @@ class FleetWorkload:
 
 @dataclass(frozen=True, slots=True)
 class FleetControl:
-    """Cadences: node knobs every ``node_interval_s``, fleet decisions every ``fleet_interval_s`` (a multiple)."""
+    """Cadences: node knobs every ``node_interval_s``, fleet decisions every ``fleet_interval_s`` (a multiple).
+
+    ``guard_rebalance_queue``: with N > 0, the fast node guard (``FleetCodec.guard``) also moves a node into a
+    pool whose every serving node queues N or more requests, from a pool with two or more serving nodes and
+    no queue, when no parked node is left to wake; 0: off (the recipes shipped so far trained without it).
+    """
 
     node_interval_s: float = 30.0
     fleet_interval_s: float = 300.0
+    guard_rebalance_queue: int = 0
 
     @property
     def steps_per_decision(self) -> int:
@@ -155,6 +161,10 @@ class FleetConfig:
         """
         rate = self.workload.mean_rps if mean_rps is None else float(mean_rps)
         return replace(self, workload=replace(self.workload, category=category, mean_rps=rate))
+
+    def with_guard_rebalance(self, queue: int) -> FleetConfig:
+        """This fleet with ``control.guard_rebalance_queue`` set to ``queue`` (>= 0; the caller checks it)."""
+        return replace(self, control=replace(self.control, guard_rebalance_queue=int(queue)))
 
 
 def fleets_dir() -> Path:
@@ -369,10 +379,18 @@ def load_fleet(name_or_path: str) -> FleetConfig:
                 f"{scenario.workload.train_range_s[1] / DAY_S:g} days",
                 "train on categories with the training days, e.g. language/m-large and language/m-small",
             )
-    c = _section(where, raw, "control", ("node_interval_s", "fleet_interval_s"))
+    c = _section(where, raw, "control", ("node_interval_s", "fleet_interval_s", "guard_rebalance_queue"))
+    rebalance = _number(
+        where, "control.guard_rebalance_queue", c.get("guard_rebalance_queue", 0), integer=True, positive=False
+    )
+    if rebalance < 0:
+        raise InputError(
+            where, "control.guard_rebalance_queue", f"{rebalance} is negative", "use 0 (off) or e.g. 32 requests"
+        )
     control = FleetControl(
         node_interval_s=_number(where, "control.node_interval_s", c.get("node_interval_s", 30.0)),
         fleet_interval_s=_number(where, "control.fleet_interval_s", c.get("fleet_interval_s", 300.0)),
+        guard_rebalance_queue=rebalance,
     )
     ratio = control.fleet_interval_s / control.node_interval_s
     if abs(ratio - round(ratio)) > 1e-9 or round(ratio) < 1:

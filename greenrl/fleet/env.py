@@ -175,11 +175,14 @@ class FleetCodec:
     def guard(self, sim: FleetSim, snap: FleetSnapshot) -> FleetAction | None:
         """The fast node rule between fleet decisions (every node interval); None: no change.
 
-        A serving node whose engine queues requests (``waiting`` > 0) or whose mean time between tokens
-        exceeds 0.8 x the TBT SLO goes to the top SM clock until the next fleet decision; a pool whose
+        A serving node whose mean time between tokens exceeds 0.8 x the TBT SLO goes to the top SM clock
+        until the next fleet decision (a queue alone does not raise it: the trained controllers learned with
+        this rule, docs/fleet.md "The learned controller"); a pool whose
         every serving node queues requests takes one parked (or draining) node back, in the pool's
         layout at the top clock (at most one per node interval). The phase-dvfs and HPA scale-up rules,
-        at the node cadence, so a 5-minute decision does not leave a burst unserved.
+        at the node cadence, so a 5-minute decision does not leave a burst unserved. With
+        ``control.guard_rebalance_queue``, a pool that queues with no parked node left takes a node from an
+        idle pool instead (``_rebalance_donor``).
         """
         a = sim.action
         on, pools, knobs = list(a.on), list(a.pool_of_node), list(a.knobs)
@@ -203,7 +206,59 @@ class FleetCodec:
                 knobs[j] = replace(knobs[members[0]], sm_clock_mhz=top, prefill_sm_clock_mhz=0)
                 changed = True
                 break
+            donor = self._rebalance_donor(sim, snap, pools, q, members)
+            if donor is not None:  # the node keeps its layout: a move costs no reload
+                pools[donor] = q
+                knobs[donor] = replace(knobs[donor], sm_clock_mhz=top, prefill_sm_clock_mhz=0)
+                changed = True
+                break
+        else:  # no pool took a node: a queueing node with parked GPUs serves on all of them
+            grown = self._grown_layout(sim, snap, knobs)
+            if grown is not None:
+                j, (tp, replicas) = grown
+                knobs[j] = replace(knobs[j], tp=tp, replicas=replicas, sm_clock_mhz=top, prefill_sm_clock_mhz=0)
+                changed = True
         return FleetAction(tuple(on), tuple(pools), tuple(knobs)) if changed else None
+
+    def _rebalance_donor(
+        self, sim: FleetSim, snap: FleetSnapshot, pools: list[int], q: int, members: list[int]
+    ) -> int | None:
+        """The node to move into pool ``q`` (``control.guard_rebalance_queue``), or None.
+
+        Only when every serving node of ``q`` queues at least the threshold: a pool split the load has outgrown
+        (a learned split far from its training load, or a capacity model's on long outputs), not a burst's
+        passing queue. The donor is the serving node running the fewest requests among pools with two or more
+        serving nodes and no queue, so no pool is left empty or starved.
+        """
+        threshold = self.config.control.guard_rebalance_queue
+        if threshold <= 0 or not all(snap.nodes[j].waiting >= threshold for j in members):
+            return None
+        candidates: list[int] = []
+        for p in range(self.pools):
+            serving = [j for j in range(sim.n_nodes) if pools[j] == p and sim.states[j] == "on"]
+            if p != q and len(serving) >= 2 and all(snap.nodes[j].waiting == 0 for j in serving):
+                candidates += serving
+        return min(candidates, key=lambda j: snap.nodes[j].running) if candidates else None
+
+    def _grown_layout(
+        self, sim: FleetSim, snap: FleetSnapshot, knobs: list[Knobs]
+    ) -> tuple[int, tuple[int, int]] | None:
+        """A queueing pool's node with parked GPUs, and the layout that serves on all of them; or None."""
+        threshold = self.config.control.guard_rebalance_queue
+        if threshold <= 0:
+            return None
+        most = max(tp * r for tp, r in self.layouts)
+        small = [
+            j
+            for j in range(sim.n_nodes)
+            if sim.states[j] == "on" and knobs[j].tp * knobs[j].replicas < most and snap.nodes[j].waiting >= threshold
+        ]
+        if not small:
+            return None
+        j = max(small, key=lambda j: snap.nodes[j].waiting)
+        full = [(tp, r) for tp, r in self.layouts if tp * r == most]
+        same_tp = [(tp, r) for tp, r in full if tp == knobs[j].tp]
+        return j, (same_tp or full)[0]
 
     def from_slots(self, slots: tuple[tuple[int, Knobs], ...]) -> npt.NDArray[np.int64]:
         """The agent's action nearest to a plan's (pool, knobs) slots.

@@ -124,12 +124,21 @@ def plot_pareto(
     return fig
 
 
-def fleet_under_load(fleet: str, category: str | None, mean_rps: float | None) -> FleetConfig:
-    """The fleet file ``fleet`` with the command line's ``--category`` and ``--mean-rps`` (None: the file's).
+def fleet_under_load(
+    fleet: str, category: str | None, mean_rps: float | None, rebalance_queue: int | None = None
+) -> FleetConfig:
+    """The fleet file ``fleet`` with the command line's ``--category``, ``--mean-rps`` and ``--rebalance-queue``.
 
-    Raises ``InputError`` naming the flag for an unknown category or a rate that is not positive.
+    None keeps the file's value. Raises ``InputError`` naming the flag for an unknown category, a rate that
+    is not positive or a negative queue threshold.
     """
     config = load_fleet(fleet)
+    if rebalance_queue is not None:
+        if rebalance_queue < 0:
+            raise InputError(
+                "--rebalance-queue", "guard_rebalance_queue", f"{rebalance_queue} is negative", "use 0 (off) or e.g. 32"
+            )
+        config = config.with_guard_rebalance(rebalance_queue)
     if category is None and mean_rps is None:
         return config
     categories = servegen_categories()
@@ -186,9 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="scale the load to this mean rate (requests/s; default: the fleet file's), e.g. a lighter unseen category",
     )
+    p.add_argument(
+        "--rebalance-queue",
+        type=int,
+        default=None,
+        help="the guard moves a node into a pool whose every node queues this many requests, from an idle pool "
+        "(control.guard_rebalance_queue; default: the fleet file's, 0 = off), e.g. 32",
+    )
     p.add_argument("--duration-s", type=float, default=None, help="only each day's first seconds (default: whole)")
     args = p.parse_args(argv)
-    config = fleet_under_load(args.fleet, args.category, args.mean_rps)
+    config = fleet_under_load(args.fleet, args.category, args.mean_rps, args.rebalance_queue)
     if args.days is not None:
         loads = [(day, fleet_load_on_day(config, day, args.duration_s)) for day in args.days]
     else:
@@ -226,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     ref = {r["day"]: r["energy_kwh"] for r in rows if r["policy"] == "static-max"}
-    print(f"fleet {config.name}, load {config.workload.category} at {config.workload.mean_rps:g} requests/s (mean)")
+    rebalance = config.control.guard_rebalance_queue
+    guard = f", guard rebalances at {rebalance} queued" if rebalance else ""
+    print(
+        f"fleet {config.name}, load {config.workload.category} at {config.workload.mean_rps:g} requests/s (mean){guard}"
+    )
     print("| day | policy | energy (kWh) | saving vs static-max | SLO attainment | missed | nodes on (mean) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
