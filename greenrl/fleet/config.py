@@ -108,7 +108,8 @@ class FleetControl:
 
     ``guard_rebalance_queue``: with N > 0, the fast node guard (``FleetCodec.guard``) also moves a node into a
     pool whose every serving node queues N or more requests, from a pool with two or more serving nodes and
-    no queue, when no parked node is left to wake; 0: off (the recipes shipped so far trained without it).
+    no queue, when no parked node is left to wake; failing that, a node that queues N or more with GPUs
+    parked gets a layout on all of them. 0: off (the recipes shipped so far trained without it).
     """
 
     node_interval_s: float = 30.0

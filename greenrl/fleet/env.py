@@ -182,7 +182,8 @@ class FleetCodec:
         layout at the top clock (at most one per node interval). The phase-dvfs and HPA scale-up rules,
         at the node cadence, so a 5-minute decision does not leave a burst unserved. With
         ``control.guard_rebalance_queue``, a pool that queues with no parked node left takes a node from an
-        idle pool instead (``_rebalance_donor``).
+        idle pool instead (``_rebalance_donor``), and failing that a queueing node with parked GPUs gets a
+        layout on all of them (``_grown_layout``).
         """
         a = sim.action
         on, pools, knobs = list(a.on), list(a.pool_of_node), list(a.knobs)
@@ -243,7 +244,11 @@ class FleetCodec:
     def _grown_layout(
         self, sim: FleetSim, snap: FleetSnapshot, knobs: list[Knobs]
     ) -> tuple[int, tuple[int, int]] | None:
-        """A queueing pool's node with parked GPUs, and the layout that serves on all of them; or None."""
+        """A node to grow and its new layout (a make-before-break reload), or None.
+
+        The serving node that queues the most (at least the threshold) among those with GPUs parked, and the
+        layout on all of its GPUs (its own TP where one exists).
+        """
         threshold = self.config.control.guard_rebalance_queue
         if threshold <= 0:
             return None
