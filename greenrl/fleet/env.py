@@ -50,6 +50,11 @@ LAYOUT_CODE = 100
 """A layout's knob value in an exported controller: tp x 100 + replicas (402: TP 4, 2 replicas)."""
 
 
+def _serving(sim: FleetSim, pools: list[int], pool: int) -> list[int]:
+    """The nodes of ``pool`` (under the assignment ``pools``) that are on."""
+    return [j for j in range(sim.n_nodes) if pools[j] == pool and sim.states[j] == "on"]
+
+
 class FleetCodec:
     """The fleet agent's observation and action, for the env and for a deployed controller alike.
 
@@ -196,7 +201,7 @@ class FleetCodec:
                 knobs[j] = replace(knobs[j], sm_clock_mhz=top, prefill_sm_clock_mhz=0)
                 changed = True
         for q in range(self.pools):
-            members = [j for j in range(sim.n_nodes) if pools[j] == q and sim.states[j] == "on"]
+            members = _serving(sim, pools, q)
             if not members or not all(snap.nodes[j].waiting > 0 for j in members):
                 continue
             spare = [j for j in range(sim.n_nodes) if sim.states[j] == "draining"]
@@ -236,7 +241,7 @@ class FleetCodec:
             return None
         candidates: list[int] = []
         for p in range(self.pools):
-            serving = [j for j in range(sim.n_nodes) if pools[j] == p and sim.states[j] == "on"]
+            serving = _serving(sim, pools, p)
             if p != q and len(serving) >= 2 and all(snap.nodes[j].waiting == 0 for j in serving):
                 candidates += serving
         return min(candidates, key=lambda j: snap.nodes[j].running) if candidates else None
@@ -406,11 +411,9 @@ class FleetEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         low, high = self.config.workload.train_output_scale if self.output_spread else (1.0, 1.0)
         # No draw without a spread, so the episodes of a fleet without one are what they were before.
         k = float(np.exp(rng.uniform(np.log(low), np.log(high)))) if low < high else low
-        if k == 1.0:
-            return servegen_trace(category, start, min(self.window_s, t1 - start), scale=scale, seed=rng)
-        scale /= k**self.config.workload.train_output_rate_exponent
+        scale /= k**self.config.workload.train_output_rate_exponent  # k = 1: unchanged, exactly
         trace = servegen_trace(category, start, min(self.window_s, t1 - start), scale=scale, seed=rng)
-        return trace.scale_outputs(k, self.config.scenario.node.max_model_len_tokens)
+        return trace if k == 1.0 else trace.scale_outputs(k, self.config.scenario.node.max_model_len_tokens)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
