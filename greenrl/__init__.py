@@ -42,6 +42,6 @@ _register(SCENARIOS)
 
 FLEET_ENTRY_POINT = "greenrl.fleet.env:make_fleet_env"
 """The shipped fleets (``envs/fleets/*.yaml``) register as ``greenrl/fleet-<name>-v1``."""
-for _fleet in ("default", "mixed", "spread"):
+for _fleet in ("default", "mixed", "spread", "large"):
     if f"greenrl/fleet-{_fleet}-v1" not in registry:
         register(id=f"greenrl/fleet-{_fleet}-v1", entry_point=FLEET_ENTRY_POINT, kwargs={"fleet": _fleet})

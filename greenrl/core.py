@@ -8,8 +8,8 @@ fit_replicas, VLLM_TTFT_BUCKETS_S, VLLM_ITL_BUCKETS_S.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -28,6 +28,7 @@ __all__ = [
     "NodeSnapshot",
     "Policy",
     "fit_replicas",
+    "queue_guard_layout",
 ]
 
 # Histogram bucket upper bounds of vLLM's Prometheus metrics (vllm:time_to_first_token_seconds,
@@ -309,6 +310,30 @@ def fit_replicas(replicas: int | None, tp: int, gpus: int) -> int:
     return max(1, min(most if replicas is None else replicas, most))
 
 
+def queue_guard_layout(
+    knobs: Knobs, waiting: float, *, gpus: int, queue_requests: int, replica_values: Sequence[int] | None = None
+) -> Knobs | None:
+    """The layout the queue guard forces: every GPU serving at the current TP, or None when it does not fire.
+
+    It fires when ``queue_requests`` > 0, at least that many requests wait, and GPUs are parked (fewer
+    replicas than fit). A parked GPU takes a new replica while the old ones serve (make-before-break), so a
+    burst costs one reload instead of the rest of the layout dwell. ``replica_values``: the replica counts
+    the scenario allows (None: any).
+
+    Example:
+        >>> k = Knobs(tp=4, replicas=1, max_num_seqs=256, sm_clock_mhz=1980)
+        >>> queue_guard_layout(k, 40, gpus=8, queue_requests=32).replicas
+        2
+        >>> queue_guard_layout(k, 10, gpus=8, queue_requests=32) is None
+        True
+    """
+    most = fit_replicas(None, knobs.tp, gpus)
+    allowed = [r for r in (replica_values or range(1, most + 1)) if knobs.replicas < r <= most]
+    if queue_requests <= 0 or waiting < queue_requests or not allowed:
+        return None
+    return replace(knobs, replicas=max(allowed))
+
+
 def reload_time_s(
     weight_bytes: float,
     tp: int,
@@ -372,6 +397,12 @@ class KnobDwell:
     def reset(self) -> None:
         """Forget past changes (a new episode, a restarted controller)."""
         self._last_change = {}
+
+    def record(self, names: Iterable[str], t: int) -> None:
+        """Count a change made outside ``held`` (the queue guard's) as made at interval ``t``."""
+        for name in names:
+            if name in self.min_dwell_steps:
+                self._last_change[name] = t
 
     def held(self, current: Mapping[str, int], wanted: Mapping[str, int], t: int) -> dict[str, int]:
         """The knobs (name -> current value) that must stay as they are at interval ``t``.

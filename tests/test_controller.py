@@ -382,6 +382,34 @@ def test_tp_dwell_holds_tp_for_min_intervals(monkeypatch: pytest.MonkeyPatch) ->
     assert all(ctl_r["knobs"]["replicas"] == 8 // ctl_r["knobs"]["tp"] for ctl_r in _records(log))
 
 
+class _QueueObserver(_FixedObserver):
+    """The fixed observation, with the given requests waiting in successive intervals."""
+
+    def __init__(self, waiting: list[float]) -> None:
+        super().__init__()
+        self.waiting = iter(waiting)
+
+    def observe(self, knobs: Knobs) -> Observation:
+        return Observation(self.vector, {"slo_attainment": 1.0, "waiting": next(self.waiting)}, self.snapshot)
+
+
+@pytest.mark.parametrize("guard", [0, 32])
+def test_the_queue_guard_serves_on_every_gpu_as_the_env_does(guard: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = load_controller(ROOT / "checkpoints" / "day" / "maskable_ppo_s0")
+    parked = np.array([0, 0, 0, 0, 0])  # TP 4 x 1 (4 GPUs parked) asked for every interval
+    assert policy.knobs(parked)["tp"] * policy.knobs(parked)["replicas"] == 4
+    monkeypatch.setattr(policy, "predict", lambda obs, **kw: (parked, None))
+    waiting = [0.0, 0.0, 0.0, 40.0] + [0.0] * 12
+    ctl, _, log = _offline(policy, observer=_QueueObserver(waiting), min_dwell_intervals=10, guard_grow_queue=guard)
+    replicas = [ctl.run_interval()["knobs"]["replicas"] for _ in waiting]
+    guarded = [r["guard"] for r in _records(log)]
+    if guard == 0:
+        assert replicas == [1] * 16 and not any(guarded)
+    else:  # fires on the queue within the first dwell, then holds its layout for a dwell of its own
+        assert replicas == [1, 1, 1] + [2] * 10 + [1] * 3
+        assert guarded == [False] * 3 + [True] + [False] * 12
+
+
 def test_the_dwell_is_the_scenarios_per_knob_unless_given() -> None:
     argv = ["--checkpoint", str(CHECKPOINT), "--vllm-url", "http://127.0.0.1:9", "--gpus", "fake"]
     for extra, expected in (

@@ -11,8 +11,9 @@ import yaml
 
 from greenrl.baselines import AutoscalerBaseline, DayOracleBaseline, PlannerBaseline, make_baseline
 from greenrl.catalog import load_gpu
-from greenrl.core import Knobs, reload_time_s
+from greenrl.core import Knobs, queue_guard_layout, reload_time_s
 from greenrl.env import ServingEnv
+from greenrl.env.observation import OBS_FIELDS
 from greenrl.env.scenario import load_scenario, scenarios_dir
 from greenrl.errors import InputError
 from greenrl.rollout import rollout
@@ -157,6 +158,8 @@ def test_servegen_episodes_are_seeded_and_know_their_hour(tmp_path: Path) -> Non
             {"node__initial": {"tp": 4, "replicas": 3, "max_num_seqs": 256, "sm_clock_mhz": 1980}},
             "node.initial.replicas",
         ),
+        ({"control__guard_grow_queue": -1}, "control.guard_grow_queue"),
+        ({"control__guard_grow_queue": 2.5}, "control.guard_grow_queue"),
     ],
 )
 def test_bad_day_scenarios_name_the_field(tmp_path: Path, edit: dict[str, object], field: str) -> None:
@@ -230,3 +233,47 @@ def test_a_held_replica_count_never_meets_a_tp_it_does_not_fit(tmp_path: Path) -
         _, _, _, _, info = env.step(env.action_for(replace(env.initial, tp=tp, replicas=replicas)))
         seen.append((info["knobs"].tp, info["knobs"].replicas))
     assert seen[11:] == [(4, 2), (4, 2), (4, 2), (4, 2)]  # the layout moves as one: held whole until t = 21
+
+
+# -------------------------------------------------------------------------------- queue guard
+
+
+def test_queue_guard_serves_on_every_gpu_only_with_gpus_parked_and_a_queue() -> None:
+    parked = Knobs(tp=4, replicas=1, max_num_seqs=128, sm_clock_mhz=1005, prefill_sm_clock_mhz=1980)
+    grown = queue_guard_layout(parked, 32, gpus=8, queue_requests=32)
+    assert grown == replace(parked, replicas=2)  # clocks and max_num_seqs as chosen
+    assert queue_guard_layout(parked, 31, gpus=8, queue_requests=32) is None
+    assert queue_guard_layout(parked, 500, gpus=8, queue_requests=0) is None  # off
+    assert queue_guard_layout(replace(parked, replicas=2), 500, gpus=8, queue_requests=32) is None  # none parked
+    assert queue_guard_layout(replace(parked, tp=8), 500, gpus=8, queue_requests=32) is None
+    two = Knobs(tp=2, replicas=1, max_num_seqs=128, sm_clock_mhz=1005)
+    assert queue_guard_layout(two, 40, gpus=8, queue_requests=32, replica_values=[1, 2, 3]).replicas == 3
+    assert queue_guard_layout(two, 40, gpus=8, queue_requests=32, replica_values=[1]) is None
+
+
+def _parked_run(tmp_path: Path, guard: int) -> list[tuple[int, float, bool]]:
+    """TP 4 x 1 asked for every interval; (replicas, requests waiting after it, guard fired) per interval."""
+    path = _short_day(tmp_path, control__guard_grow_queue=guard, workload__eval_rate_scale=8.0)
+    env = ServingEnv(load_scenario(str(path)), "eval")
+    env.reset(seed=0)
+    parked = env.action_for(replace(env.initial, tp=4, replicas=1, max_num_seqs=64))
+    waiting = [f.name for f in OBS_FIELDS].index("waiting")
+    out = []
+    for _ in range(40):
+        obs, _, _, _, info = env.step(parked)
+        out.append((info["knobs"].replicas, float(obs[waiting]) * OBS_FIELDS[waiting].scale, info["guard"]))
+    return out
+
+
+def test_the_queue_guard_overrides_the_policy_and_the_dwell_then_starts_a_new_dwell(tmp_path: Path) -> None:
+    off = _parked_run(tmp_path, guard=0)
+    assert not any(fired for *_, fired in off) and all(r == 1 for r, _, _ in off)
+    assert max(w for _, w, _ in off) >= 2  # a queue the guard below acts on
+    on = _parked_run(tmp_path, guard=2)
+    fired = [t for t, (*_, f) in enumerate(on) if f]
+    assert fired and fired[0] < 10  # within the dwell of the change to one replica at t = 0
+    for t in range(1, len(on)):  # it fires exactly after an interval that ends with 2+ waiting on one replica
+        assert on[t][2] == (on[t - 1][0] == 1 and on[t - 1][1] >= 2)
+    first = fired[0]
+    # the policy keeps asking for one replica: held for the dwell (10 intervals) the guard's change began
+    assert [r for r, _, _ in on[first : first + 10]] == [2] * 10

@@ -251,12 +251,36 @@ def test_planner_returns_a_feasible_plan_that_meets_capacity(fleet) -> None:  # 
     assert not overload.feasible and len(overload.slots) == fleet.nodes
 
 
+def test_an_overloaded_fleet_fills_the_pool_that_serves_most_per_node_first() -> None:
+    from greenrl.core import Knobs
+    from greenrl.fleet.capacity import NodeOption
+
+    k = Knobs(tp=4, replicas=2, max_num_seqs=256, sm_clock_mhz=1980)
+    short = NodeOption(k, capacity_rps=17.7, idle_w=1000.0, slope_j=100.0)
+    long = NodeOption(k, capacity_rps=0.37, idle_w=1000.0, slope_j=100.0)
+    forecast = [30.0, 8.5]  # needs 2 short nodes and 23 long ones: more than 16
+    split = {
+        mode: solve_plan([[short], [long]], forecast, 16, parked_node_w=500.0, overload_split=mode)
+        for mode in ("proportional", "most-served")
+    }
+    counts = {mode: [sum(1 for q, _ in plan.slots if q == p) for p in (0, 1)] for mode, plan in split.items()}
+    assert not any(plan.feasible for plan in split.values())
+    assert counts["proportional"] == [1, 15]  # every pool short by the same share: 17.7 of 30 req/s served
+    assert counts["most-served"] == [2, 14]  # the short pool whole: 35.4 of 30, the long 5.2 of 8.5
+    served = {m: sum(min(f, c) for f, c in zip(forecast, split[m].capacity_rps, strict=True)) for m in split}
+    assert served["most-served"] > served["proportional"]
+    # a feasible forecast is planned alike either way
+    light = [solve_plan([[short], [long]], [5.0, 0.3], 16, 500.0, overload_split=m).slots for m in split]
+    assert light[0] == light[1]
+
+
 def test_a_pool_that_no_configuration_serves_still_gets_nodes(fleet) -> None:  # type: ignore[no-untyped-def]
     short = node_options(fleet.scenario, 600.0, 130.0)
     assert short and not node_options(fleet.scenario, 10000.0, 300.0, headroom_frac=0.8)
-    plan = solve_plan([short, []], [5.0, 0.2], fleet.nodes, parked_node_w=8 * 71.8)
-    assert not plan.feasible and len(plan.slots) == fleet.nodes
-    assert {p for p, _ in plan.slots} == {0, 1} and plan.capacity_rps[1] == 0.0
+    for split in ("proportional", "most-served"):
+        plan = solve_plan([short, []], [5.0, 0.2], fleet.nodes, parked_node_w=8 * 71.8, overload_split=split)
+        assert not plan.feasible and len(plan.slots) == fleet.nodes
+        assert {p for p, _ in plan.slots} == {0, 1} and plan.capacity_rps[1] == 0.0
     assert solve_plan([[], []], [5.0, 0.2], fleet.nodes, parked_node_w=8 * 71.8).slots == ()
 
 

@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 import numpy as np
 
 from greenrl.controller.telemetry import ControllerMetrics, DecisionLog
-from greenrl.core import KnobBackend, KnobDwell, Knobs, fit_replicas
+from greenrl.core import KnobBackend, KnobDwell, Knobs, fit_replicas, queue_guard_layout
 from greenrl.errors import InputError
 from greenrl.live.backends import BackendError
 from greenrl.live.clock import ClockRestoreError
@@ -103,6 +103,8 @@ class ServingController:
         min_dwell_intervals: fewest intervals between two changes of each costly knob (the env's rule,
             ``KnobDwell``): a number for both TP and replicas, or per knob (a scenario's
             ``control.min_dwell_steps``).
+        guard_grow_queue: with GPUs parked and at least this many requests waiting, serve on every GPU
+            whatever the policy chose and the dwell (the env's rule, ``queue_guard_layout``; 0: off).
         decision_log: a text stream for one JSON line per decision, or None.
         sleep: ``sleep(seconds) -> bool``; returns True to stop early (default: waits on the stop event).
         clock: monotonic time source (s), for latencies.
@@ -121,6 +123,7 @@ class ServingController:
         interval_s: float = 30.0,
         max_backoff_s: float | None = None,
         min_dwell_intervals: int | Mapping[str, int] = 10,
+        guard_grow_queue: int = 0,
         decision_log: IO[str] | None = None,
         sleep: Callable[[float], bool] | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -133,6 +136,7 @@ class ServingController:
         self.max_backoff_s = 4.0 * interval_s if max_backoff_s is None else max_backoff_s
         steps = min_dwell_intervals
         self.dwell = KnobDwell({"tp": steps, "replicas": steps} if isinstance(steps, int) else steps)
+        self.guard_grow_queue = guard_grow_queue
         self.log = DecisionLog(decision_log)
         self.clock = clock
         self.stop_event = threading.Event()
@@ -186,6 +190,21 @@ class ServingController:
         kept = self.dwell.held(self.knobs, wanted, self.interval)
         return (self._complete(wanted | kept), list(kept)) if kept else (wanted, [])
 
+    def _guard(self, wanted: dict[str, int], waiting: float) -> tuple[dict[str, int], bool]:
+        """The queue guard: every GPU serving when requests wait with GPUs parked (a new dwell starts)."""
+        values = dict(zip(self.policy.knob_names, self.policy.knob_values, strict=True))
+        grown = queue_guard_layout(
+            Knobs(**wanted),
+            waiting,
+            gpus=self.gpus,
+            queue_requests=self.guard_grow_queue,
+            replica_values=values.get("replicas"),
+        )
+        if grown is None:
+            return wanted, False
+        self.dwell.record(("tp", "replicas"), self.interval)
+        return self._complete({k: getattr(grown, k) for k in KNOB_ORDER}), True
+
     def _check_action(self, action: Any) -> dict[str, int]:
         arr = np.asarray(action)
         if arr.shape != (len(self.policy.nvec),) or not np.issubdtype(arr.dtype, np.integer):
@@ -226,7 +245,8 @@ class ServingController:
                 self.prom.latency.observe(latency_s)
             asked = self._complete(self.knobs | chosen)
             wanted, held = self._dwell(asked)
-            record.update(chosen_knobs=asked, knobs=wanted, dwell_held=held)
+            wanted, guarded = self._guard(wanted, obs.values.get("waiting", 0.0))
+            record.update(chosen_knobs=asked, knobs=wanted, dwell_held=held, guard=guarded)
             stage = "apply"
             self._apply(wanted, record)
             record["mode"] = "shadow" if self.shadow else "applied"

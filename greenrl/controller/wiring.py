@@ -187,6 +187,7 @@ def build_controller(
         interval_s=args.interval_s,
         max_backoff_s=args.max_backoff_s,
         min_dwell_intervals=dwell,
+        guard_grow_queue=scenario.control.guard_grow_queue,
         decision_log=decision_log,
         sleep=sleep,
     )

@@ -91,13 +91,16 @@ class ControlSpec:
     ``knobs`` lists the values each knob may take (``replicas`` omitted: all GPUs serve);
     ``min_dwell_steps`` is the fewest intervals between two changes of a costly knob (a change asked
     for sooner is ignored); ``prefill_clock_ttft_s`` is the prefill clock governor's TTFT target (see
-    ``greenrl.sim.SimConfig``; None: the prefill clock whenever a prompt waits).
+    ``greenrl.sim.SimConfig``; None: the prefill clock whenever a prompt waits); ``guard_grow_queue``:
+    with GPUs parked and at least this many requests waiting, every GPU serves at once, whatever the
+    policy chose and the dwell (``greenrl.core.queue_guard_layout``; 0: off).
     """
 
     interval_s: float = 30.0
     knobs: dict[str, list[int]] = field(default_factory=dict)
     min_dwell_steps: dict[str, int] = field(default_factory=lambda: {"tp": 10, "replicas": 10})
     prefill_clock_ttft_s: float | None = None
+    guard_grow_queue: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +302,14 @@ def _validate(s: Scenario, where: str) -> None:
             "control.interval_s",
             "must be positive and no longer than workload.window_s",
             "e.g. interval_s: 30.0 with window_s: 900.0",
+        )
+    guard = s.control.guard_grow_queue
+    if not isinstance(guard, int) or isinstance(guard, bool) or guard < 0:
+        raise InputError(
+            where,
+            "control.guard_grow_queue",
+            f"needs a whole number of waiting requests >= 0 (0: off), got {guard!r}",
+            "e.g. guard_grow_queue: 32",
         )
     target = s.control.prefill_clock_ttft_s
     if target is not None and not 0.0 <= target < s.slo.ttft_floor_s:

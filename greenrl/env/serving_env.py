@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from greenrl.catalog import load_gpu
-from greenrl.core import ForkableNode, KnobDwell, Knobs, Node, NodeSnapshot, fit_replicas
+from greenrl.core import ForkableNode, KnobDwell, Knobs, Node, NodeSnapshot, fit_replicas, queue_guard_layout
 from greenrl.env.observation import OBS_CLIP, OBS_FIELDS, ObservationBuilder, ObsField
 from greenrl.env.scenario import KNOB_NAMES, Scenario, load_scenario
 from greenrl.errors import InputError
@@ -177,7 +177,9 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
     ## Dwell times
     A change of TP or replicas (each costs a weight reload) asked for less than
     ``control.min_dwell_steps`` intervals after the previous one is ignored, as a production controller
-    would enforce; the other knobs change every interval if asked.
+    would enforce; the other knobs change every interval if asked. With ``control.guard_grow_queue`` N > 0,
+    when GPUs are parked and N or more requests wait, every GPU serves at once whatever the action and the
+    dwell (``info["guard"]``; the change starts a new dwell).
 
     ## Starting State
     The scenario's initial knobs, an empty node, a training window drawn from the episode's seed (or the
@@ -240,6 +242,7 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
         self._dwell_rule = KnobDwell(s.control.min_dwell_steps)
         self._expected_per_step = 1.0
         self._shadow: ForkableNode | None = None
+        self._waiting = 0.0
 
     # ------------------------------------------------------------------------------------ knobs
 
@@ -326,6 +329,10 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
     def step(self, action: npt.ArrayLike) -> tuple[npt.NDArray[np.float32], float, bool, bool, dict[str, Any]]:
         """Apply the action's knobs, serve one control interval, return the observation and reward."""
         knobs = self._dwell(self.knobs_for(action))
+        guarded = self._guard(knobs)
+        if guarded is not None:
+            knobs = guarded
+            self._dwell_rule.record(("tp", "replicas"), self._t)
         changed = sum(getattr(knobs, n) != getattr(self._knobs, n) for n in KNOB_NAMES)
         if changed:
             self.node.apply(knobs)
@@ -354,10 +361,23 @@ class ServingEnv(gym.Env[npt.NDArray[np.float32], npt.NDArray[np.int64]]):
             "reference_missed": reference_missed,
             "knobs": snap.knobs,
             "prefill_clock_frac": snap.prefill_clock_frac,
+            "guard": guarded is not None,
         }
         return self._observe(snap), reward, False, truncated, info
 
+    def _guard(self, knobs: Knobs) -> Knobs | None:
+        """The queue guard's layout for ``knobs`` given the last observed queue (None: it does not fire)."""
+        values = self.scenario.control.knobs.get("replicas")
+        return queue_guard_layout(
+            knobs,
+            self._waiting,
+            gpus=self.scenario.node.gpus,
+            queue_requests=self.scenario.control.guard_grow_queue,
+            replica_values=values,
+        )
+
     def _observe(self, snap: NodeSnapshot) -> npt.NDArray[np.float32]:
+        self._waiting = float(snap.waiting)
         raw = self._observation.raw(snap, self._prev_rate)
         self._prev_rate = raw[0]
         return self._observation.vector(raw)

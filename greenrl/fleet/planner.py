@@ -11,7 +11,8 @@ integer node count ``x[p, c]`` and the rate ``y[p, c]`` those nodes serve:
                 sum x <= nodes                        (the rest are parked)
 
 solved by ``scipy.optimize.milp`` (HiGHS). When the forecast exceeds what the fleet can serve, the plan is
-every node at its highest-capacity configuration, shared between pools in proportion to their load.
+every node at its highest-capacity configuration, shared between pools so that the model serves the most
+requests (the pools with the most capacity per node get what they need first).
 ``assign`` then maps the planned (pool, configuration) slots onto nodes, keeping each node's pool and
 layout where it can (a layout change drains the node and reloads its weights).
 
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from greenrl.core import Knobs
@@ -97,6 +99,7 @@ def solve_plan(
     nodes: int,
     parked_node_w: float,
     tie_tolerance_frac: float | None = 0.01,
+    overload_split: str = "most-served",
 ) -> FleetPlan:
     """The least-power plan that serves each pool's forecast within its SLO capacity.
 
@@ -112,6 +115,10 @@ def solve_plan(
         parked_node_w: power of a parked node (W).
         tie_tolerance_frac: power tolerance of the second stage (share of the least plan's fleet power);
             None: no second stage (HiGHS's first optimum).
+        overload_split: how every node is shared between pools when no plan serves every forecast
+            (``_fallback``): ``most-served``, the split that serves the most requests by the capacity model
+            (pools with the most capacity per node filled first), or ``proportional`` to each pool's nodes
+            needed (the rule before 2026-12-08, which starved the short pool of a 16-node fleet).
 
     Example:
         >>> from greenrl.core import Knobs
@@ -126,7 +133,7 @@ def solve_plan(
     cols = [(p, o) for p in range(pools) for o in options[p]]
     n = len(cols)
     if n == 0 or any(not options[p] for p in range(pools)):
-        return _fallback(options, forecast_rps, nodes, parked_node_w)
+        return _fallback(options, forecast_rps, nodes, parked_node_w, overload_split)
     cost = np.concatenate([[o.idle_w - parked_node_w for _, o in cols], [o.slope_j for _, o in cols]])
     rows, lb, ub = [], [], []
     for p in range(pools):
@@ -157,7 +164,7 @@ def solve_plan(
         bounds=Bounds(np.zeros(2 * n), np.concatenate([most, [max(0.0, forecast_rps[p]) for p, _ in cols]])),
     )
     if not res.success:
-        return _fallback(options, forecast_rps, nodes, parked_node_w)
+        return _fallback(options, forecast_rps, nodes, parked_node_w, overload_split)
     x = res.x
     if tie_tolerance_frac is not None:
         x = _tie_break(cols, cost, rows, lb, ub, res.x, forecast_rps, nodes, parked_node_w, tie_tolerance_frac)
@@ -229,13 +236,20 @@ def _undominated(options: list[NodeOption]) -> list[NodeOption]:
 
 
 def _fallback(
-    options: list[list[NodeOption]], forecast_rps: list[float], nodes: int, parked_node_w: float
+    options: list[list[NodeOption]],
+    forecast_rps: list[float],
+    nodes: int,
+    parked_node_w: float,
+    split: str = "proportional",
 ) -> FleetPlan:
-    """Every node at its pool's highest-capacity configuration, nodes shared in proportion to load / capacity.
+    """Every node at its pool's highest-capacity configuration, shared between the pools by ``split``.
 
-    A pool with no option of its own (no configuration meets its SLO checks) still gets its share of nodes,
-    at the highest-capacity configuration of any pool, with its planned capacity 0: a pool without a node
-    would leave its requests to the router's fallback.
+    ``proportional``: nodes in proportion to each pool's nodes needed (forecast / capacity), so every pool
+    is short by the same share. ``most-served`` (``_most_served_counts``): the pools with the most
+    capacity per node get all the nodes they need first, which serves the most requests by the model.
+    A pool with no option of its own (no configuration meets its SLO checks) still gets nodes, at the
+    highest-capacity configuration of any pool, with its planned capacity 0: a pool without a node would
+    leave its requests to the router's fallback.
     """
     anywhere = [o for opts in options for o in opts]
     if not anywhere:
@@ -243,12 +257,16 @@ def _fallback(
     widest = max(anywhere, key=lambda o: o.capacity_rps)
     best = [max(opts, key=lambda o: o.capacity_rps) if opts else None for opts in options]
     need = np.array([f / (b or widest).capacity_rps for f, b in zip(forecast_rps, best, strict=True)])
-    share = need / need.sum() if need.sum() > 0 else np.full(len(need), 1.0 / len(need))
-    counts = np.maximum(1, np.floor(share * nodes)).astype(int)
-    while counts.sum() < nodes:
-        counts[int(np.argmax(share * nodes - counts))] += 1
-    while counts.sum() > nodes:
-        counts[int(np.argmax(counts))] -= 1
+    if split == "most-served":
+        per_node = [b.capacity_rps if b is not None else 0.0 for b in best]
+        counts = _most_served_counts(need, per_node, nodes)
+    else:
+        share = need / need.sum() if need.sum() > 0 else np.full(len(need), 1.0 / len(need))
+        counts = np.maximum(1, np.floor(share * nodes)).astype(int)
+        while counts.sum() < nodes:
+            counts[int(np.argmax(share * nodes - counts))] += 1
+        while counts.sum() > nodes:
+            counts[int(np.argmax(counts))] -= 1
     slots: list[tuple[int, Knobs]] = []
     power = 0.0
     capacity = []
@@ -308,3 +326,28 @@ def assign(
                 budget += 1
         taken[j], on[j], pools[j], new_knobs[j] = True, True, pool, k
     return tuple(on), tuple(pools), tuple(new_knobs)
+
+
+def _most_served_counts(need: npt.NDArray[np.float64], per_node_rps: list[float], nodes: int) -> npt.NDArray[np.int64]:
+    """Nodes per pool that serve the most requests when the fleet cannot serve every pool's forecast.
+
+    Every pool keeps one node; then, pools with the most capacity per node first, each gets the nodes it
+    needs (``ceil(need)``) while nodes last, the greedy optimum of "maximize the requests served" over the
+    capacity model. Nodes left over (only when a pool has no option: ``per_node_rps`` 0) go to the pools
+    furthest below their need. With a short and a long pool, the short prompts' pool, which serves many
+    requests per node, is no longer starved for the long one (docs/fleet.md, "Sixteen nodes").
+
+    Example:
+        >>> _most_served_counts(np.array([2.0, 23.0]), [17.7, 0.37], 16).tolist()
+        [2, 14]
+    """
+    counts = np.ones(len(need), dtype=np.int64)
+    left = nodes - len(need)
+    for p in sorted(range(len(need)), key=lambda q: -per_node_rps[q]):
+        extra = int(min(left, max(0, math.ceil(need[p] - 1e-9) - 1)))
+        counts[p] += extra
+        left -= extra
+    while left > 0:
+        counts[int(np.argmax(need - counts))] += 1
+        left -= 1
+    return counts

@@ -170,6 +170,8 @@ class PlannerFleet:
         max_layout_changes: nodes that may change layout (a drain and a reload) per decision.
         tie_tolerance_frac: ``solve_plan``'s tie-break: among plans within this share of the least power,
             the one with the most capacity per unit of forecast (None: HiGHS's first optimum).
+        overload_split: ``solve_plan``'s split of the nodes when no plan serves every forecast
+            (``proportional`` or ``most-served``).
     """
 
     name = "planner"
@@ -183,8 +185,10 @@ class PlannerFleet:
         patience: int = 2,
         max_layout_changes: int = 1,
         tie_tolerance_frac: float | None = 0.01,
+        overload_split: str = "most-served",
     ) -> None:
         self.max_layout_changes, self.tie_tolerance_frac = max_layout_changes, tie_tolerance_frac
+        self.overload_split = overload_split
         self.margin_frac, self.ewma_alpha = margin_frac, ewma_alpha
         self.headroom_frac, self.quantile, self.patience = headroom_frac, quantile, patience
         self._options: dict[tuple[int, int], list[NodeOption]] = {}
@@ -253,7 +257,12 @@ class PlannerFleet:
         outputs = np.where(done >= 20, sim.finished_output_tokens / np.maximum(done, 1), 256.0)
         options = [self.options(sim, float(self.prompt_ewma[p]), float(outputs[p])) for p in range(len(forecast))]
         plan = solve_plan(
-            options, [float(f) for f in forecast], sim.n_nodes, self.parked_node_w, self.tie_tolerance_frac
+            options,
+            [float(f) for f in forecast],
+            sim.n_nodes,
+            self.parked_node_w,
+            self.tie_tolerance_frac,
+            self.overload_split,
         )
         running = sum(1 for s in sim.states if s == "on")
         if len(plan.slots) < running and not urgent:
@@ -323,6 +332,7 @@ class OracleFleet(PlannerFleet):
     Args:
         lookahead_s: how far past the coming interval the peak is taken (s).
         headroom_frac, quantile: the capacity model's SLO headroom and TTFT quantile.
+        tie_tolerance_frac, overload_split: as the planner's.
     """
 
     name = "oracle"
@@ -333,8 +343,10 @@ class OracleFleet(PlannerFleet):
         headroom_frac: float = 0.2,
         quantile: float = 0.99,
         tie_tolerance_frac: float | None = 0.01,
+        overload_split: str = "most-served",
     ) -> None:
         super().__init__(
+            overload_split=overload_split,
             margin_frac=0.0,
             headroom_frac=headroom_frac,
             quantile=quantile,
@@ -366,7 +378,12 @@ class OracleFleet(PlannerFleet):
             for p in range(pools)
         ]
         self.plan = solve_plan(
-            options, [float(f) for f in forecast], sim.n_nodes, self.parked_node_w, self.tie_tolerance_frac
+            options,
+            [float(f) for f in forecast],
+            sim.n_nodes,
+            self.parked_node_w,
+            self.tie_tolerance_frac,
+            self.overload_split,
         )
         serving = tuple(s == "on" for s in sim.states)
         a = sim.action
