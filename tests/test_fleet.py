@@ -365,6 +365,19 @@ def test_fleet_env_is_registered_and_passes_the_checkers() -> None:
     assert reward == pytest.approx(sum(info["reward_terms"].values()))
 
 
+def test_the_16_node_fleet_is_registered_and_its_node_counts_reach_every_node() -> None:
+    import gymnasium as gym
+
+    import greenrl  # noqa: F401 - registers greenrl/fleet-large-v1
+
+    env = gym.make("greenrl/fleet-large-v1")
+    env.reset(seed=0)
+    codec = env.unwrapped.codec
+    assert codec.nodes == 16 and codec.knob_values()[0] == list(range(1, 17))
+    obs, *_ = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs)
+
+
 def test_fleet_env_action_parks_and_clocks_pools() -> None:
     from greenrl.fleet.env import FleetEnv
 
