@@ -269,6 +269,8 @@ def test_an_overloaded_fleet_fills_the_pool_that_serves_most_per_node_first() ->
     assert counts["most-served"] == [2, 14]  # the short pool whole: 35.4 of 30, the long 5.2 of 8.5
     served = {m: sum(min(f, c) for f, c in zip(forecast, split[m].capacity_rps, strict=True)) for m in split}
     assert served["most-served"] > served["proportional"]
+    with pytest.raises(InputError, match="overload_split"):
+        solve_plan([[short], [long]], forecast, 16, parked_node_w=500.0, overload_split="most_served")
     # a feasible forecast is planned alike either way
     light = [solve_plan([[short], [long]], [5.0, 0.3], 16, 500.0, overload_split=m).slots for m in split]
     assert light[0] == light[1]

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from greenrl.core import Knobs
+from greenrl.errors import InputError
 from greenrl.fleet.capacity import NodeOption
 
 __all__ = ["FleetPlan", "assign", "solve_plan"]
@@ -128,6 +129,10 @@ def solve_plan(
         >>> sorted(p for p, _ in plan.slots), plan.feasible
         ([0, 0, 1], True)
     """
+    if overload_split not in _SPLITS:
+        raise InputError(
+            "solve_plan", "overload_split", f"unknown split {overload_split!r}", f"use one of {', '.join(_SPLITS)}"
+        )
     pools = len(options)
     options = [_undominated(opts) for opts in options]
     cols = [(p, o) for p in range(pools) for o in options[p]]
@@ -240,7 +245,7 @@ def _fallback(
     forecast_rps: list[float],
     nodes: int,
     parked_node_w: float,
-    split: str = "proportional",
+    split: str,
 ) -> FleetPlan:
     """Every node at its pool's highest-capacity configuration, shared between the pools by ``split``.
 
@@ -257,16 +262,8 @@ def _fallback(
     widest = max(anywhere, key=lambda o: o.capacity_rps)
     best = [max(opts, key=lambda o: o.capacity_rps) if opts else None for opts in options]
     need = np.array([f / (b or widest).capacity_rps for f, b in zip(forecast_rps, best, strict=True)])
-    if split == "most-served":
-        per_node = [b.capacity_rps if b is not None else 0.0 for b in best]
-        counts = _most_served_counts(need, per_node, nodes)
-    else:
-        share = need / need.sum() if need.sum() > 0 else np.full(len(need), 1.0 / len(need))
-        counts = np.maximum(1, np.floor(share * nodes)).astype(int)
-        while counts.sum() < nodes:
-            counts[int(np.argmax(share * nodes - counts))] += 1
-        while counts.sum() > nodes:
-            counts[int(np.argmax(counts))] -= 1
+    per_node = [b.capacity_rps if b is not None else 0.0 for b in best]
+    counts = _SPLITS[split](need, per_node, nodes)
     slots: list[tuple[int, Knobs]] = []
     power = 0.0
     capacity = []
@@ -328,6 +325,17 @@ def assign(
     return tuple(on), tuple(pools), tuple(new_knobs)
 
 
+def _proportional_counts(need: npt.NDArray[np.float64], per_node_rps: list[float], nodes: int) -> npt.NDArray[np.int64]:
+    """Nodes per pool in proportion to each pool's nodes needed, at least one each (``per_node_rps`` unused)."""
+    share = need / need.sum() if need.sum() > 0 else np.full(len(need), 1.0 / len(need))
+    counts = np.maximum(1, np.floor(share * nodes)).astype(np.int64)
+    while counts.sum() < nodes:
+        counts[int(np.argmax(share * nodes - counts))] += 1
+    while counts.sum() > nodes:
+        counts[int(np.argmax(counts))] -= 1
+    return counts
+
+
 def _most_served_counts(need: npt.NDArray[np.float64], per_node_rps: list[float], nodes: int) -> npt.NDArray[np.int64]:
     """Nodes per pool that serve the most requests when the fleet cannot serve every pool's forecast.
 
@@ -351,3 +359,7 @@ def _most_served_counts(need: npt.NDArray[np.float64], per_node_rps: list[float]
         counts[int(np.argmax(need - counts))] += 1
         left -= 1
     return counts
+
+
+_SPLITS = {"most-served": _most_served_counts, "proportional": _proportional_counts}
+"""``solve_plan``'s ``overload_split`` values and the node counts each gives."""

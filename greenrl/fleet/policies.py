@@ -225,6 +225,17 @@ class PlannerFleet:
             self._options[key] = found
         return self._options[key]
 
+    def solve(self, sim: FleetSim, options: list[list[NodeOption]], forecast: npt.NDArray[np.float64]) -> FleetPlan:
+        """``solve_plan`` for the fleet with this planner's tie-break and overload split."""
+        return solve_plan(
+            options,
+            [float(f) for f in forecast],
+            sim.n_nodes,
+            self.parked_node_w,
+            self.tie_tolerance_frac,
+            self.overload_split,
+        )
+
     def expected_rps(self, sim: FleetSim, reactive_rps: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         """Each pool's rate to plan for, before the margin: here what the last interval saw (or its EWMA)."""
         return reactive_rps
@@ -256,14 +267,7 @@ class PlannerFleet:
         done = sim.finished_requests
         outputs = np.where(done >= 20, sim.finished_output_tokens / np.maximum(done, 1), 256.0)
         options = [self.options(sim, float(self.prompt_ewma[p]), float(outputs[p])) for p in range(len(forecast))]
-        plan = solve_plan(
-            options,
-            [float(f) for f in forecast],
-            sim.n_nodes,
-            self.parked_node_w,
-            self.tie_tolerance_frac,
-            self.overload_split,
-        )
+        plan = self.solve(sim, options, forecast)
         running = sum(1 for s in sim.states if s == "on")
         if len(plan.slots) < running and not urgent:
             self.fewer += 1
@@ -377,14 +381,7 @@ class OracleFleet(PlannerFleet):
             self.options(sim, float(prompt[p]) if count[p] else 1024.0, float(output[p]) if count[p] else 256.0)
             for p in range(pools)
         ]
-        self.plan = solve_plan(
-            options,
-            [float(f) for f in forecast],
-            sim.n_nodes,
-            self.parked_node_w,
-            self.tie_tolerance_frac,
-            self.overload_split,
-        )
+        self.plan = self.solve(sim, options, forecast)
         serving = tuple(s == "on" for s in sim.states)
         a = sim.action
         on, pool_of_node, knobs = assign(self.plan, a.pool_of_node, a.knobs, serving, self.max_layout_changes)
