@@ -20,6 +20,8 @@ the learned controller's attainment, not only at its own default point. Two step
    real point found. Its output is also a step-1 grid (every point played, and their frontier), so a
    later step 3 (a larger ``--max-evals``) can go on from it, and step 2 can plot it.
 
+In steps 2 and 3 ``--planner-grid`` may repeat; a day found in several files gets the points of all of them.
+
 Each prints one JSON object (steps 1 and 3 after a progress line per planner day) and writes it to ``--out``.
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/fleet_planner_frontier.py --windows 0 --out grid12.json``.
@@ -73,16 +75,16 @@ def main() -> None:
     if args.tune:
         out = _tune(args)
     elif args.planner_grid:
-        days = [d for path in args.planner_grid for d in json.loads(Path(path).read_text())["days"]]
+        fronts = {day: frontier(d["planner_grid"]) for day, d in _grids_by_day(args.planner_grid).items()}
         rows = json.loads(Path(args.rows).read_text()) if args.rows else []
         out = {"planner_grid": args.planner_grid, "rows": args.rows, "controllers": []}
         for r in rows:
-            mine = [d for d in days if d["day"] == r["day"]]
-            if r["policy"].startswith("learned") and mine:
-                front = mine[0]["planner_frontier"]
-                out["controllers"].append({k: r[k] for k in ("day", "policy", *FIGURES)} | versus_planner(r, front))
+            if r["policy"].startswith("learned") and r["day"] in fronts:
+                out["controllers"].append(
+                    {k: r[k] for k in ("day", "policy", *FIGURES)} | versus_planner(r, fronts[r["day"]])
+                )
         if args.pareto is not None:
-            plot_pareto(rows, args.pareto, {d["day"]: d["planner_frontier"] for d in days})
+            plot_pareto(rows, args.pareto, fronts)
     else:
         out = _grid(args)
     text = json.dumps(out, indent=1)
@@ -128,7 +130,6 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
     config, sim, loads = _fleet(args)
     if not args.rows or not args.planner_grid:
         raise SystemExit("--tune needs --rows (greenrl.fleet.evaluate --save) and --planner-grid (a step-1 grid)")
-    grids: dict[int, dict[str, Any]] = {}
     for path in args.planner_grid:
         saved = json.loads(Path(path).read_text())
         if saved["category"] != config.workload.category:
@@ -139,7 +140,7 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
             raise InputError(
                 path, "mean_rps", f"{saved['mean_rps']}, not {config.workload.mean_rps}", "pass the grid's --mean-rps"
             )
-        grids |= {d["day"]: d for d in saved["days"]}
+    grids = _grids_by_day(args.planner_grid)
     rows = json.loads(Path(args.rows).read_text())
     days = []
     for day, load in loads:
@@ -179,6 +180,18 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     return {"category": config.workload.category, "mean_rps": config.workload.mean_rps, "days": days}
+
+
+def _grids_by_day(paths: list[str]) -> dict[int, dict[str, Any]]:
+    """Each day's grid from step-1 or step-3 files; a day in several files gets all their points."""
+    grids: dict[int, dict[str, Any]] = {}
+    for path in paths:
+        for d in json.loads(Path(path).read_text())["days"]:
+            if d["day"] in grids:
+                grids[d["day"]]["planner_grid"] += d["planner_grid"]
+            else:
+                grids[d["day"]] = {"static_max": d["static_max"], "planner_grid": list(d["planner_grid"])}
+    return grids
 
 
 def _play(sim: FleetSim, trace: Trace, day: int, headroom_frac: float, margin_frac: float) -> dict[str, Any]:
