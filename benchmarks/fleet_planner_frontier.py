@@ -21,6 +21,8 @@ the learned controller's attainment, not only at its own default point. Two step
    later step 3 (a larger ``--max-evals``) can go on from it, and step 2 can plot it.
 
 In steps 2 and 3 ``--planner-grid`` may repeat; a day found in several files gets the points of all of them.
+``--rows`` may repeat too (baselines and learned rows saved by separate runs); a (day, policy) row found in
+two files is kept once when equal and refused when not.
 
 Each prints one JSON object (steps 1 and 3 after a progress line per planner day) and writes it to ``--out``.
 
@@ -65,7 +67,9 @@ def main() -> None:
     p.add_argument("--headroom", default=headroom, help="comma-separated headroom_frac values")
     p.add_argument("--margin", default="0.2,1.0", help="comma-separated margin_frac values")
     p.add_argument("--planner-grid", action="append", default=[], help="step 2: a step-1 output (repeatable)")
-    p.add_argument("--rows", default=None, help="step 2: rows saved by greenrl.fleet.evaluate --save")
+    p.add_argument(
+        "--rows", action="append", default=[], help="steps 2-3: greenrl.fleet.evaluate --save rows (repeatable)"
+    )
     p.add_argument("--pareto", type=Path, default=None, help="step 2: plot the rows with the planner frontier here")
     p.add_argument("--tune", action="store_true", help="step 3: tune the planner to each learned row's attainment")
     p.add_argument("--max-evals", type=int, default=6, help="step 3: new planner days per learned row, at most")
@@ -76,7 +80,7 @@ def main() -> None:
         out = _tune(args)
     elif args.planner_grid:
         fronts = {day: frontier(d["planner_grid"]) for day, d in _grids_by_day(args.planner_grid).items()}
-        rows = json.loads(Path(args.rows).read_text()) if args.rows else []
+        rows = _rows(args.rows)
         out = {"planner_grid": args.planner_grid, "rows": args.rows, "controllers": []}
         for r in rows:
             if r["policy"].startswith("learned") and r["day"] in fronts:
@@ -141,7 +145,7 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
                 path, "mean_rps", f"{saved['mean_rps']}, not {config.workload.mean_rps}", "pass the grid's --mean-rps"
             )
     grids = _grids_by_day(args.planner_grid)
-    rows = json.loads(Path(args.rows).read_text())
+    rows = _rows(args.rows)
     days = []
     for day, load in loads:
         if day not in grids:
@@ -180,6 +184,29 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
     return {"category": config.workload.category, "mean_rps": config.workload.mean_rps, "days": days}
+
+
+def _rows(paths: list[str]) -> list[dict[str, Any]]:
+    """The rows of every ``greenrl.fleet.evaluate --save`` file given, in order, each (day, policy) once.
+
+    A row repeated by a later file (static-max, saved with every run) is kept once; a later file's other
+    figures under a name already seen (``learned-0`` of two runs) would be taken for the same policy, so
+    they are refused.
+    """
+    seen: dict[tuple[int, str], dict[str, Any]] = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text()):
+            key = (row["day"], row["policy"])
+            if key not in seen:
+                seen[key] = row
+            elif seen[key]["energy_kwh"] != row["energy_kwh"]:
+                raise InputError(
+                    path,
+                    "policy",
+                    f"{key[1]!r} on day {key[0]} differs from an earlier file's",
+                    "pass rows of one load, each policy name in one file",
+                )
+    return list(seen.values())
 
 
 def _grids_by_day(paths: list[str]) -> dict[int, dict[str, Any]]:
