@@ -134,17 +134,7 @@ def _tune(args: argparse.Namespace) -> dict[str, Any]:
     config, sim, loads = _fleet(args)
     if not args.rows or not args.planner_grid:
         raise SystemExit("--tune needs --rows (greenrl.fleet.evaluate --save) and --planner-grid (a step-1 grid)")
-    for path in args.planner_grid:
-        saved = json.loads(Path(path).read_text())
-        if saved["category"] != config.workload.category:
-            raise InputError(
-                path, "category", f"{saved['category']!r}, not {config.workload.category!r}", "pass --category"
-            )
-        if saved.get("mean_rps", config.workload.mean_rps) != config.workload.mean_rps:
-            raise InputError(
-                path, "mean_rps", f"{saved['mean_rps']}, not {config.workload.mean_rps}", "pass the grid's --mean-rps"
-            )
-    grids = _grids_by_day(args.planner_grid)
+    grids = _grids_by_day(args.planner_grid, config)
     rows = _rows(args.rows)
     days = []
     for day, load in loads:
@@ -209,11 +199,23 @@ def _rows(paths: list[str]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def _grids_by_day(paths: list[str]) -> dict[int, dict[str, Any]]:
-    """Each day's grid from step-1 or step-3 files; a day in several files gets all their points."""
+def _grids_by_day(paths: list[str], config: FleetConfig | None = None) -> dict[int, dict[str, Any]]:
+    """Each day's grid from step-1 or step-3 files; a day in several files gets all their points.
+
+    With ``config`` (step 3, which plays more planner days), every file must hold that fleet's load.
+    """
     grids: dict[int, dict[str, Any]] = {}
     for path in paths:
-        for d in json.loads(Path(path).read_text())["days"]:
+        saved = json.loads(Path(path).read_text())
+        if config is not None and saved["category"] != config.workload.category:
+            raise InputError(
+                path, "category", f"{saved['category']!r}, not {config.workload.category!r}", "pass --category"
+            )
+        if config is not None and saved.get("mean_rps", config.workload.mean_rps) != config.workload.mean_rps:
+            raise InputError(
+                path, "mean_rps", f"{saved['mean_rps']}, not {config.workload.mean_rps}", "pass the grid's --mean-rps"
+            )
+        for d in saved["days"]:
             if d["day"] in grids:
                 grids[d["day"]]["planner_grid"] += d["planner_grid"]
             else:
